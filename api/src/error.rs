@@ -1,0 +1,71 @@
+//! The one error type of the API: logs details, answers clean JSON
+//! `{"error": "...", "details": ...}`; internals never reach clients.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tracing::error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A parameter or body is wrong; `details` says which and why.
+    #[error("{message}")]
+    BadRequest { message: String, details: Value },
+    #[error("not found")]
+    NotFound,
+    /// A dependency is down; the client may retry.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn bad_param(param: &str, why: impl Into<String>) -> Self {
+        let why = why.into();
+        AppError::BadRequest {
+            message: format!("invalid parameter {param}: {why}"),
+            details: json!({"parameter": param, "reason": why}),
+        }
+    }
+}
+
+impl From<sink::SinkError> for AppError {
+    fn from(e: sink::SinkError) -> Self {
+        match &e {
+            sink::SinkError::Pool(_) => AppError::Unavailable(e.to_string()),
+            sink::SinkError::Postgres(pg) if pg.is_closed() || pg.as_db_error().is_none() => {
+                AppError::Unavailable(e.to_string())
+            }
+            _ => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            AppError::BadRequest { message, details } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": message, "details": details}),
+            ),
+            AppError::NotFound => (StatusCode::NOT_FOUND, json!({"error": "not found", "details": null})),
+            AppError::Unavailable(detail) => {
+                error!(error = %detail, "dependency unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "database unavailable, retry later", "details": null}),
+                )
+            }
+            AppError::Internal(detail) => {
+                error!(error = %detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal error", "details": null}),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}

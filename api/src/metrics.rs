@@ -1,0 +1,67 @@
+//! HTTP metrics and the Prometheus endpoint.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{register_histogram_vec, register_int_gauge, Encoder, HistogramVec, IntGauge, TextEncoder};
+
+fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
+    match r {
+        Ok(m) => m,
+        Err(e) => panic!("metric {name} cannot be registered: {e}"),
+    }
+}
+
+pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    or_die(
+        register_histogram_vec!(
+            "analytics_query_duration_seconds",
+            "Time to answer an API request, by route and status class",
+            &["route", "status"],
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+        ),
+        "analytics_query_duration_seconds",
+    )
+});
+
+pub static ACTIVE_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_active_connections",
+            "API requests in flight"
+        ),
+        "analytics_active_connections",
+    )
+});
+
+/// Middleware: in-flight gauge and latency histogram per matched route.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    ACTIVE_CONNECTIONS.inc();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    ACTIVE_CONNECTIONS.dec();
+    let status = format!("{}xx", response.status().as_u16() / 100);
+    QUERY_DURATION
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Prometheus text exposition of the default registry.
+pub async fn prometheus() -> Response {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    if let Err(e) = encoder.encode(&prometheus::gather(), &mut buffer) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    ([(CONTENT_TYPE, encoder.format_type().to_owned())], buffer).into_response()
+}

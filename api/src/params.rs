@@ -1,0 +1,58 @@
+//! Strict parsing of query parameters; errors name the parameter.
+
+use chrono::DateTime;
+
+use crate::AppError;
+
+/// Parses an RFC 3339 time into microseconds since the epoch.
+pub fn parse_time(param: &str, value: Option<&str>) -> Result<Option<i64>, AppError> {
+    match value {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.timestamp_micros()))
+            .map_err(|e| AppError::bad_param(param, format!("{s:?} is not an RFC 3339 time ({e})"))),
+    }
+}
+
+/// A time range with defaults: `[now - default_span, now)` rounded up to
+/// the next whole second, when absent.
+pub fn parse_range(
+    start: Option<&str>,
+    end: Option<&str>,
+    now_us: i64,
+    default_span_us: i64,
+) -> Result<(i64, i64), AppError> {
+    let end_us = match parse_time("end_time", end)? {
+        Some(t) => t,
+        None => (now_us.div_euclid(1_000_000) + 1) * 1_000_000,
+    };
+    let start_us = match parse_time("start_time", start)? {
+        Some(t) => t,
+        None => end_us - default_span_us,
+    };
+    if end_us < start_us {
+        return Err(AppError::bad_param("end_time", "end_time is before start_time"));
+    }
+    Ok((start_us, end_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let now = 1_760_000_000_500_000;
+        let (s, e) = parse_range(None, None, now, 10_000_000).expect("defaults");
+        assert_eq!(e, 1_760_000_001_000_000);
+        assert_eq!(s, e - 10_000_000);
+        let (s, e) = parse_range(Some("2025-10-09T08:53:20Z"), Some("2025-10-09T08:53:21.5Z"), now, 0).expect("explicit");
+        assert_eq!(s, 1_760_000_000_000_000);
+        assert_eq!(e, 1_760_000_001_500_000);
+        let err = parse_range(Some("yesterday"), None, now, 0).expect_err("bad");
+        assert!(err.to_string().contains("start_time"));
+        let err = parse_range(Some("2025-10-09T08:53:22Z"), Some("2025-10-09T08:53:21Z"), now, 0).expect_err("reversed");
+        assert!(err.to_string().contains("end_time"));
+    }
+}

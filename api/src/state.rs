@@ -1,0 +1,65 @@
+//! Shared state of the handlers.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataflows::counts::CommittedQueue;
+use dataflows::LiveSnapshot;
+use sink::metrics::IngestionStats;
+use sink::partitions::Partitions;
+use sink::Pool;
+use tokio::sync::{watch, Mutex};
+
+/// API settings taken from the configuration.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub default_limit: i64,
+    pub max_results: i64,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub request_timeout: Duration,
+    pub cors_enabled: bool,
+    pub cors_origins: Vec<String>,
+    pub cors_methods: Vec<String>,
+    pub cors_headers: Vec<String>,
+    pub time_bounds: dataflows::event::TimeBounds,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            default_limit: 100,
+            max_results: 10_000,
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 10_000,
+            request_timeout: Duration::from_secs(30),
+            cors_enabled: false,
+            cors_origins: Vec::new(),
+            cors_methods: Vec::new(),
+            cors_headers: Vec::new(),
+            time_bounds: Default::default(),
+        }
+    }
+}
+
+/// Handles every handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<ApiSettings>,
+    pub pool: Pool,
+    pub partitions: Arc<Partitions>,
+    pub snapshots: watch::Receiver<Arc<LiveSnapshot>>,
+    pub committed: Arc<CommittedQueue>,
+    pub stats: Arc<IngestionStats>,
+    pub redis: Option<redis::Client>,
+    pub redis_conn: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    /// Set by the sink writer while its commits fail.
+    pub sink_degraded: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn snapshot(&self) -> Arc<LiveSnapshot> {
+        Arc::clone(&self.snapshots.borrow())
+    }
+}

@@ -1,0 +1,62 @@
+//! `GET /api/v1/events/stats`: counts by event type over `[start_time,
+//! end_time)` of event time. Answered from the live snapshot (with
+//! `as_of`) when its horizon covers the range and both ends fall on whole
+//! seconds; from PostgreSQL otherwise.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::params::parse_range;
+use crate::{AppError, AppState};
+
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+#[derive(Debug, Deserialize)]
+pub struct StatsParams {
+    start_time: Option<String>,
+    end_time: Option<String>,
+}
+
+pub async fn stats(
+    State(state): State<AppState>,
+    Query(params): Query<StatsParams>,
+) -> Result<Json<Value>, AppError> {
+    let now_us = dataflows::time::now_ms() as i64 * 1000;
+    let (from_us, to_us) = parse_range(
+        params.start_time.as_deref(),
+        params.end_time.as_deref(),
+        now_us,
+        DAY_US,
+    )?;
+    let snapshot = state.snapshot();
+    let aligned = from_us % 1_000_000 == 0 && to_us % 1_000_000 == 0;
+    let from_second = from_us.div_euclid(1_000_000);
+    let (by_type, as_of, source) = if aligned && snapshot.covers(from_second) {
+        let by_type = snapshot.counts.by_type(from_second, to_us.div_euclid(1_000_000));
+        (
+            by_type,
+            Some(dataflows::event::format_us(snapshot.as_of_ms as i64 * 1000)),
+            "live",
+        )
+    } else {
+        (
+            sink::queries::stats_by_type(&state.pool, from_us, to_us).await?,
+            None,
+            "postgres",
+        )
+    };
+    let total: i64 = by_type.values().sum();
+    let mut body = json!({
+        "start_time": dataflows::event::format_us(from_us),
+        "end_time": dataflows::event::format_us(to_us),
+        "total_events": total,
+        "by_type": by_type,
+        "source": source,
+    });
+    if let Some(as_of) = as_of {
+        body["as_of"] = Value::String(as_of);
+    }
+    Ok(Json(body))
+}

@@ -1,0 +1,248 @@
+//! Live counts of events by type and second of event time.
+//!
+//! Collection: `(event_type, second)` with `isize` multiplicities, over
+//! processing-time ticks (`u64` ms). An event read at tick `t` adds `+1` at
+//! `t` and a future-dated `-1` at [`Horizon::expire_at`] of its second, so
+//! the arrangement holds only seconds inside the live horizon and memory is
+//! bounded by the horizon, not by the number of events seen. Updates are
+//! pre-aggregated per tick and worker before they are exchanged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::{Scope, Stream};
+use timely::scheduling::SyncActivator;
+
+use crate::event::{EventSource, Record};
+use crate::metrics;
+use crate::time::{current_tick, tick_ceil};
+
+/// A count update: `((event_type, second), tick, diff)`.
+pub type CountUpdate = ((String, i64), u64, isize);
+
+type CountBuilder = timely::container::CapacityContainerBuilder<Vec<CountUpdate>>;
+
+/// How long seconds of event time stay in live state.
+#[derive(Clone, Copy, Debug)]
+pub struct Horizon {
+    pub horizon_ms: u64,
+    pub tick_ms: u64,
+}
+
+impl Horizon {
+    /// The tick at which the counts of `second` leave live state.
+    pub fn expire_at(&self, second: i64) -> u64 {
+        let end_ms = (second.saturating_add(1)).saturating_mul(1000).max(0) as u64;
+        tick_ceil(end_ms.saturating_add(self.horizon_ms), self.tick_ms)
+    }
+
+    /// The first second fully covered by a snapshot whose frontier is `as_of_ms`.
+    pub fn covered_from(&self, as_of_ms: u64) -> i64 {
+        let edge = as_of_ms as i64 - self.horizon_ms as i64;
+        edge.div_euclid(1000) + i64::from(edge.rem_euclid(1000) != 0)
+    }
+}
+
+/// Emits `((key, second), n)` at `cap` and its retraction at expiry.
+/// Returns false, emitting nothing, when the second is already expired.
+fn emit_expiring(
+    session: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, CountBuilder>,
+    cap: &Capability<u64>,
+    horizon: Horizon,
+    key: (String, i64),
+    n: isize,
+) -> bool {
+    let now = *cap.time();
+    let expire = horizon.expire_at(key.1);
+    if expire <= now {
+        return false;
+    }
+    session.session(cap).give((key.clone(), now, n));
+    let later = cap.delayed(&expire);
+    session.session(&later).give((key, expire, -n));
+    true
+}
+
+/// Counts a worker's records by `(event_type, second)`, pre-aggregated per
+/// input batch, with their future retractions.
+pub fn count_updates<'s>(
+    records: Stream<'s, u64, Vec<Record>>,
+    horizon: Horizon,
+) -> Stream<'s, u64, Vec<CountUpdate>> {
+    records.unary::<CountBuilder, _, _, _>(Pipeline, "CountByTypeSecond", move |_, _| {
+        let mut late: HashMap<Arc<str>, u64> = HashMap::new();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                let mut counts: HashMap<(&str, i64), isize> = HashMap::new();
+                for record in data.iter() {
+                    if let Record::Event(event) = record {
+                        *counts.entry((event.event_type.as_str(), event.second())).or_insert(0) += 1;
+                    }
+                }
+                for ((event_type, second), n) in counts {
+                    if !emit_expiring(output, &cap, horizon, (event_type.to_string(), second), n) {
+                        // Outside the live horizon: stored raw and in the
+                        // per-second table, counted here as late.
+                        for record in data.iter() {
+                            if let Record::Event(e) = record {
+                                if e.event_type == event_type && e.second() == second {
+                                    if let EventSource::Kafka { topic, .. } = &e.source {
+                                        *late.entry(Arc::clone(topic)).or_insert(0) += 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for (topic, n) in late.drain() {
+                    metrics::LATE_EVENTS.with_label_values(&[&topic]).inc_by(n);
+                }
+            });
+        }
+    })
+}
+
+/// Counts of events committed outside the dataflow (REST), waiting to be
+/// counted by the process's leader worker.
+#[derive(Default)]
+pub struct CommittedQueue {
+    items: Mutex<Vec<(String, i64)>>,
+    activator: Mutex<Option<SyncActivator>>,
+}
+
+impl std::fmt::Debug for CommittedQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommittedQueue").finish_non_exhaustive()
+    }
+}
+
+impl CommittedQueue {
+    /// Queues `(event_type, second)` of events already committed.
+    pub fn push(&self, items: impl IntoIterator<Item = (String, i64)>) {
+        if let Ok(mut guard) = self.items.lock() {
+            guard.extend(items);
+        }
+        if let Ok(guard) = self.activator.lock() {
+            if let Some(a) = guard.as_ref() {
+                let _ = a.activate();
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<(String, i64)> {
+        self.items.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default()
+    }
+}
+
+/// Count updates from outside the Kafka path: on worker 0, the counts
+/// restored from PostgreSQL at time 0; on every process's leader worker,
+/// REST events as they are committed.
+pub fn committed_input<'s>(
+    scope: Scope<'s, u64>,
+    restored: Vec<((String, i64), i64)>,
+    queue: Option<Arc<CommittedQueue>>,
+    horizon: Horizon,
+    shutdown: Arc<AtomicBool>,
+) -> Stream<'s, u64, Vec<CountUpdate>> {
+    source::<_, CountBuilder, _, _>(scope, "CommittedInput", move |capability, info| {
+        let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
+        if let Some(q) = queue.as_ref() {
+            if let Ok(mut guard) = q.activator.lock() {
+                *guard = Some(scope.worker().sync_activator_for(info.address.to_vec()));
+            }
+        }
+        let mut capability = Some(capability);
+        let mut restored = Some(restored);
+        let tick_ms = horizon.tick_ms;
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            if let Some(rows) = restored.take() {
+                for (key, n) in rows {
+                    emit_expiring(output, cap, horizon, key, n as isize);
+                }
+            }
+            if shutdown.load(Ordering::Relaxed) {
+                capability = None;
+                return;
+            }
+            let Some(q) = queue.as_ref() else {
+                capability = None;
+                return;
+            };
+            let tick = current_tick(tick_ms);
+            if *cap.time() < tick {
+                cap.downgrade(&tick);
+            }
+            let mut counts: HashMap<(String, i64), isize> = HashMap::new();
+            for key in q.take() {
+                *counts.entry(key).or_insert(0) += 1;
+            }
+            for (key, n) in counts {
+                emit_expiring(output, cap, horizon, key, n);
+            }
+            activator.activate_after(Duration::from_millis(tick_ms));
+        }
+    })
+}
+
+/// The offsets stored in PostgreSQL, emitted by worker 0 at time 0 and
+/// broadcast, so that every worker's source starts from them.
+pub fn start_offsets<'s>(
+    scope: Scope<'s, u64>,
+    offsets: Vec<(Arc<str>, i32, i64)>,
+) -> Stream<'s, u64, Vec<(Arc<str>, i32, i64)>> {
+    let peers = scope.peers();
+    let mut offsets = Some(offsets);
+    let stream: Stream<'s, u64, Vec<(usize, (Arc<str>, i32, i64))>> =
+        source(scope, "StartOffsets", move |capability, _info| {
+            let mut capability = Some(capability);
+            move |output| {
+                if let Some(cap) = capability.take() {
+                    let mut session = output.session(&cap);
+                    for item in offsets.take().unwrap_or_default() {
+                        for worker in 0..peers {
+                            session.give((worker, item.clone()));
+                        }
+                    }
+                }
+            }
+        });
+    use timely::dataflow::operators::Exchange;
+    stream
+        .exchange(|(worker, _)| *worker as u64)
+        .unary(Pipeline, "UnwrapOffsets", |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    output.session(&cap).give_iterator(data.drain(..).map(|(_, item)| item));
+                });
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_and_coverage_agree() {
+        let h = Horizon {
+            horizon_ms: 60_000,
+            tick_ms: 100,
+        };
+        // Second 100 ends at 101_000 ms, expires 60 s later.
+        assert_eq!(h.expire_at(100), 161_000);
+        for as_of in [161_000u64, 161_050, 161_999, 170_000] {
+            let from = h.covered_from(as_of);
+            // Every second at or after `from` is still held at `as_of`...
+            assert!(h.expire_at(from) >= as_of, "as_of {as_of} from {from}");
+            // ...and coverage is conservative by at most two seconds.
+            assert!(h.expire_at(from - 2) < as_of + 1000, "as_of {as_of}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The durability gate between the dataflow and PostgreSQL.
+//!
+//! [`durable_sink`] collects each worker's [`Record`]s per tick. When the
+//! worker's input frontier passes a tick, the tick's rows and the Kafka
+//! offsets they came from go to the sink task as one [`SinkBatch`]. The
+//! operator keeps a capability on its (data-less) output for every tick that
+//! is not yet committed, and drops it when the sink acknowledges the tick
+//! through the worker's [`WorkerAck`]. The output's frontier is therefore
+//! the global durability frontier: every tick before it is committed in
+//! PostgreSQL on every worker of the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::Stream;
+use timely::scheduling::SyncActivator;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::warn;
+
+use crate::event::{DeadLetter, Event, Record};
+
+/// The rows of one worker for one or more ticks, handed to the sink.
+#[derive(Debug)]
+pub struct SinkBatch {
+    /// The worker's index in the cluster.
+    pub worker: usize,
+    /// The latest tick whose rows this batch completes.
+    pub tick: u64,
+    pub events: Vec<Event>,
+    pub dead: Vec<DeadLetter>,
+    /// `(topic, partition, next_offset)` reached by the rows of this batch.
+    pub offsets: Vec<(Arc<str>, i32, i64)>,
+    /// Where to report the commit.
+    pub ack: Arc<WorkerAck>,
+}
+
+impl SinkBatch {
+    pub fn rows(&self) -> usize {
+        self.events.len() + self.dead.len()
+    }
+}
+
+/// Shared between one worker and the sink task: what is committed.
+#[derive(Default)]
+pub struct WorkerAck {
+    durable_tick: AtomicU64,
+    pending_rows: AtomicI64,
+    activator: Mutex<Option<SyncActivator>>,
+}
+
+impl std::fmt::Debug for WorkerAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerAck")
+            .field("durable_tick", &self.durable_tick.load(Ordering::Relaxed))
+            .field("pending_rows", &self.pending_rows.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl WorkerAck {
+    /// Called by the sink once `tick` and every earlier tick of this worker
+    /// are committed, with the number of rows that became durable.
+    pub fn acknowledge(&self, tick: u64, rows: usize) {
+        self.durable_tick.fetch_max(tick, Ordering::AcqRel);
+        self.pending_rows.fetch_sub(rows as i64, Ordering::AcqRel);
+        if let Ok(guard) = self.activator.lock() {
+            if let Some(activator) = guard.as_ref() {
+                // An error means the worker is gone; nothing is left to wake.
+                let _ = activator.activate();
+            }
+        }
+    }
+
+    /// Rows handed to the sink and not yet committed.
+    pub fn pending_rows(&self) -> i64 {
+        self.pending_rows.load(Ordering::Acquire)
+    }
+
+    /// The latest tick known to be committed.
+    pub fn durable_tick(&self) -> u64 {
+        self.durable_tick.load(Ordering::Acquire)
+    }
+
+    fn register(&self, activator: SyncActivator) {
+        if let Ok(mut guard) = self.activator.lock() {
+            *guard = Some(activator);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    events: Vec<Event>,
+    dead: Vec<DeadLetter>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
+}
+
+/// Hands completed ticks to the sink; the output frontier is the
+/// durability frontier.
+pub fn durable_sink<'s>(
+    records: Stream<'s, u64, Vec<Record>>,
+    sink: UnboundedSender<SinkBatch>,
+    ack: Arc<WorkerAck>,
+) -> Stream<'s, u64, Vec<()>> {
+    let scope = records.scope();
+    let worker = scope.index();
+    records.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "DurableSink", move |_capability, info| {
+        ack.register(scope.worker().sync_activator_for(info.address.to_vec()));
+        let mut stash: BTreeMap<u64, (Capability<u64>, Pending)> = BTreeMap::new();
+        let mut inflight: Vec<(u64, Capability<u64>)> = Vec::new();
+        move |(input, frontier), _output| {
+            input.for_each(|cap, data| {
+                let Some(time) = cap.least().copied() else { return };
+                let Some(retained) = cap.retain_least(0) else { return };
+                let (_, pending) = stash
+                    .entry(time)
+                    .or_insert_with(|| (retained, Pending::default()));
+                for record in data.drain(..) {
+                    match record {
+                        Record::Event(e) => pending.events.push(e),
+                        Record::Dead(d) => pending.dead.push(d),
+                        Record::Progress {
+                            topic,
+                            partition,
+                            next_offset,
+                        } => {
+                            let slot = pending.offsets.entry((topic, partition)).or_insert(next_offset);
+                            *slot = (*slot).max(next_offset);
+                        }
+                    }
+                }
+            });
+            while let Some(entry) = stash.first_entry() {
+                let tick = *entry.key();
+                if frontier.less_equal(&tick) {
+                    break;
+                }
+                let (capability, pending) = entry.remove();
+                let batch = SinkBatch {
+                    worker,
+                    tick,
+                    events: pending.events,
+                    dead: pending.dead,
+                    offsets: pending
+                        .offsets
+                        .into_iter()
+                        .map(|((t, p), o)| (t, p, o))
+                        .collect(),
+                    ack: Arc::clone(&ack),
+                };
+                if batch.rows() == 0 && batch.offsets.is_empty() {
+                    continue;
+                }
+                ack.pending_rows.fetch_add(batch.rows() as i64, Ordering::AcqRel);
+                if sink.send(batch).is_err() {
+                    warn!(worker, tick, "sink is gone; tick will never be durable");
+                }
+                inflight.push((tick, capability));
+            }
+            let durable = ack.durable_tick();
+            inflight.retain(|(tick, _)| *tick > durable);
+        }
+    })
+}

@@ -1,0 +1,427 @@
+//! The event model and its parser.
+//!
+//! An [`Event`] is born here, from the JSON of a Kafka message or a REST
+//! body. Bad input is data: parsing returns a [`ParseError`] with a bounded
+//! [`DeadReason`], which the dataflow turns into a [`DeadLetter`] row
+//! carrying the raw bytes, never a panic.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Namespace of the deterministic ids given to Kafka events without an `id`
+/// (UUID v5 of `topic/partition/offset`).
+pub const KAFKA_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_4c0e_93d2_4b7a_8e51_c0ff_ee00_2025);
+
+/// Largest accepted payload, in bytes; larger messages are dead letters.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Event types the platform publishes; any other type is a custom event.
+pub const KNOWN_TYPES: &[&str] = &[
+    "order.placed",
+    "order.filled",
+    "order.canceled",
+    "order.rejected",
+    "position.opened",
+    "position.closed",
+    "balance.updated",
+    "strategy.started",
+    "strategy.stopped",
+    "signal.generated",
+    "market.data.update",
+    "alert.triggered",
+    "user.login",
+    "user.logout",
+    "page.view",
+    "button.click",
+];
+
+/// Where an input came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventSource {
+    /// A Kafka message.
+    Kafka {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
+    /// A REST request.
+    Rest,
+}
+
+/// One event, validated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    /// The `properties` object as JSON text (`{}` when absent).
+    pub properties: String,
+    /// Event time, microseconds since the Unix epoch.
+    pub timestamp_us: i64,
+    /// When the service accepted the event, microseconds since the epoch.
+    pub created_at_us: i64,
+    pub source: EventSource,
+}
+
+impl Event {
+    /// Event time in whole seconds since the epoch (floor).
+    pub fn second(&self) -> i64 {
+        self.timestamp_us.div_euclid(1_000_000)
+    }
+
+    /// The event as the API's JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let properties: serde_json::Value =
+            serde_json::from_str(&self.properties).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({
+            "id": self.id,
+            "event_type": self.event_type,
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "properties": properties,
+            "timestamp": format_us(self.timestamp_us),
+            "created_at": format_us(self.created_at_us),
+        })
+    }
+}
+
+/// Formats microseconds since the epoch as RFC 3339.
+pub fn format_us(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// Why an input was refused. The set is closed so that metric labels stay bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeadReason {
+    EmptyPayload,
+    Oversize,
+    InvalidUtf8,
+    MalformedJson,
+    NotAnObject,
+    MissingField,
+    InvalidField,
+    BadTimestamp,
+    TimestampOutOfRange,
+}
+
+impl DeadReason {
+    pub const ALL: &'static [DeadReason] = &[
+        DeadReason::EmptyPayload,
+        DeadReason::Oversize,
+        DeadReason::InvalidUtf8,
+        DeadReason::MalformedJson,
+        DeadReason::NotAnObject,
+        DeadReason::MissingField,
+        DeadReason::InvalidField,
+        DeadReason::BadTimestamp,
+        DeadReason::TimestampOutOfRange,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::EmptyPayload => "empty_payload",
+            DeadReason::Oversize => "oversize",
+            DeadReason::InvalidUtf8 => "invalid_utf8",
+            DeadReason::MalformedJson => "malformed_json",
+            DeadReason::NotAnObject => "not_an_object",
+            DeadReason::MissingField => "missing_field",
+            DeadReason::InvalidField => "invalid_field",
+            DeadReason::BadTimestamp => "bad_timestamp",
+            DeadReason::TimestampOutOfRange => "timestamp_out_of_range",
+        }
+    }
+}
+
+/// A refused input: why, and in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct ParseError {
+    pub reason: DeadReason,
+    pub detail: String,
+}
+
+impl ParseError {
+    fn new(reason: DeadReason, detail: impl Into<String>) -> Self {
+        ParseError {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A refused input as it is stored in `dead_letters`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: DeadReason,
+    pub detail: String,
+    pub payload: Vec<u8>,
+    pub source: EventSource,
+    pub received_at_us: i64,
+}
+
+/// What the Kafka source emits, per worker, at a tick.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// A valid event, to be stored and counted.
+    Event(Event),
+    /// A refused message, to be stored in `dead_letters`.
+    Dead(DeadLetter),
+    /// Every message of `topic/partition` below `next_offset` has been emitted
+    /// at this tick or an earlier one.
+    Progress {
+        topic: Arc<str>,
+        partition: i32,
+        next_offset: i64,
+    },
+}
+
+/// Bounds on acceptable event times, relative to the time of parsing.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeBounds {
+    /// How far in the past an event time may lie, in microseconds.
+    pub max_age_us: i64,
+    /// How far in the future an event time may lie, in microseconds.
+    pub max_future_us: i64,
+}
+
+impl Default for TimeBounds {
+    fn default() -> Self {
+        TimeBounds {
+            max_age_us: 90 * 86_400 * 1_000_000,
+            max_future_us: 86_400 * 1_000_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    session_id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    properties: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+}
+
+/// Parses one event from raw bytes.
+///
+/// `default_id` is used when the input carries no `id` (Kafka: a UUID v5 of
+/// the message position; REST: a random UUID). `now_us` is the acceptance
+/// time, used for `created_at` and a missing `timestamp`.
+pub fn parse_event(
+    payload: &[u8],
+    source: EventSource,
+    default_id: impl FnOnce() -> Uuid,
+    now_us: i64,
+    bounds: TimeBounds,
+) -> Result<Event, ParseError> {
+    if payload.is_empty() {
+        return Err(ParseError::new(DeadReason::EmptyPayload, "empty payload"));
+    }
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(ParseError::new(
+            DeadReason::Oversize,
+            format!("payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}", payload.len()),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| ParseError::new(DeadReason::InvalidUtf8, e.to_string()))?;
+    let value: &RawValue = serde_json::from_str(text)
+        .map_err(|e| ParseError::new(DeadReason::MalformedJson, e.to_string()))?;
+    parse_value(value, source, default_id, now_us, bounds)
+}
+
+/// Parses one event from an already tokenised JSON value.
+pub fn parse_value(
+    value: &RawValue,
+    source: EventSource,
+    default_id: impl FnOnce() -> Uuid,
+    now_us: i64,
+    bounds: TimeBounds,
+) -> Result<Event, ParseError> {
+    if !value.get().trim_start().starts_with('{') {
+        return Err(ParseError::new(DeadReason::NotAnObject, "event must be a JSON object"));
+    }
+    let wire: Wire<'_> = serde_json::from_str(value.get())
+        .map_err(|e| ParseError::new(DeadReason::InvalidField, e.to_string()))?;
+    let event_type = match wire.event_type {
+        Some(t) if !t.trim().is_empty() => t.into_owned(),
+        Some(_) => {
+            return Err(ParseError::new(DeadReason::InvalidField, "event_type must not be empty"))
+        }
+        None => return Err(ParseError::new(DeadReason::MissingField, "event_type is required")),
+    };
+    if event_type.len() > 255 {
+        return Err(ParseError::new(
+            DeadReason::InvalidField,
+            "event_type longer than 255 bytes",
+        ));
+    }
+    let id = match wire.id {
+        Some(s) => Uuid::parse_str(&s)
+            .map_err(|e| ParseError::new(DeadReason::InvalidField, format!("id: {e}")))?,
+        None => default_id(),
+    };
+    let user_id = optional_string("user_id", wire.user_id)?;
+    let session_id = optional_string("session_id", wire.session_id)?;
+    let properties = match wire.properties {
+        None => "{}".to_string(),
+        Some(raw) if raw.get() == "null" => "{}".to_string(),
+        Some(raw) if raw.get().trim_start().starts_with('{') => raw.get().to_string(),
+        Some(_) => {
+            return Err(ParseError::new(
+                DeadReason::InvalidField,
+                "properties must be a JSON object",
+            ))
+        }
+    };
+    let timestamp_us = match wire.timestamp {
+        None => now_us,
+        Some(s) => {
+            let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
+                ParseError::new(DeadReason::BadTimestamp, format!("timestamp {s:?}: {e}"))
+            })?;
+            t.timestamp_micros()
+        }
+    };
+    if timestamp_us < now_us - bounds.max_age_us || timestamp_us > now_us + bounds.max_future_us {
+        return Err(ParseError::new(
+            DeadReason::TimestampOutOfRange,
+            format!("timestamp {} outside the accepted range", format_us(timestamp_us)),
+        ));
+    }
+    Ok(Event {
+        id,
+        event_type,
+        user_id,
+        session_id,
+        properties,
+        timestamp_us,
+        created_at_us: now_us,
+        source,
+    })
+}
+
+fn optional_string(field: &str, raw: Option<&RawValue>) -> Result<Option<String>, ParseError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if text.starts_with('"') {
+        let s: String = serde_json::from_str(text)
+            .map_err(|e| ParseError::new(DeadReason::InvalidField, format!("{field}: {e}")))?;
+        return Ok(Some(s));
+    }
+    // Older producers send numeric ids; keep them as their decimal text.
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !text.is_empty() {
+        return Ok(Some(text.to_string()));
+    }
+    Err(ParseError::new(
+        DeadReason::InvalidField,
+        format!("{field} must be a string"),
+    ))
+}
+
+/// The deterministic id of a Kafka message without an `id`.
+pub fn kafka_event_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+    Uuid::new_v5(
+        &KAFKA_ID_NAMESPACE,
+        format!("{topic}/{partition}/{offset}").as_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_760_000_000_000_000;
+
+    fn parse(s: &[u8]) -> Result<Event, ParseError> {
+        parse_event(
+            s,
+            EventSource::Rest,
+            || Uuid::nil(),
+            NOW,
+            TimeBounds::default(),
+        )
+    }
+
+    #[test]
+    fn parses_full_event() {
+        let e = parse(br#"{"id":"7d9f3c1e-8a4b-4c2d-9e1f-0a1b2c3d4e5f","event_type":"order.placed","user_id":"u1","session_id":"s1","properties":{"symbol":"BTCUSDT","price":50000},"timestamp":"2025-10-09T08:53:20Z"}"#).expect("valid");
+        assert_eq!(e.event_type, "order.placed");
+        assert_eq!(e.user_id.as_deref(), Some("u1"));
+        assert_eq!(e.properties, r#"{"symbol":"BTCUSDT","price":50000}"#);
+        assert_eq!(e.timestamp_us, 1_759_999_999_000_000 + 1_000_000);
+        assert_eq!(e.created_at_us, NOW);
+    }
+
+    #[test]
+    fn defaults() {
+        let e = parse(br#"{"event_type":"page.view"}"#).expect("valid");
+        assert_eq!(e.id, Uuid::nil());
+        assert_eq!(e.timestamp_us, NOW);
+        assert_eq!(e.properties, "{}");
+        assert_eq!(e.user_id, None);
+    }
+
+    #[test]
+    fn numeric_user_id_is_kept_as_text() {
+        let e = parse(br#"{"event_type":"page.view","user_id":42}"#).expect("valid");
+        assert_eq!(e.user_id.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn reasons() {
+        let cases: &[(&[u8], DeadReason)] = &[
+            (b"", DeadReason::EmptyPayload),
+            (b"\xff\xfe", DeadReason::InvalidUtf8),
+            (b"{not json", DeadReason::MalformedJson),
+            (b"[1,2]", DeadReason::NotAnObject),
+            (br#"{"user_id":"u"}"#, DeadReason::MissingField),
+            (br#"{"event_type":""}"#, DeadReason::InvalidField),
+            (br#"{"event_type":7}"#, DeadReason::InvalidField),
+            (br#"{"event_type":"a","id":"nope"}"#, DeadReason::InvalidField),
+            (br#"{"event_type":"a","properties":[1]}"#, DeadReason::InvalidField),
+            (br#"{"event_type":"a","user_id":{"x":1}}"#, DeadReason::InvalidField),
+            (br#"{"event_type":"a","timestamp":"yesterday"}"#, DeadReason::BadTimestamp),
+            (br#"{"event_type":"a","timestamp":"1999-01-01T00:00:00Z"}"#, DeadReason::TimestampOutOfRange),
+        ];
+        for (input, reason) in cases {
+            let err = parse(input).expect_err("must be refused");
+            assert_eq!(err.reason, *reason, "input {:?}: {}", String::from_utf8_lossy(input), err);
+        }
+        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert_eq!(parse(&big).expect_err("oversize").reason, DeadReason::Oversize);
+    }
+
+    #[test]
+    fn kafka_ids_are_deterministic() {
+        assert_eq!(kafka_event_id("t", 1, 2), kafka_event_id("t", 1, 2));
+        assert_ne!(kafka_event_id("t", 1, 2), kafka_event_id("t", 1, 3));
+        assert_ne!(kafka_event_id("t", 1, 2), kafka_event_id("u", 1, 2));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let e = parse(br#"{"event_type":"x","properties":{"a":1}}"#).expect("valid");
+        let v = e.to_json();
+        assert_eq!(v["properties"]["a"], 1);
+        assert_eq!(v["event_type"], "x");
+    }
+}

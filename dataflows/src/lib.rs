@@ -1,0 +1,23 @@
+//! The dataflow crate owns everything that happens to an event between the
+//! wire and the live state: the event model and its parser
+//! ([`event`]), the Kafka source ([`kafka_source`]), the timely/differential
+//! operators that count events and gate them on durability ([`counts`],
+//! [`durable`]), and the publish operator that hands an immutable snapshot
+//! of live state to tokio ([`publish`], [`live`]).
+//!
+//! Timestamps everywhere in the dataflow are processing-time ticks: `u64`
+//! milliseconds since the Unix epoch, rounded down to the configured tick.
+//! Event time is data, carried inside each record.
+
+pub mod counts;
+pub mod durable;
+pub mod event;
+pub mod kafka_source;
+pub mod live;
+pub mod metrics;
+pub mod pipeline;
+pub mod publish;
+pub mod time;
+
+pub use event::{DeadLetter, DeadReason, Event, EventSource, ParseError, Record};
+pub use live::{LiveCounts, LiveSnapshot};

@@ -1,0 +1,98 @@
+//! Prometheus metrics of the dataflow, registered in the default registry.
+//! Names follow `analytics_<what>_<unit>[_total]`; labels are bounded
+//! (topic and partition come from configuration, not from input).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
+    match r {
+        Ok(m) => m,
+        Err(e) => panic!("metric {name} cannot be registered: {e}"),
+    }
+}
+
+pub static MESSAGES_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_kafka_messages_consumed_total",
+            "Kafka messages read by the sources"
+        ),
+        "analytics_kafka_messages_consumed_total",
+    )
+});
+
+pub static KAFKA_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!("analytics_kafka_errors_total", "Errors returned by Kafka polls"),
+        "analytics_kafka_errors_total",
+    )
+});
+
+pub static SOURCE_PAUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_source_paused_total",
+            "Source activations skipped because too many rows wait for PostgreSQL"
+        ),
+        "analytics_source_paused_total",
+    )
+});
+
+pub static CONSUMER_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge_vec!(
+            "analytics_consumer_lag_messages",
+            "High watermark minus the offset committed in PostgreSQL",
+            &["topic", "partition"]
+        ),
+        "analytics_consumer_lag_messages",
+    )
+});
+
+pub static LATE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_late_events_total",
+            "Events whose event time lies beyond the live horizon (stored, not held live)",
+            &["topic"]
+        ),
+        "analytics_late_events_total",
+    )
+});
+
+pub static FRESHNESS: LazyLock<Histogram> = LazyLock::new(|| {
+    or_die(
+        register_histogram!(
+            "analytics_freshness_seconds",
+            "From the start of the tick an event was read in to its snapshot being published",
+            vec![0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0]
+        ),
+        "analytics_freshness_seconds",
+    )
+});
+
+pub static ARRANGEMENT_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge_vec!(
+            "analytics_arrangement_records",
+            "Updates held in an arrangement's trace, per worker",
+            &["arrangement", "worker"]
+        ),
+        "analytics_arrangement_records",
+    )
+});
+
+pub static LIVE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_live_count_entries",
+            "(event_type, second) entries in the published live state"
+        ),
+        "analytics_live_count_entries",
+    )
+});

@@ -1,0 +1,17 @@
+//! Errors of the sink crate.
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("pool set-up: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("migration {version} ({name}): {source}")]
+    Migration {
+        version: i32,
+        name: String,
+        source: tokio_postgres::Error,
+    },
+}

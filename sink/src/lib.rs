@@ -1,0 +1,21 @@
+//! PostgreSQL access for the service: the migrations runner
+//! ([`migrate`]), partition management ([`partitions`]), the group-commit
+//! writer that makes dataflow ticks durable ([`writer`]), the REST write
+//! path ([`rest`]), restore and history queries ([`queries`]).
+//!
+//! Raw rows go in with binary COPY; offsets, dead letters and per-second
+//! counts with multi-row statements over `unnest`, all in one transaction
+//! per group of ticks. No row-at-a-time INSERT on the hot path.
+
+pub mod encode;
+pub mod error;
+pub mod metrics;
+pub mod migrate;
+pub mod partitions;
+pub mod pool;
+pub mod queries;
+pub mod rest;
+pub mod writer;
+
+pub use error::SinkError;
+pub use pool::{connect_pool, DbSettings, Pool};

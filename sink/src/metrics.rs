@@ -1,0 +1,104 @@
+//! Prometheus metrics of the sink, and the counters behind
+//! `/api/v1/internal/ingestion-metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
+
+fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
+    match r {
+        Ok(m) => m,
+        Err(e) => panic!("metric {name} cannot be registered: {e}"),
+    }
+}
+
+pub static EVENTS_INGESTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_events_ingested_total",
+            "Events committed to PostgreSQL",
+            &["source"]
+        ),
+        "analytics_events_ingested_total",
+    )
+});
+
+pub static EVENTS_FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_events_failed_total",
+            "Inputs refused, by reason",
+            &["reason"]
+        ),
+        "analytics_events_failed_total",
+    )
+});
+
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_dead_letters_total",
+            "Rows committed to dead_letters, by source",
+            &["source"]
+        ),
+        "analytics_dead_letters_total",
+    )
+});
+
+pub static BATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_batches_processed_total",
+            "Transactions committed by the sink"
+        ),
+        "analytics_batches_processed_total",
+    )
+});
+
+pub static BATCH_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    or_die(
+        register_histogram!(
+            "analytics_batch_duration_seconds",
+            "Time to commit one group of ticks",
+            vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+        ),
+        "analytics_batch_duration_seconds",
+    )
+});
+
+pub static SINK_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_sink_errors_total",
+            "Failed sink transactions (retried)"
+        ),
+        "analytics_sink_errors_total",
+    )
+});
+
+/// Counters for the internal ingestion endpoint.
+#[derive(Debug, Default)]
+pub struct IngestionStats {
+    pub events_ingested: AtomicU64,
+    pub events_failed: AtomicU64,
+    pub batches_processed: AtomicU64,
+    pub last_batch_size: AtomicU64,
+    pub last_batch_duration_us: AtomicU64,
+    /// Sum over committed events of (commit time - created_at), in microseconds.
+    pub total_latency_us: AtomicU64,
+}
+
+impl IngestionStats {
+    pub fn record_batch(&self, events: u64, failed: u64, duration_us: u64, latency_us: u64) {
+        self.events_ingested.fetch_add(events, Ordering::Relaxed);
+        self.events_failed.fetch_add(failed, Ordering::Relaxed);
+        self.batches_processed.fetch_add(1, Ordering::Relaxed);
+        self.last_batch_size.store(events + failed, Ordering::Relaxed);
+        self.last_batch_duration_us.store(duration_us, Ordering::Relaxed);
+        self.total_latency_us.fetch_add(latency_us, Ordering::Relaxed);
+    }
+}

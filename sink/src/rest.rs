@@ -1,0 +1,59 @@
+//! The REST write path: events POSTed to the API are committed here, in
+//! their own transaction, before the request is answered; ids already
+//! stored over REST are skipped, so a retried POST is stored once.
+
+use std::collections::HashSet;
+
+use dataflows::event::{DeadLetter, Event};
+use uuid::Uuid;
+
+use crate::metrics;
+use crate::partitions::{day_of, Partitions};
+use crate::writer::{copy_events, insert_dead_letters, upsert_counts};
+use crate::{Pool, SinkError};
+
+/// Commits `events` (and refused inputs) and returns the events that were
+/// new, i.e. not stored by an earlier request with the same id.
+pub async fn commit_rest(
+    pool: &Pool,
+    partitions: &Partitions,
+    events: &[Event],
+    dead: &[DeadLetter],
+) -> Result<Vec<Event>, SinkError> {
+    let mut client = pool.get().await?;
+    partitions
+        .ensure(&**client, "events", events.iter().map(|e| day_of(e.timestamp_us)))
+        .await?;
+    let tx = client.transaction().await?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let fresh: HashSet<Uuid> = tx
+        .query(
+            "INSERT INTO rest_event_ids (id) SELECT * FROM unnest($1::uuid[])
+             ON CONFLICT DO NOTHING RETURNING id",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut seen = HashSet::new();
+    let new: Vec<&Event> = events
+        .iter()
+        .filter(|e| fresh.contains(&e.id) && seen.insert(e.id))
+        .collect();
+    copy_events(&tx, &new).await?;
+    upsert_counts(&tx, &new).await?;
+    let dead_refs: Vec<&DeadLetter> = dead.iter().collect();
+    insert_dead_letters(&tx, &dead_refs).await?;
+    tx.commit().await?;
+    metrics::EVENTS_INGESTED
+        .with_label_values(&["rest"])
+        .inc_by(new.len() as u64);
+    metrics::DEAD_LETTERS
+        .with_label_values(&["rest"])
+        .inc_by(dead.len() as u64);
+    for d in dead {
+        metrics::EVENTS_FAILED.with_label_values(&[d.reason.as_str()]).inc();
+    }
+    Ok(new.into_iter().cloned().collect())
+}

@@ -1,0 +1,303 @@
+//! The group-commit writer: makes dataflow ticks durable.
+//!
+//! Batches arrive from every local worker's durability operator in tick
+//! order per worker. The writer takes what is queued (up to a row budget),
+//! writes raw events with binary COPY, dead letters, per-second counts and
+//! the Kafka offsets the rows came from in ONE transaction, then
+//! acknowledges each batch to its worker. A failed transaction is retried
+//! with backoff and the same rows, so a PostgreSQL outage pauses ingestion
+//! (the sources stop polling when too many rows wait) without loss.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dataflows::durable::SinkBatch;
+use dataflows::event::{DeadLetter, Event, EventSource};
+use futures::pin_mut;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Transaction;
+use tracing::{debug, error, info_span, Instrument};
+
+use crate::encode::{PgMicros, RawJsonb};
+use crate::metrics::{self, IngestionStats};
+use crate::partitions::{day_of, Partitions};
+use crate::{Pool, SinkError};
+
+/// Committed offsets per partition, shared with the lag monitor.
+pub type Positions = Arc<RwLock<HashMap<(Arc<str>, i32), i64>>>;
+
+/// Called after each commit with the partitions' committed next offsets
+/// (used to commit consumer-group offsets to Kafka for lag monitoring).
+pub type OffsetsCommitted = Box<dyn Fn(&[(Arc<str>, i32, i64)]) + Send + Sync>;
+
+/// What the writer needs.
+pub struct WriterContext {
+    pub pool: Pool,
+    pub partitions: Arc<Partitions>,
+    pub stats: Arc<IngestionStats>,
+    pub positions: Positions,
+    pub on_commit: Option<OffsetsCommitted>,
+    /// Set while the last transaction failed.
+    pub degraded: Arc<AtomicBool>,
+    /// Most rows committed in one transaction.
+    pub max_group_rows: usize,
+}
+
+/// Runs until every sender is dropped and the queue is drained.
+pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let mut rows = group[0].rows();
+        while rows < ctx.max_group_rows {
+            match rx.try_recv() {
+                Ok(batch) => {
+                    rows += batch.rows();
+                    group.push(batch);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let started = Instant::now();
+            let span = info_span!("sink_commit", batches = group.len(), rows);
+            match write_group(&ctx, &group).instrument(span).await {
+                Ok(()) => {
+                    ctx.degraded.store(false, Ordering::Relaxed);
+                    let elapsed = started.elapsed();
+                    metrics::BATCH_DURATION.observe(elapsed.as_secs_f64());
+                    metrics::BATCHES.inc();
+                    finish(&ctx, &group, elapsed);
+                    break;
+                }
+                Err(e) => {
+                    ctx.degraded.store(true, Ordering::Relaxed);
+                    metrics::SINK_ERRORS.inc();
+                    error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sink commit failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    debug!("sink writer finished");
+}
+
+fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
+    let now_us = dataflows::time::now_ms() as i64 * 1000;
+    let mut events = 0u64;
+    let mut failed = 0u64;
+    let mut latency = 0u64;
+    let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
+    for batch in group {
+        events += batch.events.len() as u64;
+        failed += batch.dead.len() as u64;
+        for e in &batch.events {
+            latency += (now_us - e.created_at_us).max(0) as u64;
+        }
+        for d in &batch.dead {
+            metrics::EVENTS_FAILED.with_label_values(&[d.reason.as_str()]).inc();
+        }
+        for (t, p, o) in &batch.offsets {
+            let slot = offsets.entry((Arc::clone(t), *p)).or_insert(*o);
+            *slot = (*slot).max(*o);
+        }
+    }
+    metrics::EVENTS_INGESTED.with_label_values(&["kafka"]).inc_by(events);
+    metrics::DEAD_LETTERS.with_label_values(&["kafka"]).inc_by(failed);
+    ctx.stats
+        .record_batch(events, failed, elapsed.as_micros() as u64, latency);
+    if let Ok(mut positions) = ctx.positions.write() {
+        for ((t, p), o) in &offsets {
+            positions.insert((Arc::clone(t), *p), *o);
+        }
+    }
+    if let Some(on_commit) = ctx.on_commit.as_ref() {
+        let list: Vec<_> = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        on_commit(&list);
+    }
+    for batch in group {
+        batch.ack.acknowledge(batch.tick, batch.rows());
+    }
+}
+
+async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), SinkError> {
+    let mut client = ctx.pool.get().await?;
+    let days: Vec<i64> = group
+        .iter()
+        .flat_map(|b| b.events.iter().map(|e| day_of(e.timestamp_us)))
+        .collect();
+    ctx.partitions.ensure(&**client, "events", days).await?;
+    let tx = client.transaction().await?;
+    let events: Vec<&Event> = group.iter().flat_map(|b| b.events.iter()).collect();
+    copy_events(&tx, &events).await?;
+    let dead: Vec<&DeadLetter> = group.iter().flat_map(|b| b.dead.iter()).collect();
+    insert_dead_letters(&tx, &dead).await?;
+    upsert_counts(&tx, &events).await?;
+    let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for batch in group {
+        for (t, p, o) in &batch.offsets {
+            let slot = offsets.entry((t.as_ref(), *p)).or_insert(*o);
+            *slot = (*slot).max(*o);
+        }
+    }
+    upsert_offsets(&tx, &offsets).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+const EVENT_TYPES: &[Type] = &[
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+];
+
+/// Writes events with binary COPY.
+pub async fn copy_events(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(
+            "COPY events (id, event_type, user_id, session_id, properties, \"timestamp\", \
+             created_at, source, kafka_topic, kafka_partition, kafka_offset) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, EVENT_TYPES);
+    pin_mut!(writer);
+    for e in events {
+        let (source, topic, partition, offset) = match &e.source {
+            EventSource::Kafka {
+                topic,
+                partition,
+                offset,
+            } => ("kafka", Some(topic.as_ref()), Some(*partition), Some(*offset)),
+            EventSource::Rest => ("rest", None, None, None),
+        };
+        let row: [&(dyn ToSql + Sync); 11] = [
+            &e.id,
+            &e.event_type,
+            &e.user_id,
+            &e.session_id,
+            &RawJsonb(&e.properties),
+            &PgMicros(e.timestamp_us),
+            &PgMicros(e.created_at_us),
+            &source,
+            &topic,
+            &partition,
+            &offset,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Adds the events to `event_counts`, keys sorted so that concurrent
+/// writers lock rows in the same order.
+pub async fn upsert_counts(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut counts: BTreeMap<(i64, &str), i64> = BTreeMap::new();
+    for e in events {
+        *counts.entry((e.second(), e.event_type.as_str())).or_insert(0) += 1;
+    }
+    let seconds: Vec<i64> = counts.keys().map(|(s, _)| *s).collect();
+    let types: Vec<&str> = counts.keys().map(|(_, t)| *t).collect();
+    let ns: Vec<i64> = counts.values().copied().collect();
+    tx.execute(
+        "INSERT INTO event_counts (second, event_type, count)
+         SELECT to_timestamp(s), t, n FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(s, t, n)
+         ORDER BY 1, 2
+         ON CONFLICT (second, event_type) DO UPDATE SET count = event_counts.count + EXCLUDED.count",
+        &[&seconds, &types, &ns],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn upsert_offsets(
+    tx: &Transaction<'_>,
+    offsets: &BTreeMap<(&str, i32), i64>,
+) -> Result<(), SinkError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = offsets.keys().map(|(t, _)| *t).collect();
+    let partitions: Vec<i32> = offsets.keys().map(|(_, p)| *p).collect();
+    let next: Vec<i64> = offsets.values().copied().collect();
+    tx.execute(
+        "INSERT INTO kafka_offsets (topic, \"partition\", next_offset, updated_at)
+         SELECT t, p, o, now() FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, o)
+         ON CONFLICT (topic, \"partition\") DO UPDATE
+         SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at",
+        &[&topics, &partitions, &next],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores refused inputs.
+pub async fn insert_dead_letters(
+    tx: &Transaction<'_>,
+    dead: &[&DeadLetter],
+) -> Result<(), SinkError> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let mut sources = Vec::with_capacity(dead.len());
+    let mut topics = Vec::with_capacity(dead.len());
+    let mut partitions = Vec::with_capacity(dead.len());
+    let mut offsets = Vec::with_capacity(dead.len());
+    let mut reasons = Vec::with_capacity(dead.len());
+    let mut details = Vec::with_capacity(dead.len());
+    let mut payloads = Vec::with_capacity(dead.len());
+    let mut received = Vec::with_capacity(dead.len());
+    for d in dead {
+        match &d.source {
+            EventSource::Kafka {
+                topic,
+                partition,
+                offset,
+            } => {
+                sources.push("kafka");
+                topics.push(Some(topic.as_ref()));
+                partitions.push(Some(*partition));
+                offsets.push(Some(*offset));
+            }
+            EventSource::Rest => {
+                sources.push("rest");
+                topics.push(None);
+                partitions.push(None);
+                offsets.push(None);
+            }
+        }
+        reasons.push(d.reason.as_str());
+        details.push(d.detail.as_str());
+        payloads.push(d.payload.as_slice());
+        received.push(d.received_at_us);
+    }
+    tx.execute(
+        "INSERT INTO dead_letters (received_at, source, kafka_topic, kafka_partition, kafka_offset, reason, detail, payload)
+         SELECT to_timestamp(r / 1000000.0), s, t, p, o, re, de, pa
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::bytea[])
+           AS u(r, s, t, p, o, re, de, pa)
+         ON CONFLICT DO NOTHING",
+        &[&received, &sources, &topics, &partitions, &offsets, &reasons, &details, &payloads],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! One typed configuration: the YAML format of the replaced service
+//! (`config.example.yaml` loads unchanged), environment overrides, and
+//! range validation that names the bad key. Loaded once in `main` and
+//! passed down; there is no global.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid environment variable {var}={value:?}: {why}")]
+    Env {
+        var: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("invalid configuration value {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+macro_rules! section {
+    ($name:ident { $($(#[$m:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
+        #[derive(Clone, Debug, Deserialize)]
+        #[serde(default)]
+        pub struct $name { $($(#[$m])* pub $field: $ty),* }
+        impl Default for $name {
+            fn default() -> Self { $name { $($field: $default),* } }
+        }
+    };
+}
+
+section!(ServerConfig {
+    host: String = "0.0.0.0".into(),
+    port: u16 = 9097,
+    #[serde(with = "humantime_serde")]
+    read_timeout: Duration = Duration::from_secs(30),
+    #[serde(with = "humantime_serde")]
+    write_timeout: Duration = Duration::from_secs(30),
+    #[serde(with = "humantime_serde")]
+    shutdown_timeout: Duration = Duration::from_secs(10),
+    /// Largest accepted request body, in bytes.
+    max_body_bytes: usize = 1024 * 1024,
+    /// Most events in one POSTed batch.
+    max_batch_events: usize = 10_000,
+});
+
+section!(DatabaseConfig {
+    host: String = "127.0.0.1".into(),
+    port: u16 = 5432,
+    database: String = "analytics".into(),
+    user: String = "analytics_user".into(),
+    password: String = "change_me".into(),
+    ssl_mode: String = "disable".into(),
+    max_connections: usize = 50,
+    max_idle_connections: usize = 10,
+    #[serde(with = "humantime_serde")]
+    connection_lifetime: Duration = Duration::from_secs(300),
+});
+
+section!(RedisConfig {
+    host: String = "127.0.0.1".into(),
+    port: u16 = 6379,
+    password: String = String::new(),
+    db: i64 = 0,
+    pool_size: usize = 10,
+    min_idle_conns: usize = 5,
+});
+
+section!(KafkaConfig {
+    brokers: Vec<String> = vec!["127.0.0.1:9092".into()],
+    consumer_group: String = "analytics-consumer-group".into(),
+    topics: Vec<String> = vec![
+        "trading.events".into(),
+        "market.data".into(),
+        "order.events".into(),
+        "user.actions".into(),
+    ],
+    enable_auto_commit: bool = false,
+    #[serde(with = "humantime_serde")]
+    session_timeout: Duration = Duration::from_secs(30),
+});
+
+section!(IngestionConfig {
+    batch_size: usize = 1000,
+    #[serde(with = "humantime_serde")]
+    batch_timeout: Duration = Duration::from_secs(5),
+    workers: usize = 2,
+    buffer_size: usize = 10_000,
+});
+
+section!(AggregationConfig {
+    intervals: Vec<String> = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"].iter().map(|s| s.to_string()).collect(),
+    workers: usize = 2,
+});
+
+section!(RetentionConfig {
+    #[serde(with = "humantime_serde")]
+    raw_events: Duration = Duration::from_secs(90 * 86_400),
+    #[serde(with = "humantime_serde")]
+    minute_aggregates: Duration = Duration::from_secs(365 * 86_400),
+    #[serde(with = "humantime_serde")]
+    hour_aggregates: Duration = Duration::from_secs(730 * 86_400),
+    #[serde(with = "humantime_serde")]
+    daily_aggregates: Duration = Duration::from_secs(3650 * 86_400),
+});
+
+section!(QueryConfig {
+    max_results: i64 = 10_000,
+    default_limit: i64 = 100,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration = Duration::from_secs(30),
+    #[serde(with = "humantime_serde")]
+    cache_ttl: Duration = Duration::from_secs(60),
+});
+
+section!(DataflowConfig {
+    /// Processing-time tick of the dataflow.
+    #[serde(with = "humantime_serde")]
+    tick: Duration = Duration::from_millis(100),
+    /// How long seconds of event time stay in live state (and answer
+    /// `/events/stats` from memory).
+    #[serde(with = "humantime_serde")]
+    live_horizon: Duration = Duration::from_secs(25 * 3600),
+    /// Pause a worker's Kafka polling while this many of its rows wait for PostgreSQL.
+    max_pending_rows: i64 = 200_000,
+    /// Most rows committed in one PostgreSQL transaction.
+    max_commit_rows: usize = 50_000,
+    /// Most Kafka messages one worker reads per activation.
+    poll_budget: usize = 4096,
+    /// Daily partitions created ahead of today.
+    partitions_ahead_days: i64 = 3,
+    /// How far in the future an event time may lie.
+    #[serde(with = "humantime_serde")]
+    max_future: Duration = Duration::from_secs(86_400),
+});
+
+section!(AnalyticsConfig {
+    ingestion: IngestionConfig = IngestionConfig::default(),
+    aggregation: AggregationConfig = AggregationConfig::default(),
+    retention: RetentionConfig = RetentionConfig::default(),
+    query: QueryConfig = QueryConfig::default(),
+    dataflow: DataflowConfig = DataflowConfig::default(),
+});
+
+section!(MetricsConfig {
+    enabled: bool = true,
+    port: u16 = 9098,
+    path: String = "/metrics".into(),
+});
+
+section!(LoggingConfig {
+    level: String = "info".into(),
+    format: String = "json".into(),
+    output: String = "stdout".into(),
+    file_path: String = String::new(),
+});
+
+section!(HealthConfig {
+    port: u16 = 9099,
+    path: String = "/health".into(),
+});
+
+section!(RateLimitConfig {
+    enabled: bool = true,
+    requests_per_minute: u32 = 1000,
+    burst: u32 = 100,
+});
+
+section!(CorsConfig {
+    enabled: bool = true,
+    allowed_origins: Vec<String> = vec!["http://localhost:3000".into(), "http://localhost:8080".into()],
+    allowed_methods: Vec<String> = ["GET", "POST", "PUT", "DELETE"].iter().map(|s| s.to_string()).collect(),
+    allowed_headers: Vec<String> = vec!["Content-Type".into(), "Authorization".into()],
+});
+
+section!(SecurityConfig {
+    api_key_enabled: bool = false,
+    rate_limit: RateLimitConfig = RateLimitConfig::default(),
+    cors: CorsConfig = CorsConfig::default(),
+});
+
+section!(Config {
+    server: ServerConfig = ServerConfig::default(),
+    database: DatabaseConfig = DatabaseConfig::default(),
+    redis: RedisConfig = RedisConfig::default(),
+    kafka: KafkaConfig = KafkaConfig::default(),
+    analytics: AnalyticsConfig = AnalyticsConfig::default(),
+    metrics: MetricsConfig = MetricsConfig::default(),
+    logging: LoggingConfig = LoggingConfig::default(),
+    health: HealthConfig = HealthConfig::default(),
+    security: SecurityConfig = SecurityConfig::default(),
+});
+
+pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
+
+impl Config {
+    /// Loads `path` (or the defaults), applies `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::from_yaml(&text).map_err(|source| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, serde_yaml::Error> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text)
+    }
+
+    /// SERVER_PORT, DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD,
+    /// REDIS_HOST, REDIS_PORT, KAFKA_BROKERS (comma separated), LOG_LEVEL.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn port(var: &'static str, value: String) -> Result<u16, ConfigError> {
+            value.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                var,
+                value,
+                why: e.to_string(),
+            })
+        }
+        if let Some(v) = env("SERVER_PORT") {
+            self.server.port = port("SERVER_PORT", v)?;
+        }
+        if let Some(v) = env("DB_HOST") {
+            self.database.host = v;
+        }
+        if let Some(v) = env("DB_PORT") {
+            self.database.port = port("DB_PORT", v)?;
+        }
+        if let Some(v) = env("DB_NAME") {
+            self.database.database = v;
+        }
+        if let Some(v) = env("DB_USER") {
+            self.database.user = v;
+        }
+        if let Some(v) = env("DB_PASSWORD") {
+            self.database.password = v;
+        }
+        if let Some(v) = env("REDIS_HOST") {
+            self.redis.host = v;
+        }
+        if let Some(v) = env("REDIS_PORT") {
+            self.redis.port = port("REDIS_PORT", v)?;
+        }
+        if let Some(v) = env("KAFKA_BROKERS") {
+            self.kafka.brokers = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            self.logging.level = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &'static str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), ConfigError> {
+            if v < lo || v > hi {
+                return Err(ConfigError::Invalid {
+                    key,
+                    why: format!("{v} is outside {lo}..={hi}"),
+                });
+            }
+            Ok(())
+        }
+        fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid { key, why: why.into() }
+        }
+        range("server.port", self.server.port, 1, 65535)?;
+        range("metrics.port", self.metrics.port, 1, 65535)?;
+        range("health.port", self.health.port, 1, 65535)?;
+        range("database.port", self.database.port, 1, 65535)?;
+        range("redis.port", self.redis.port, 1, 65535)?;
+        range("server.max_body_bytes", self.server.max_body_bytes, 1024, 64 * 1024 * 1024)?;
+        range("server.max_batch_events", self.server.max_batch_events, 1, 100_000)?;
+        range("database.max_connections", self.database.max_connections, 2, 1000)?;
+        range("redis.db", self.redis.db, 0, 15)?;
+        range("analytics.ingestion.batch_size", self.analytics.ingestion.batch_size, 1, 1_000_000)?;
+        range("analytics.ingestion.workers", self.analytics.ingestion.workers, 1, 256)?;
+        range("analytics.aggregation.workers", self.analytics.aggregation.workers, 1, 256)?;
+        range("analytics.query.max_results", self.analytics.query.max_results, 1, 1_000_000)?;
+        range(
+            "analytics.query.default_limit",
+            self.analytics.query.default_limit,
+            1,
+            self.analytics.query.max_results,
+        )?;
+        let df = &self.analytics.dataflow;
+        range("analytics.dataflow.tick", df.tick.as_millis() as u64, 1, 10_000)?;
+        range(
+            "analytics.dataflow.live_horizon",
+            df.live_horizon.as_secs(),
+            60,
+            31 * 86_400,
+        )?;
+        range("analytics.dataflow.max_pending_rows", df.max_pending_rows, 1_000, 100_000_000)?;
+        range("analytics.dataflow.max_commit_rows", df.max_commit_rows, 1, 10_000_000)?;
+        range("analytics.dataflow.poll_budget", df.poll_budget, 1, 1_000_000)?;
+        range("analytics.dataflow.partitions_ahead_days", df.partitions_ahead_days, 0, 366)?;
+        range(
+            "analytics.retention.raw_events",
+            self.analytics.retention.raw_events.as_secs(),
+            86_400,
+            100 * 365 * 86_400,
+        )?;
+        range(
+            "security.rate_limit.requests_per_minute",
+            self.security.rate_limit.requests_per_minute,
+            1,
+            10_000_000,
+        )?;
+        range("security.rate_limit.burst", self.security.rate_limit.burst, 1, 10_000_000)?;
+        if self.kafka.brokers.is_empty() {
+            return Err(invalid("kafka.brokers", "at least one broker is required"));
+        }
+        if self.kafka.topics.is_empty() {
+            return Err(invalid("kafka.topics", "at least one topic is required"));
+        }
+        if self.kafka.consumer_group.trim().is_empty() {
+            return Err(invalid("kafka.consumer_group", "must not be empty"));
+        }
+        for i in &self.analytics.aggregation.intervals {
+            if !INTERVALS.contains(&i.as_str()) {
+                return Err(invalid(
+                    "analytics.aggregation.intervals",
+                    format!("{i:?} is not one of {INTERVALS:?}"),
+                ));
+            }
+        }
+        if !["trace", "debug", "info", "warn", "error"].contains(&self.logging.level.as_str()) {
+            return Err(invalid(
+                "logging.level",
+                format!("{:?} is not one of debug, info, warn, error", self.logging.level),
+            ));
+        }
+        if !["json", "console"].contains(&self.logging.format.as_str()) {
+            return Err(invalid("logging.format", "must be json or console"));
+        }
+        match self.logging.output.as_str() {
+            "stdout" => {}
+            "file" if !self.logging.file_path.is_empty() => {}
+            "file" => return Err(invalid("logging.file_path", "required when logging.output is file")),
+            other => return Err(invalid("logging.output", format!("{other:?} is not stdout or file"))),
+        }
+        if !self.metrics.path.starts_with('/') {
+            return Err(invalid("metrics.path", "must start with /"));
+        }
+        if self.database.ssl_mode != "disable" {
+            return Err(invalid(
+                "database.ssl_mode",
+                "only \"disable\" is supported by this build",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn kafka_brokers(&self) -> String {
+        self.kafka.brokers.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config/config.example.yaml");
+
+    #[test]
+    fn example_loads_unchanged() {
+        let c = Config::from_yaml(EXAMPLE).expect("example parses");
+        c.validate().expect("example is valid");
+        assert_eq!(c.server.port, 9097);
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.database.user, "analytics_user");
+        assert_eq!(c.database.connection_lifetime, Duration::from_secs(300));
+        assert_eq!(c.kafka.topics.len(), 4);
+        assert_eq!(c.analytics.retention.raw_events, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.analytics.aggregation.intervals, vec!["1m", "5m", "15m", "1h", "1d"]);
+        assert_eq!(c.analytics.query.cache_ttl, Duration::from_secs(60));
+        assert!(c.security.api_key_enabled);
+        assert_eq!(c.security.rate_limit.burst, 100);
+        assert_eq!(c.security.cors.allowed_origins.len(), 2);
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "SERVER_PORT" => Some("8000".to_string()),
+            "DB_HOST" => Some("db".to_string()),
+            "KAFKA_BROKERS" => Some("a:1, b:2".to_string()),
+            "LOG_LEVEL" => Some("debug".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).expect("valid env");
+        assert_eq!(c.server.port, 8000);
+        assert_eq!(c.database.host, "db");
+        assert_eq!(c.kafka.brokers, vec!["a:1", "b:2"]);
+        assert_eq!(c.logging.level, "debug");
+        let err = c
+            .apply_env(|k| (k == "DB_PORT").then(|| "x".to_string()))
+            .expect_err("bad port");
+        assert!(err.to_string().contains("DB_PORT"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases = [
+            ("server:\n  port: 0\n", "server.port"),
+            ("analytics:\n  query:\n    max_results: 10\n    default_limit: 100\n", "analytics.query.default_limit"),
+            ("analytics:\n  aggregation:\n    intervals: [\"2m\"]\n", "analytics.aggregation.intervals"),
+            ("logging:\n  level: loud\n", "logging.level"),
+            ("kafka:\n  brokers: []\n", "kafka.brokers"),
+            ("analytics:\n  ingestion:\n    workers: 0\n", "analytics.ingestion.workers"),
+        ];
+        for (yaml, key) in cases {
+            let c = Config::from_yaml(yaml).expect("parses");
+            let err = c.validate().expect_err(yaml);
+            assert!(err.to_string().contains(key), "{yaml}: {err}");
+        }
+        let err = Config::from_yaml("server:\n  read_timeout: soon\n").expect_err("bad duration");
+        assert!(err.to_string().contains("read_timeout"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults valid");
+    }
+}

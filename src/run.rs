@@ -1,0 +1,422 @@
+//! Wiring: PostgreSQL (migrations, partitions, restore), the timely
+//! workers, the sink writer, Kafka offset commits, the three HTTP servers,
+//! and shutdown (stop ingesting, drain the sink, exit).
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dataflows::counts::CommittedQueue;
+use dataflows::durable::WorkerAck;
+use dataflows::event::TimeBounds;
+use dataflows::kafka_source::{spawn_metadata_refresher, KafkaSettings, PartitionDirectory};
+use dataflows::pipeline::{self, ProcessContext, Restored};
+use dataflows::LiveSnapshot;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sink::partitions::Partitions;
+use sink::{DbSettings, Pool};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+
+/// Where this process sits in the timely cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub workers: usize,
+    pub processes: usize,
+    pub process: usize,
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Cluster {
+    fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        let communication = if self.processes > 1 {
+            let addresses = match &self.hostfile {
+                Some(path) => {
+                    let file = std::fs::File::open(path)
+                        .with_context(|| format!("hostfile {}", path.display()))?;
+                    let lines: Vec<String> = std::io::BufReader::new(file)
+                        .lines()
+                        .take(self.processes)
+                        .collect::<Result<_, _>>()?;
+                    anyhow::ensure!(
+                        lines.len() == self.processes,
+                        "hostfile has {} addresses, -n is {}",
+                        lines.len(),
+                        self.processes
+                    );
+                    lines
+                }
+                None => (0..self.processes)
+                    .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                    .collect(),
+            };
+            timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            }
+        } else if self.workers > 1 {
+            timely::CommunicationConfig::Process(self.workers)
+        } else {
+            timely::CommunicationConfig::Thread
+        };
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+fn db_settings(config: &Config) -> DbSettings {
+    DbSettings {
+        host: config.database.host.clone(),
+        port: config.database.port,
+        database: config.database.database.clone(),
+        user: config.database.user.clone(),
+        password: config.database.password.clone(),
+        max_connections: config.database.max_connections,
+        connect_timeout: Duration::from_secs(5),
+        application_name: "analytics".into(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tokio")
+        .enable_all()
+        .build()?)
+}
+
+/// Connects and applies migrations, retrying while PostgreSQL is not up.
+async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
+    let pool = sink::connect_pool(&db_settings(config))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match pool.get().await {
+            Ok(mut client) => {
+                let ran = sink::migrate::run(&mut client).await.context("migrations")?;
+                info!(ran, "database migrated");
+                return Ok(pool);
+            }
+            Err(e) if Instant::now() < deadline => {
+                warn!(error = %e, "waiting for postgresql");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("cannot reach postgresql"),
+        }
+    }
+}
+
+/// `analytics migrate`.
+pub fn migrate_only(config: &Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        prepare_database(config).await?;
+        Ok(())
+    })
+}
+
+/// Commits consumer-group offsets to Kafka (for lag monitoring only) on a
+/// thread of its own, coalescing to the newest offsets.
+fn spawn_group_committer(
+    settings: &KafkaSettings,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<std::sync::mpsc::Sender<Vec<(Arc<str>, i32, i64)>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<(Arc<str>, i32, i64)>>();
+    let consumer: BaseConsumer = settings.client_config().create()?;
+    std::thread::Builder::new()
+        .name("kafka-commit".into())
+        .spawn(move || {
+            let mut latest: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+            loop {
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(list) => {
+                        for (t, p, o) in list {
+                            latest.insert((t, p), o);
+                        }
+                        while let Ok(list) = rx.try_recv() {
+                            for (t, p, o) in list {
+                                latest.insert((t, p), o);
+                            }
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if shutdown.load(Ordering::Relaxed) && latest.is_empty() {
+                            continue;
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if latest.is_empty() {
+                    continue;
+                }
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), o) in latest.drain() {
+                    let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    warn!(error = %e, "kafka group offset commit failed (lag monitoring only)");
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+async fn shutdown_signal(flag: Arc<AtomicBool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    info!("shutdown requested");
+    flag.store(true, Ordering::SeqCst);
+}
+
+/// `analytics run`.
+pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::Result<()> {
+    if config.security.api_key_enabled {
+        warn!("security.api_key_enabled is set, but API keys are not implemented yet: requests are NOT authenticated");
+    }
+    if config.security.rate_limit.enabled {
+        warn!("security.rate_limit is set, but rate limiting is not implemented yet");
+    }
+    let rt = runtime()?;
+    let timely_config = cluster.timely_config()?;
+    let tick_ms = config.analytics.dataflow.tick.as_millis().max(1) as u64;
+    let horizon_ms = config.analytics.dataflow.live_horizon.as_millis() as u64;
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    let (pool, partitions, restored) = rt.block_on(async {
+        let pool = prepare_database(&config).await?;
+        let partitions = Arc::new(Partitions::default());
+        let client = pool.get().await?;
+        partitions
+            .ensure_ahead(
+                &**client,
+                dataflows::time::now_ms() as i64 * 1000,
+                config.analytics.dataflow.partitions_ahead_days,
+            )
+            .await?;
+        drop(client);
+        let restored = if cluster.process == 0 {
+            let from_second = (dataflows::time::now_ms() as i64 - horizon_ms as i64) / 1000 - 2;
+            let r = sink::queries::restore(&pool, from_second).await?;
+            info!(counts = r.counts.len(), offsets = r.offsets.len(), "restored state from postgresql");
+            r
+        } else {
+            Restored::default()
+        };
+        anyhow::Ok((pool, partitions, restored))
+    })?;
+
+    let kafka = KafkaSettings {
+        brokers: config.kafka_brokers(),
+        group_id: config.kafka.consumer_group.clone(),
+        topics: config.kafka.topics.clone(),
+        session_timeout_ms: config.kafka.session_timeout.as_millis() as u64,
+        poll_budget: config.analytics.dataflow.poll_budget,
+        max_pending_rows: config.analytics.dataflow.max_pending_rows,
+        time_bounds: TimeBounds {
+            max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
+            max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
+        },
+    };
+    let directory = Arc::new(PartitionDirectory::default());
+    let positions: sink::writer::Positions = Arc::new(RwLock::new(
+        restored
+            .offsets
+            .iter()
+            .map(|(t, p, o)| ((Arc::clone(t), *p), *o))
+            .collect(),
+    ));
+    let _metadata = spawn_metadata_refresher(
+        kafka.clone(),
+        Arc::clone(&directory),
+        Arc::clone(&positions),
+        Duration::from_secs(5),
+        Arc::clone(&shutdown),
+    )?;
+    let group_commits = spawn_group_committer(&kafka, Arc::clone(&shutdown))?;
+
+    let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let committed = Arc::new(CommittedQueue::default());
+    let stats = Arc::new(sink::metrics::IngestionStats::default());
+    let sink_degraded = Arc::new(AtomicBool::new(false));
+    let group_commits = Mutex::new(group_commits);
+    let writer = rt.spawn(sink::writer::run(
+        sink::writer::WriterContext {
+            pool: pool.clone(),
+            partitions: Arc::clone(&partitions),
+            stats: Arc::clone(&stats),
+            positions: Arc::clone(&positions),
+            on_commit: Some(Box::new(move |offsets| {
+                if let Ok(tx) = group_commits.lock() {
+                    let _ = tx.send(offsets.to_vec());
+                }
+            })),
+            degraded: Arc::clone(&sink_degraded),
+            max_group_rows: config.analytics.dataflow.max_commit_rows,
+        },
+        sink_rx,
+    ));
+
+    let ctx = Arc::new(ProcessContext {
+        kafka,
+        tick_ms,
+        horizon_ms,
+        workers_per_process: cluster.workers,
+        directory,
+        sink: sink_tx,
+        acks: (0..cluster.workers).map(|_| Arc::new(WorkerAck::default())).collect(),
+        committed: Arc::clone(&committed),
+        snapshots: Arc::new(snap_tx),
+        restored: Mutex::new(Some(restored)),
+        shutdown: Arc::clone(&shutdown),
+    });
+    let worker_ctx = Arc::clone(&ctx);
+    let guards = timely::execute(timely_config, move |worker| {
+        let ctx = Arc::clone(&worker_ctx);
+        let mut dataflow = pipeline::build(worker, &ctx);
+        let park = Duration::from_millis(ctx.tick_ms);
+        let mut last_maintenance = Instant::now();
+        loop {
+            worker.step_or_park(Some(park));
+            if last_maintenance.elapsed() >= Duration::from_secs(1) {
+                dataflow.maintain();
+                last_maintenance = Instant::now();
+            }
+            if ctx.shutdown.load(Ordering::Relaxed) && dataflow.probe.done() {
+                break;
+            }
+        }
+        info!(worker = worker.index(), "worker finished");
+    })
+    .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
+    drop(ctx);
+    info!(workers = cluster.workers, processes = cluster.processes, process = cluster.process, "dataflow started");
+
+    let state = api::AppState {
+        settings: Arc::new(api::ApiSettings {
+            default_limit: config.analytics.query.default_limit,
+            max_results: config.analytics.query.max_results,
+            max_body_bytes: config.server.max_body_bytes,
+            max_batch_events: config.server.max_batch_events,
+            request_timeout: config.server.write_timeout,
+            cors_enabled: config.security.cors.enabled,
+            cors_origins: config.security.cors.allowed_origins.clone(),
+            cors_methods: config.security.cors.allowed_methods.clone(),
+            cors_headers: config.security.cors.allowed_headers.clone(),
+            time_bounds: TimeBounds {
+                max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
+                max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
+            },
+        }),
+        pool: pool.clone(),
+        partitions: Arc::clone(&partitions),
+        snapshots: snap_rx,
+        committed,
+        stats,
+        redis: redis::Client::open(redis_url(&config)).ok(),
+        redis_conn: Arc::new(tokio::sync::Mutex::new(None)),
+        sink_degraded,
+    };
+
+    let result = rt.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+        };
+        let host = config.server.host.clone();
+        let api_listener = TcpListener::bind((host.as_str(), config.server.port))
+            .await
+            .with_context(|| format!("bind {host}:{}", config.server.port))?;
+        let health_listener = TcpListener::bind((host.as_str(), config.health.port))
+            .await
+            .with_context(|| format!("bind {host}:{}", config.health.port))?;
+        let mut servers = vec![
+            tokio::spawn(api::serve(api_listener, api::router(state.clone()), stopped())),
+            tokio::spawn(api::serve(health_listener, api::health_router(state.clone()), stopped())),
+        ];
+        if config.metrics.enabled {
+            let metrics_listener = TcpListener::bind((host.as_str(), config.metrics.port))
+                .await
+                .with_context(|| format!("bind {host}:{}", config.metrics.port))?;
+            servers.push(tokio::spawn(api::serve(
+                metrics_listener,
+                api::metrics_router(&config.metrics.path),
+                stopped(),
+            )));
+        }
+        info!(port = config.server.port, health = config.health.port, metrics = config.metrics.port, "serving");
+        let demo = demo_rate.map(|rate| {
+            crate::demo::spawn(config.kafka_brokers(), config.kafka.topics.clone(), rate, Arc::clone(&shutdown))
+        });
+
+        shutdown_signal(Arc::clone(&shutdown)).await;
+        // Stop ingesting: sources drop their capabilities, the sink drains.
+        let deadline = config.server.shutdown_timeout;
+        let join = tokio::task::spawn_blocking(move || guards.join());
+        match tokio::time::timeout(deadline, join).await {
+            Ok(Ok(results)) => {
+                for r in results {
+                    if let Err(e) = r {
+                        error!(error = %e, "worker failed");
+                    }
+                }
+            }
+            Ok(Err(e)) => error!(error = %e, "worker join failed"),
+            Err(_) => warn!("workers did not finish within server.shutdown_timeout"),
+        }
+        if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+            warn!("sink writer did not drain in time");
+        }
+        let _ = stop_tx.send(true);
+        for s in servers {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+        }
+        if let Some(Ok(handle)) = demo {
+            let _ = handle.join();
+        }
+        anyhow::Ok(())
+    });
+    info!("stopped");
+    // Threads blocked in librdkafka calls must not hold the process.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn redis_url(config: &Config) -> String {
+    if config.redis.password.is_empty() {
+        format!("redis://{}:{}/{}", config.redis.host, config.redis.port, config.redis.db)
+    } else {
+        format!(
+            "redis://:{}@{}:{}/{}",
+            config.redis.password, config.redis.host, config.redis.port, config.redis.db
+        )
+    }
+}
