@@ -1,0 +1,43 @@
+# The two commands users need are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test services services-stop build lint fmt compose-check bench unit integration
+
+## Start the local services, build, and run the service with the demo producer.
+run: services
+	$(CARGO) build --release --bin analytics
+	./target/release/analytics run --demo
+
+## Everything CI checks: format, lints, compose file, unit and integration tests.
+test: services
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) compose-check
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p dataflows --tests
+	$(CARGO) test --test integration -- --test-threads=2
+
+## Install what is missing and start PostgreSQL, Redis and Kafka on 127.0.0.1.
+services:
+	scripts/services.sh start
+
+services-stop:
+	scripts/services.sh stop
+
+compose-check:
+	@if command -v docker >/dev/null 2>&1; then \
+		docker compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"; \
+	else \
+		echo "docker client missing: install docker-ce-cli with the compose plugin to validate docker-compose.yml" >&2; exit 1; \
+	fi
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	@echo "benchmarks are not written yet (issue 6)" >&2; exit 1

@@ -1,0 +1,365 @@
+//! Harness for integration tests against the real services started by
+//! `make services`: each test gets its own database, its own Kafka topics
+//! and its own ports, and runs the real `analytics` binary as a child
+//! process (so that it can be killed with SIGKILL). Every wait is a poll
+//! with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+pub const BROKERS: &str = "127.0.0.1:9092";
+pub const TOPIC_SUFFIXES: &[&str] = &["trading.events", "market.data", "order.events", "user.actions"];
+
+fn admin_pg() -> String {
+    "host=127.0.0.1 port=5432 user=analytics_user password=change_me dbname=analytics".to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One isolated environment: database, topics, ports, config file.
+pub struct TestEnv {
+    pub name: String,
+    pub database: String,
+    pub topics: Vec<String>,
+    pub api_port: u16,
+    pub metrics_port: u16,
+    pub health_port: u16,
+    pub config_path: PathBuf,
+    pub child: Option<Child>,
+    pub http: reqwest::Client,
+    log_path: PathBuf,
+}
+
+impl TestEnv {
+    /// Creates the database and topics (with `partitions` each) and writes the config.
+    pub async fn new(name: &str, partitions: i32) -> TestEnv {
+        let unique = format!("{name}_{}_{}", std::process::id(), rand::random::<u32>() % 100_000);
+        let database = format!("it_{unique}");
+        let (client, conn) = tokio_postgres::connect(&admin_pg(), NoTls)
+            .await
+            .expect("postgres is up: run `make services`");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .expect("create test database");
+        let topics: Vec<String> = TOPIC_SUFFIXES.iter().map(|t| format!("it.{unique}.{t}")).collect();
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .create()
+            .expect("kafka admin client");
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+            .await
+            .expect("create topics");
+        for r in results {
+            r.expect("topic created");
+        }
+        let dir = std::env::temp_dir().join(format!("analytics-it-{unique}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let env = TestEnv {
+            name: name.to_string(),
+            database,
+            topics,
+            api_port: free_port(),
+            metrics_port: free_port(),
+            health_port: free_port(),
+            config_path: dir.join("config.yaml"),
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            log_path: dir.join("service.log"),
+        };
+        env.write_config();
+        env
+    }
+
+    fn write_config(&self) {
+        let topics = self.topics.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+        let yaml = format!(
+            r#"server:
+  host: "127.0.0.1"
+  port: {api}
+  shutdown_timeout: 10s
+database:
+  host: "127.0.0.1"
+  port: 5432
+  database: "{db}"
+  user: "analytics_user"
+  password: "change_me"
+  max_connections: 10
+redis:
+  host: "127.0.0.1"
+  port: 6379
+kafka:
+  brokers: ["{brokers}"]
+  consumer_group: "it-{db}"
+  topics: [{topics}]
+analytics:
+  ingestion:
+    workers: 2
+  dataflow:
+    tick: 100ms
+    live_horizon: 25h
+metrics:
+  port: {metrics}
+logging:
+  level: "info"
+  format: "console"
+health:
+  port: {health}
+security:
+  api_key_enabled: false
+  rate_limit:
+    enabled: false
+"#,
+            api = self.api_port,
+            db = self.database,
+            brokers = BROKERS,
+            metrics = self.metrics_port,
+            health = self.health_port,
+        );
+        std::fs::write(&self.config_path, yaml).expect("write config");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.api_port, path)
+    }
+
+    /// Starts the service and waits until it has published a snapshot.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_analytics"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .spawn()
+            .expect("spawn analytics");
+        self.child = Some(child);
+        let url = self.url("/ready");
+        let http = self.http.clone();
+        let log_path = self.log_path.clone();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("service exited with {status}; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service not ready; log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("service did not stop on SIGTERM within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port=5432 user=analytics_user password=change_me dbname={}", self.database),
+            NoTls,
+        )
+        .await
+        .expect("connect test database");
+        tokio::spawn(conn);
+        client
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.pg().await.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `/api/v1/events/stats` over an explicit, second-aligned range.
+    pub async fn stats(&self, start: &str, end: &str) -> Value {
+        let (status, body) = self
+            .get_json(&format!("/api/v1/events/stats?start_time={start}&end_time={end}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Produces with the project's Rust client (rdkafka); waits for every ack.
+    pub async fn produce(&self, records: &[(String, String, String)]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let mut pending = Vec::new();
+        for (topic, key, payload) in records {
+            pending.push(producer.send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(30),
+            ));
+            if pending.len() >= 5_000 {
+                for p in pending.drain(..) {
+                    p.await.expect("delivered");
+                }
+            }
+        }
+        for p in pending {
+            p.await.expect("delivered");
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Counts by type, as the oracle sees them.
+pub fn by_type(events: &[Value]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        *out.entry(e["event_type"].as_str().expect("type").to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// The stats body's `by_type` as a map.
+pub fn stats_map(body: &Value) -> BTreeMap<String, i64> {
+    body["by_type"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1))).collect())
+        .unwrap_or_default()
+}
+
+/// Deterministic trading events with event times spread over the last
+/// `spread_s` seconds before `base` (whole seconds), keyed over many keys.
+pub fn trading_events(n: usize, seed: u64, base: chrono::DateTime<chrono::Utc>, spread_s: i64) -> Vec<Value> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let types = [
+        "order.placed",
+        "order.filled",
+        "order.canceled",
+        "order.rejected",
+        "market.data.update",
+        "strategy.started",
+        "signal.generated",
+        "page.view",
+        "user.login",
+    ];
+    (0..n)
+        .map(|i| {
+            // Skewed: earlier types are much more frequent.
+            let t = ((rng.random::<f64>().powi(3)) * types.len() as f64) as usize;
+            let ts = base - chrono::Duration::milliseconds(rng.random_range(0..spread_s * 1000));
+            serde_json::json!({
+                "event_type": types[t.min(types.len() - 1)],
+                "user_id": format!("user{}", rng.random_range(0..500)),
+                "session_id": format!("s{}", i % 997),
+                "properties": {"symbol": "BTCUSDT", "price": 50_000.0 + rng.random::<f64>() * 100.0, "quantity": rng.random::<f64>(), "seq": i},
+                "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            })
+        })
+        .collect()
+}
+
+/// Which of the four topics an event goes to.
+pub fn topic_of<'a>(topics: &'a [String], event_type: &str) -> &'a str {
+    let idx = if event_type.starts_with("order.") {
+        2
+    } else if event_type.starts_with("market.") {
+        1
+    } else if event_type.starts_with("user.") || event_type.starts_with("page.") {
+        3
+    } else {
+        0
+    };
+    &topics[idx]
+}

@@ -1,0 +1,251 @@
+//! Integration tests against the real Kafka, PostgreSQL and Redis started
+//! by `make services`: events through Kafka and REST end up exactly once
+//! in PostgreSQL and in `/api/v1/events/stats`, bad input becomes dead
+//! letters without stopping ingestion, and a SIGKILL mid-ingestion loses
+//! and duplicates nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DurationRound, Utc};
+use common::*;
+use serde_json::{json, Value};
+
+fn aligned_range(base: chrono::DateTime<Utc>) -> (String, String) {
+    let second = base.duration_trunc(chrono::Duration::seconds(1)).expect("trunc");
+    let start = (second - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end = (second + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    (start, end)
+}
+
+async fn wait_for_stats(env: &TestEnv, start: &str, end: &str, expected: &BTreeMap<String, i64>, source: &str) -> Value {
+    let total: i64 = expected.values().sum();
+    wait_for("stats to match the oracle", Duration::from_secs(60), || async {
+        let body = env.stats(start, end).await;
+        (body["total_events"].as_i64() == Some(total) && body["source"] == source).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
+    let mut env = TestEnv::new("kafka", 3).await;
+    env.start().await;
+    let base = Utc::now();
+    let events = trading_events(3_000, 11, base, 600);
+    let to_record = |(i, e): (usize, &Value)| {
+        (
+            topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string(),
+            format!("k{}", i % 101),
+            e.to_string(),
+        )
+    };
+    let (first, second) = events.split_at(1_500);
+    env.produce(&first.iter().enumerate().map(to_record).collect::<Vec<_>>()).await;
+    env.produce(&[
+        (env.topics[0].clone(), "bad".into(), "{not json".into()),
+        (env.topics[3].clone(), "bad".into(), r#"{"user_id":"u1"}"#.into()),
+    ])
+    .await;
+    env.produce(&second.iter().enumerate().map(to_record).collect::<Vec<_>>()).await;
+
+    wait_for("3000 events in postgres", Duration::from_secs(120), || async {
+        (env.count("SELECT count(*) FROM events").await == 3_000).then_some(())
+    })
+    .await;
+    assert_eq!(env.count("SELECT count(DISTINCT id) FROM events").await, 3_000);
+    assert_eq!(
+        env.count("SELECT count(DISTINCT (kafka_topic, kafka_partition, kafka_offset)) FROM events").await,
+        3_000
+    );
+    assert!(
+        env.count("SELECT count(DISTINCT (kafka_topic, kafka_partition)) FROM events").await >= 8,
+        "events should come from several partitions of every topic"
+    );
+    wait_for("2 dead letters", Duration::from_secs(30), || async {
+        (env.count("SELECT count(*) FROM dead_letters").await == 2).then_some(())
+    })
+    .await;
+    let reasons: Vec<String> = env
+        .pg()
+        .await
+        .query("SELECT reason FROM dead_letters ORDER BY reason", &[])
+        .await
+        .expect("reasons")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons, vec!["malformed_json", "missing_field"]);
+    assert_eq!(
+        env.count("SELECT sum(next_offset)::bigint FROM kafka_offsets").await,
+        3_002,
+        "offsets cover every message, dead letters included"
+    );
+
+    let expected = by_type(&events);
+    let (start, end) = aligned_range(base);
+    let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
+    assert_eq!(stats_map(&live), expected);
+    assert!(live["as_of"].is_string());
+    // A range that is not whole seconds is answered from PostgreSQL, exactly.
+    let start_frac = start.replace('Z', ".5Z").replace(":00.5Z", ":00.500Z");
+    let from_pg = env.stats(&start_frac, &end).await;
+    assert_eq!(from_pg["source"], "postgres", "{from_pg}");
+    assert_eq!(stats_map(&from_pg), expected);
+
+    let metrics = env
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", env.metrics_port))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("analytics_events_ingested_total{source=\"kafka\"} 3000"), "{metrics}");
+    assert!(metrics.contains("analytics_events_failed_total{reason=\"malformed_json\"} 1"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_events_are_committed_before_201_and_stored_once() {
+    let mut env = TestEnv::new("rest", 1).await;
+    env.start().await;
+    let id = uuid::Uuid::new_v4();
+    let event = json!({"id": id, "event_type": "rest.test", "user_id": "u1", "properties": {"a": 1}});
+    for attempt in 0..2 {
+        let r = env.http.post(env.url("/api/v1/events")).json(&event).send().await.expect("post");
+        assert_eq!(r.status().as_u16(), 201, "attempt {attempt}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["success"], true);
+        assert_eq!(body["event_id"], id.to_string());
+        // Committed before the answer: visible at once, and only once.
+        let n = env.count(&format!("SELECT count(*) FROM events WHERE id = '{id}'")).await;
+        assert_eq!(n, 1, "attempt {attempt}");
+    }
+    let batch = json!([
+        {"event_type": "rest.test"},
+        {"event_type": "rest.test", "timestamp": Utc::now().to_rfc3339()},
+        {"event_type": "rest.other", "session_id": "s1"},
+    ]);
+    let r = env.http.post(env.url("/api/v1/events")).json(&batch).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.expect("json");
+    let ids = body["event_ids"].as_array().expect("ids");
+    assert_eq!(ids.len(), 3);
+    for id in ids {
+        let n = env.count(&format!("SELECT count(*) FROM events WHERE id = '{}'", id.as_str().expect("id"))).await;
+        assert_eq!(n, 1);
+    }
+
+    let r = env
+        .http
+        .post(env.url("/api/v1/events"))
+        .body(r#"[{"event_type":"ok"},{"properties":{}}]"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["details"][0]["index"], 1, "{body}");
+    assert_eq!(body["details"][0]["reason"], "missing_field");
+    assert_eq!(env.count("SELECT count(*) FROM events WHERE event_type = 'ok'").await, 0, "a refused batch stores nothing");
+    assert_eq!(env.count("SELECT count(*) FROM dead_letters WHERE source = 'rest'").await, 1);
+
+    let (status, listed) = env.get_json("/api/v1/events?event_type=rest.test&limit=10").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["count"], 3);
+    let (status, bad) = env.get_json("/api/v1/events?limit=0").await;
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap_or("").contains("limit"), "{bad}");
+
+    let (start, end) = aligned_range(Utc::now());
+    let expected: BTreeMap<String, i64> = [("rest.test".to_string(), 3), ("rest.other".to_string(), 1)].into();
+    let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
+    assert_eq!(stats_map(&live), expected);
+    env.stop().await;
+}
+
+fn write_topic_file(path: &std::path::Path, lines: &[(String, String)]) {
+    let mut f = std::fs::File::create(path).expect("create");
+    for (key, json) in lines {
+        writeln!(f, "{key}\t{json}").expect("write");
+    }
+}
+
+/// Produces with Kafka's own Java console producer, one process per topic.
+fn spawn_independent_producers(env: &TestEnv, events: &[Value]) -> Vec<std::process::Child> {
+    let mut per_topic: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let topic = topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string();
+        per_topic.entry(topic).or_default().push((format!("key-{}", i % 1009), e.to_string()));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/produce-independent.sh");
+    per_topic
+        .into_iter()
+        .map(|(topic, lines)| {
+            let file = std::env::temp_dir().join(format!("{}-{}.tsv", env.database, topic));
+            write_topic_file(&file, &lines);
+            std::process::Command::new(script)
+                .arg(&topic)
+                .arg(&file)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start console producer")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
+    const N: i64 = 100_000;
+    let mut env = TestEnv::new("sigkill", 6).await;
+    env.start().await;
+    let base = Utc::now();
+    let events = trading_events(N as usize, 42, base, 1_800);
+    let mut producers = spawn_independent_producers(&env, &events);
+
+    wait_for("ingestion under way", Duration::from_secs(180), || async {
+        let n = env.count("SELECT count(*) FROM events").await;
+        (n >= N / 5).then_some(n)
+    })
+    .await;
+    env.kill9();
+    let stored_at_kill = env.count("SELECT count(*) FROM events").await;
+    assert!(stored_at_kill < N, "the kill should land mid-ingestion ({stored_at_kill} stored)");
+    for p in producers.iter_mut() {
+        let status = p.wait().expect("producer exit");
+        assert!(status.success(), "console producer failed: {status}");
+    }
+
+    env.start().await;
+    wait_for("all events in postgres", Duration::from_secs(300), || async {
+        let n = env.count("SELECT count(*) FROM events").await;
+        assert!(n <= N, "more rows than events produced: {n}");
+        (n == N).then_some(())
+    })
+    .await;
+    assert_eq!(env.count("SELECT count(DISTINCT id) FROM events").await, N);
+    assert_eq!(env.count("SELECT sum(count)::bigint FROM event_counts").await, N);
+    assert_eq!(env.count("SELECT sum(next_offset)::bigint FROM kafka_offsets").await, N);
+    assert_eq!(env.count("SELECT count(*) FROM dead_letters").await, 0);
+
+    let expected = by_type(&events);
+    let (start, end) = aligned_range(base);
+    let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
+    assert_eq!(stats_map(&live), expected, "live stats after restart");
+    let start_frac = start.replace('Z', ".250Z");
+    let from_pg = env.stats(&start_frac, &end).await;
+    assert_eq!(from_pg["source"], "postgres");
+    assert_eq!(stats_map(&from_pg), expected, "stats from postgresql");
+
+    // A second restart, after a clean stop, still agrees.
+    env.stop().await;
+    env.start().await;
+    let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
+    assert_eq!(stats_map(&live), expected, "live stats after a clean restart");
+    env.stop().await;
+}
