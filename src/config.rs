@@ -240,11 +240,14 @@ impl Config {
     /// REDIS_HOST, REDIS_PORT, KAFKA_BROKERS (comma separated), LOG_LEVEL.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn port(var: &'static str, value: String) -> Result<u16, ConfigError> {
-            value.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                var,
-                value,
-                why: e.to_string(),
-            })
+            value
+                .trim()
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    var,
+                    value,
+                    why: e.to_string(),
+                })
         }
         if let Some(v) = env("SERVER_PORT") {
             self.server.port = port("SERVER_PORT", v)?;
@@ -299,21 +302,59 @@ impl Config {
             Ok(())
         }
         fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid { key, why: why.into() }
+            ConfigError::Invalid {
+                key,
+                why: why.into(),
+            }
         }
         range("server.port", self.server.port, 1, 65535)?;
         range("metrics.port", self.metrics.port, 1, 65535)?;
         range("health.port", self.health.port, 1, 65535)?;
         range("database.port", self.database.port, 1, 65535)?;
         range("redis.port", self.redis.port, 1, 65535)?;
-        range("server.max_body_bytes", self.server.max_body_bytes, 1024, 64 * 1024 * 1024)?;
-        range("server.max_batch_events", self.server.max_batch_events, 1, 100_000)?;
-        range("database.max_connections", self.database.max_connections, 2, 1000)?;
+        range(
+            "server.max_body_bytes",
+            self.server.max_body_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        range(
+            "server.max_batch_events",
+            self.server.max_batch_events,
+            1,
+            100_000,
+        )?;
+        range(
+            "database.max_connections",
+            self.database.max_connections,
+            2,
+            1000,
+        )?;
         range("redis.db", self.redis.db, 0, 15)?;
-        range("analytics.ingestion.batch_size", self.analytics.ingestion.batch_size, 1, 1_000_000)?;
-        range("analytics.ingestion.workers", self.analytics.ingestion.workers, 1, 256)?;
-        range("analytics.aggregation.workers", self.analytics.aggregation.workers, 1, 256)?;
-        range("analytics.query.max_results", self.analytics.query.max_results, 1, 1_000_000)?;
+        range(
+            "analytics.ingestion.batch_size",
+            self.analytics.ingestion.batch_size,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "analytics.ingestion.workers",
+            self.analytics.ingestion.workers,
+            1,
+            256,
+        )?;
+        range(
+            "analytics.aggregation.workers",
+            self.analytics.aggregation.workers,
+            1,
+            256,
+        )?;
+        range(
+            "analytics.query.max_results",
+            self.analytics.query.max_results,
+            1,
+            1_000_000,
+        )?;
         range(
             "analytics.query.default_limit",
             self.analytics.query.default_limit,
@@ -321,17 +362,42 @@ impl Config {
             self.analytics.query.max_results,
         )?;
         let df = &self.analytics.dataflow;
-        range("analytics.dataflow.tick", df.tick.as_millis() as u64, 1, 10_000)?;
+        range(
+            "analytics.dataflow.tick",
+            df.tick.as_millis() as u64,
+            1,
+            10_000,
+        )?;
         range(
             "analytics.dataflow.live_horizon",
             df.live_horizon.as_secs(),
             60,
             31 * 86_400,
         )?;
-        range("analytics.dataflow.max_pending_rows", df.max_pending_rows, 1_000, 100_000_000)?;
-        range("analytics.dataflow.max_commit_rows", df.max_commit_rows, 1, 10_000_000)?;
-        range("analytics.dataflow.poll_budget", df.poll_budget, 1, 1_000_000)?;
-        range("analytics.dataflow.partitions_ahead_days", df.partitions_ahead_days, 0, 366)?;
+        range(
+            "analytics.dataflow.max_pending_rows",
+            df.max_pending_rows,
+            1_000,
+            100_000_000,
+        )?;
+        range(
+            "analytics.dataflow.max_commit_rows",
+            df.max_commit_rows,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "analytics.dataflow.poll_budget",
+            df.poll_budget,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "analytics.dataflow.partitions_ahead_days",
+            df.partitions_ahead_days,
+            0,
+            366,
+        )?;
         range(
             "analytics.retention.raw_events",
             self.analytics.retention.raw_events.as_secs(),
@@ -344,7 +410,12 @@ impl Config {
             1,
             10_000_000,
         )?;
-        range("security.rate_limit.burst", self.security.rate_limit.burst, 1, 10_000_000)?;
+        range(
+            "security.rate_limit.burst",
+            self.security.rate_limit.burst,
+            1,
+            10_000_000,
+        )?;
         if self.kafka.brokers.is_empty() {
             return Err(invalid("kafka.brokers", "at least one broker is required"));
         }
@@ -365,7 +436,10 @@ impl Config {
         if !["trace", "debug", "info", "warn", "error"].contains(&self.logging.level.as_str()) {
             return Err(invalid(
                 "logging.level",
-                format!("{:?} is not one of debug, info, warn, error", self.logging.level),
+                format!(
+                    "{:?} is not one of debug, info, warn, error",
+                    self.logging.level
+                ),
             ));
         }
         if !["json", "console"].contains(&self.logging.format.as_str()) {
@@ -374,8 +448,18 @@ impl Config {
         match self.logging.output.as_str() {
             "stdout" => {}
             "file" if !self.logging.file_path.is_empty() => {}
-            "file" => return Err(invalid("logging.file_path", "required when logging.output is file")),
-            other => return Err(invalid("logging.output", format!("{other:?} is not stdout or file"))),
+            "file" => {
+                return Err(invalid(
+                    "logging.file_path",
+                    "required when logging.output is file",
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    "logging.output",
+                    format!("{other:?} is not stdout or file"),
+                ))
+            }
         }
         if !self.metrics.path.starts_with('/') {
             return Err(invalid("metrics.path", "must start with /"));
@@ -409,8 +493,14 @@ mod tests {
         assert_eq!(c.database.user, "analytics_user");
         assert_eq!(c.database.connection_lifetime, Duration::from_secs(300));
         assert_eq!(c.kafka.topics.len(), 4);
-        assert_eq!(c.analytics.retention.raw_events, Duration::from_secs(90 * 86_400));
-        assert_eq!(c.analytics.aggregation.intervals, vec!["1m", "5m", "15m", "1h", "1d"]);
+        assert_eq!(
+            c.analytics.retention.raw_events,
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            c.analytics.aggregation.intervals,
+            vec!["1m", "5m", "15m", "1h", "1d"]
+        );
         assert_eq!(c.analytics.query.cache_ttl, Duration::from_secs(60));
         assert!(c.security.api_key_enabled);
         assert_eq!(c.security.rate_limit.burst, 100);
@@ -442,11 +532,20 @@ mod tests {
     fn validation_names_the_key() {
         let cases = [
             ("server:\n  port: 0\n", "server.port"),
-            ("analytics:\n  query:\n    max_results: 10\n    default_limit: 100\n", "analytics.query.default_limit"),
-            ("analytics:\n  aggregation:\n    intervals: [\"2m\"]\n", "analytics.aggregation.intervals"),
+            (
+                "analytics:\n  query:\n    max_results: 10\n    default_limit: 100\n",
+                "analytics.query.default_limit",
+            ),
+            (
+                "analytics:\n  aggregation:\n    intervals: [\"2m\"]\n",
+                "analytics.aggregation.intervals",
+            ),
             ("logging:\n  level: loud\n", "logging.level"),
             ("kafka:\n  brokers: []\n", "kafka.brokers"),
-            ("analytics:\n  ingestion:\n    workers: 0\n", "analytics.ingestion.workers"),
+            (
+                "analytics:\n  ingestion:\n    workers: 0\n",
+                "analytics.ingestion.workers",
+            ),
         ];
         for (yaml, key) in cases {
             let c = Config::from_yaml(yaml).expect("parses");

@@ -31,7 +31,11 @@ fn topic_for<'a>(topics: &'a [String], wanted: &'a str) -> &'a str {
 }
 
 /// One generated event: `(topic, key, json)`.
-fn next_event(rng: &mut StdRng, topics: &[String], now: chrono::DateTime<chrono::Utc>) -> (String, String, String) {
+fn next_event(
+    rng: &mut StdRng,
+    topics: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+) -> (String, String, String) {
     // Skewed symbol choice: the first symbols trade most.
     let s = (rng.random::<f64>().powi(2) * SYMBOLS.len() as f64) as usize;
     let (symbol, base) = SYMBOLS[s.min(SYMBOLS.len() - 1)];
@@ -44,20 +48,72 @@ fn next_event(rng: &mut StdRng, topics: &[String], now: chrono::DateTime<chrono:
     let quantity = (rng.random::<f64>() * 2.0 * 1000.0).round() / 1000.0 + 0.001;
     let roll = rng.random_range(0..100);
     let (topic, event_type, properties) = match roll {
-        0..=29 => ("market.data", "market.data.update", json!({"symbol": symbol, "price": price, "volume": quantity * 10.0})),
-        30..=49 => ("order.events", "order.placed", json!({"order_id": order_id, "symbol": symbol, "side": side, "price": price, "quantity": quantity, "strategy_id": strategy})),
-        50..=62 => ("order.events", "order.filled", json!({"order_id": order_id, "symbol": symbol, "side": side, "price": price, "quantity": quantity, "latency_ms": rng.random_range(1..40), "commission": price * quantity * 0.0004, "strategy_id": strategy})),
-        63..=67 => ("order.events", "order.canceled", json!({"order_id": order_id, "symbol": symbol, "side": side})),
-        68..=69 => ("order.events", "order.rejected", json!({"order_id": order_id, "symbol": symbol, "side": side, "reason": "insufficient_margin"})),
-        70..=74 => ("trading.events", "signal.generated", json!({"symbol": symbol, "strategy_id": strategy, "strength": rng.random::<f64>()})),
-        75..=77 => ("trading.events", "position.opened", json!({"symbol": symbol, "side": side, "quantity": quantity, "price": price})),
-        78..=79 => ("trading.events", "position.closed", json!({"symbol": symbol, "pnl": (rng.random::<f64>() - 0.45) * 100.0})),
-        80 => ("trading.events", "strategy.started", json!({"strategy_id": strategy})),
-        81 => ("trading.events", "strategy.stopped", json!({"strategy_id": strategy})),
-        82..=83 => ("trading.events", "balance.updated", json!({"asset": "USDT", "balance": rng.random_range(1_000.0..100_000.0)})),
-        84 => ("trading.events", "alert.triggered", json!({"symbol": symbol, "level": "warning"})),
+        0..=29 => (
+            "market.data",
+            "market.data.update",
+            json!({"symbol": symbol, "price": price, "volume": quantity * 10.0}),
+        ),
+        30..=49 => (
+            "order.events",
+            "order.placed",
+            json!({"order_id": order_id, "symbol": symbol, "side": side, "price": price, "quantity": quantity, "strategy_id": strategy}),
+        ),
+        50..=62 => (
+            "order.events",
+            "order.filled",
+            json!({"order_id": order_id, "symbol": symbol, "side": side, "price": price, "quantity": quantity, "latency_ms": rng.random_range(1..40), "commission": price * quantity * 0.0004, "strategy_id": strategy}),
+        ),
+        63..=67 => (
+            "order.events",
+            "order.canceled",
+            json!({"order_id": order_id, "symbol": symbol, "side": side}),
+        ),
+        68..=69 => (
+            "order.events",
+            "order.rejected",
+            json!({"order_id": order_id, "symbol": symbol, "side": side, "reason": "insufficient_margin"}),
+        ),
+        70..=74 => (
+            "trading.events",
+            "signal.generated",
+            json!({"symbol": symbol, "strategy_id": strategy, "strength": rng.random::<f64>()}),
+        ),
+        75..=77 => (
+            "trading.events",
+            "position.opened",
+            json!({"symbol": symbol, "side": side, "quantity": quantity, "price": price}),
+        ),
+        78..=79 => (
+            "trading.events",
+            "position.closed",
+            json!({"symbol": symbol, "pnl": (rng.random::<f64>() - 0.45) * 100.0}),
+        ),
+        80 => (
+            "trading.events",
+            "strategy.started",
+            json!({"strategy_id": strategy}),
+        ),
+        81 => (
+            "trading.events",
+            "strategy.stopped",
+            json!({"strategy_id": strategy}),
+        ),
+        82..=83 => (
+            "trading.events",
+            "balance.updated",
+            json!({"asset": "USDT", "balance": rng.random_range(1_000.0..100_000.0)}),
+        ),
+        84 => (
+            "trading.events",
+            "alert.triggered",
+            json!({"symbol": symbol, "level": "warning"}),
+        ),
         85..=92 => ("user.actions", "page.view", json!({"page": "/dashboard"})),
-        93..=96 => ("user.actions", "button.click", json!({"button": "place_order"})),
+        93..=96 => (
+            "user.actions",
+            "button.click",
+            json!({"button": "place_order"}),
+        ),
         97..=98 => ("user.actions", "user.login", json!({})),
         _ => ("user.actions", "user.logout", json!({})),
     };
@@ -78,34 +134,38 @@ pub fn spawn(
     rate: u32,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("demo-producer".into()).spawn(move || {
-        let producer: BaseProducer = match ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("linger.ms", "5")
-            .create()
-        {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "demo producer cannot start");
-                return;
-            }
-        };
-        info!(rate, "demo producer started");
-        let mut rng = StdRng::seed_from_u64(7);
-        let started = Instant::now();
-        let mut sent: u64 = 0;
-        while !shutdown.load(Ordering::Relaxed) {
-            let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-            while sent < due {
-                let (topic, key, body) = next_event(&mut rng, &topics, chrono::Utc::now());
-                if let Err((e, _)) = producer.send(BaseRecord::to(&topic).key(&key).payload(&body)) {
-                    warn!(error = %e, "demo produce failed");
-                    break;
+    std::thread::Builder::new()
+        .name("demo-producer".into())
+        .spawn(move || {
+            let producer: BaseProducer = match ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "5")
+                .create()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "demo producer cannot start");
+                    return;
                 }
-                sent += 1;
+            };
+            info!(rate, "demo producer started");
+            let mut rng = StdRng::seed_from_u64(7);
+            let started = Instant::now();
+            let mut sent: u64 = 0;
+            while !shutdown.load(Ordering::Relaxed) {
+                let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+                while sent < due {
+                    let (topic, key, body) = next_event(&mut rng, &topics, chrono::Utc::now());
+                    if let Err((e, _)) =
+                        producer.send(BaseRecord::to(&topic).key(&key).payload(&body))
+                    {
+                        warn!(error = %e, "demo produce failed");
+                        break;
+                    }
+                    sent += 1;
+                }
+                producer.poll(Duration::from_millis(10));
             }
-            producer.poll(Duration::from_millis(10));
-        }
-        let _ = producer.flush(Duration::from_secs(2));
-    })
+            let _ = producer.flush(Duration::from_secs(2));
+        })
 }

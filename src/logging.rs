@@ -17,7 +17,9 @@ pub fn init(config: &LoggingConfig) -> anyhow::Result<LogGuard> {
             level = config.level
         ))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let result = match (config.output.as_str(), config.format.as_str()) {
         ("file", format) => {
             let file = OpenOptions::new()

@@ -15,7 +15,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "analytics", version, about = "Real-time trading analytics service")]
+#[command(
+    name = "analytics",
+    version,
+    about = "Real-time trading analytics service"
+)]
 struct Cli {
     /// YAML configuration file (the replaced service's format).
     #[arg(long, short = 'c', global = true, env = "ANALYTICS_CONFIG")]
@@ -59,7 +63,10 @@ fn main() -> anyhow::Result<()> {
         .context("configuration")?;
     let _guard = logging::init(&config.logging).context("logging")?;
     let cluster = run::Cluster {
-        workers: cli.workers.unwrap_or(config.analytics.ingestion.workers).max(1),
+        workers: cli
+            .workers
+            .unwrap_or(config.analytics.ingestion.workers)
+            .max(1),
         processes: cli.processes.max(1),
         process: cli.process,
         hostfile: cli.hostfile,

@@ -2,6 +2,7 @@
 //! workers, the sink writer, Kafka offset commits, the three HTTP servers,
 //! and shutdown (stop ingesting, drain the sink, exit).
 
+use dataflows::event::{Partition, PartitionOffset};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -105,7 +106,9 @@ async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
     loop {
         match pool.get().await {
             Ok(mut client) => {
-                let ran = sink::migrate::run(&mut client).await.context("migrations")?;
+                let ran = sink::migrate::run(&mut client)
+                    .await
+                    .context("migrations")?;
                 info!(ran, "database migrated");
                 return Ok(pool);
             }
@@ -131,13 +134,13 @@ pub fn migrate_only(config: &Config) -> anyhow::Result<()> {
 fn spawn_group_committer(
     settings: &KafkaSettings,
     shutdown: Arc<AtomicBool>,
-) -> anyhow::Result<std::sync::mpsc::Sender<Vec<(Arc<str>, i32, i64)>>> {
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<(Arc<str>, i32, i64)>>();
+) -> anyhow::Result<std::sync::mpsc::Sender<Vec<PartitionOffset>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<PartitionOffset>>();
     let consumer: BaseConsumer = settings.client_config().create()?;
     std::thread::Builder::new()
         .name("kafka-commit".into())
         .spawn(move || {
-            let mut latest: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+            let mut latest: HashMap<Partition, i64> = HashMap::new();
             loop {
                 match rx.recv_timeout(Duration::from_millis(500)) {
                     Ok(list) => {
@@ -222,7 +225,11 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         let restored = if cluster.process == 0 {
             let from_second = (dataflows::time::now_ms() as i64 - horizon_ms as i64) / 1000 - 2;
             let r = sink::queries::restore(&pool, from_second).await?;
-            info!(counts = r.counts.len(), offsets = r.offsets.len(), "restored state from postgresql");
+            info!(
+                counts = r.counts.len(),
+                offsets = r.offsets.len(),
+                "restored state from postgresql"
+            );
             r
         } else {
             Restored::default()
@@ -289,7 +296,9 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         workers_per_process: cluster.workers,
         directory,
         sink: sink_tx,
-        acks: (0..cluster.workers).map(|_| Arc::new(WorkerAck::default())).collect(),
+        acks: (0..cluster.workers)
+            .map(|_| Arc::new(WorkerAck::default()))
+            .collect(),
         committed: Arc::clone(&committed),
         snapshots: Arc::new(snap_tx),
         restored: Mutex::new(Some(restored)),
@@ -315,7 +324,12 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     })
     .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
     drop(ctx);
-    info!(workers = cluster.workers, processes = cluster.processes, process = cluster.process, "dataflow started");
+    info!(
+        workers = cluster.workers,
+        processes = cluster.processes,
+        process = cluster.process,
+        "dataflow started"
+    );
 
     let state = api::AppState {
         settings: Arc::new(api::ApiSettings {
@@ -359,8 +373,16 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             .await
             .with_context(|| format!("bind {host}:{}", config.health.port))?;
         let mut servers = vec![
-            tokio::spawn(api::serve(api_listener, api::router(state.clone()), stopped())),
-            tokio::spawn(api::serve(health_listener, api::health_router(state.clone()), stopped())),
+            tokio::spawn(api::serve(
+                api_listener,
+                api::router(state.clone()),
+                stopped(),
+            )),
+            tokio::spawn(api::serve(
+                health_listener,
+                api::health_router(state.clone()),
+                stopped(),
+            )),
         ];
         if config.metrics.enabled {
             let metrics_listener = TcpListener::bind((host.as_str(), config.metrics.port))
@@ -372,9 +394,19 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
                 stopped(),
             )));
         }
-        info!(port = config.server.port, health = config.health.port, metrics = config.metrics.port, "serving");
+        info!(
+            port = config.server.port,
+            health = config.health.port,
+            metrics = config.metrics.port,
+            "serving"
+        );
         let demo = demo_rate.map(|rate| {
-            crate::demo::spawn(config.kafka_brokers(), config.kafka.topics.clone(), rate, Arc::clone(&shutdown))
+            crate::demo::spawn(
+                config.kafka_brokers(),
+                config.kafka.topics.clone(),
+                rate,
+                Arc::clone(&shutdown),
+            )
         });
 
         shutdown_signal(Arc::clone(&shutdown)).await;
@@ -392,7 +424,10 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             Ok(Err(e)) => error!(error = %e, "worker join failed"),
             Err(_) => warn!("workers did not finish within server.shutdown_timeout"),
         }
-        if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), writer)
+            .await
+            .is_err()
+        {
             warn!("sink writer did not drain in time");
         }
         let _ = stop_tx.send(true);
@@ -412,7 +447,10 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
 
 fn redis_url(config: &Config) -> String {
     if config.redis.password.is_empty() {
-        format!("redis://{}:{}/{}", config.redis.host, config.redis.port, config.redis.db)
+        format!(
+            "redis://{}:{}/{}",
+            config.redis.host, config.redis.port, config.redis.db
+        )
     } else {
         format!(
             "redis://:{}@{}:{}/{}",

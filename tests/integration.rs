@@ -15,18 +15,33 @@ use common::*;
 use serde_json::{json, Value};
 
 fn aligned_range(base: chrono::DateTime<Utc>) -> (String, String) {
-    let second = base.duration_trunc(chrono::Duration::seconds(1)).expect("trunc");
-    let start = (second - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let end = (second + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let second = base
+        .duration_trunc(chrono::Duration::seconds(1))
+        .expect("trunc");
+    let start =
+        (second - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let end =
+        (second + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     (start, end)
 }
 
-async fn wait_for_stats(env: &TestEnv, start: &str, end: &str, expected: &BTreeMap<String, i64>, source: &str) -> Value {
+async fn wait_for_stats(
+    env: &TestEnv,
+    start: &str,
+    end: &str,
+    expected: &BTreeMap<String, i64>,
+    source: &str,
+) -> Value {
     let total: i64 = expected.values().sum();
-    wait_for("stats to match the oracle", Duration::from_secs(60), || async {
-        let body = env.stats(start, end).await;
-        (body["total_events"].as_i64() == Some(total) && body["source"] == source).then_some(body)
-    })
+    wait_for(
+        "stats to match the oracle",
+        Duration::from_secs(60),
+        || async {
+            let body = env.stats(start, end).await;
+            (body["total_events"].as_i64() == Some(total) && body["source"] == source)
+                .then_some(body)
+        },
+    )
     .await
 }
 
@@ -44,25 +59,41 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
         )
     };
     let (first, second) = events.split_at(1_500);
-    env.produce(&first.iter().enumerate().map(to_record).collect::<Vec<_>>()).await;
+    env.produce(&first.iter().enumerate().map(to_record).collect::<Vec<_>>())
+        .await;
     env.produce(&[
         (env.topics[0].clone(), "bad".into(), "{not json".into()),
-        (env.topics[3].clone(), "bad".into(), r#"{"user_id":"u1"}"#.into()),
+        (
+            env.topics[3].clone(),
+            "bad".into(),
+            r#"{"user_id":"u1"}"#.into(),
+        ),
     ])
     .await;
-    env.produce(&second.iter().enumerate().map(to_record).collect::<Vec<_>>()).await;
+    env.produce(&second.iter().enumerate().map(to_record).collect::<Vec<_>>())
+        .await;
 
-    wait_for("3000 events in postgres", Duration::from_secs(120), || async {
-        (env.count("SELECT count(*) FROM events").await == 3_000).then_some(())
-    })
+    wait_for(
+        "3000 events in postgres",
+        Duration::from_secs(120),
+        || async { (env.count("SELECT count(*) FROM events").await == 3_000).then_some(()) },
+    )
     .await;
-    assert_eq!(env.count("SELECT count(DISTINCT id) FROM events").await, 3_000);
     assert_eq!(
-        env.count("SELECT count(DISTINCT (kafka_topic, kafka_partition, kafka_offset)) FROM events").await,
+        env.count("SELECT count(DISTINCT id) FROM events").await,
+        3_000
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(DISTINCT (kafka_topic, kafka_partition, kafka_offset)) FROM events"
+        )
+        .await,
         3_000
     );
     assert!(
-        env.count("SELECT count(DISTINCT (kafka_topic, kafka_partition)) FROM events").await >= 8,
+        env.count("SELECT count(DISTINCT (kafka_topic, kafka_partition)) FROM events")
+            .await
+            >= 8,
         "events should come from several partitions of every topic"
     );
     wait_for("2 dead letters", Duration::from_secs(30), || async {
@@ -80,7 +111,8 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
         .collect();
     assert_eq!(reasons, vec!["malformed_json", "missing_field"]);
     assert_eq!(
-        env.count("SELECT sum(next_offset)::bigint FROM kafka_offsets").await,
+        env.count("SELECT sum(next_offset)::bigint FROM kafka_offsets")
+            .await,
         3_002,
         "offsets cover every message, dead letters included"
     );
@@ -105,7 +137,10 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("analytics_events_ingested_total{source=\"kafka\"} 3000"), "{metrics}");
+    assert!(
+        metrics.contains("analytics_events_ingested_total{source=\"kafka\"} 3000"),
+        "{metrics}"
+    );
     assert!(metrics.contains("analytics_events_failed_total{reason=\"malformed_json\"} 1"));
     env.stop().await;
 }
@@ -115,15 +150,24 @@ async fn rest_events_are_committed_before_201_and_stored_once() {
     let mut env = TestEnv::new("rest", 1).await;
     env.start().await;
     let id = uuid::Uuid::new_v4();
-    let event = json!({"id": id, "event_type": "rest.test", "user_id": "u1", "properties": {"a": 1}});
+    let event =
+        json!({"id": id, "event_type": "rest.test", "user_id": "u1", "properties": {"a": 1}});
     for attempt in 0..2 {
-        let r = env.http.post(env.url("/api/v1/events")).json(&event).send().await.expect("post");
+        let r = env
+            .http
+            .post(env.url("/api/v1/events"))
+            .json(&event)
+            .send()
+            .await
+            .expect("post");
         assert_eq!(r.status().as_u16(), 201, "attempt {attempt}");
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["success"], true);
         assert_eq!(body["event_id"], id.to_string());
         // Committed before the answer: visible at once, and only once.
-        let n = env.count(&format!("SELECT count(*) FROM events WHERE id = '{id}'")).await;
+        let n = env
+            .count(&format!("SELECT count(*) FROM events WHERE id = '{id}'"))
+            .await;
         assert_eq!(n, 1, "attempt {attempt}");
     }
     let batch = json!([
@@ -131,13 +175,24 @@ async fn rest_events_are_committed_before_201_and_stored_once() {
         {"event_type": "rest.test", "timestamp": Utc::now().to_rfc3339()},
         {"event_type": "rest.other", "session_id": "s1"},
     ]);
-    let r = env.http.post(env.url("/api/v1/events")).json(&batch).send().await.expect("post");
+    let r = env
+        .http
+        .post(env.url("/api/v1/events"))
+        .json(&batch)
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status().as_u16(), 201);
     let body: Value = r.json().await.expect("json");
     let ids = body["event_ids"].as_array().expect("ids");
     assert_eq!(ids.len(), 3);
     for id in ids {
-        let n = env.count(&format!("SELECT count(*) FROM events WHERE id = '{}'", id.as_str().expect("id"))).await;
+        let n = env
+            .count(&format!(
+                "SELECT count(*) FROM events WHERE id = '{}'",
+                id.as_str().expect("id")
+            ))
+            .await;
         assert_eq!(n, 1);
     }
 
@@ -152,18 +207,33 @@ async fn rest_events_are_committed_before_201_and_stored_once() {
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["details"][0]["index"], 1, "{body}");
     assert_eq!(body["details"][0]["reason"], "missing_field");
-    assert_eq!(env.count("SELECT count(*) FROM events WHERE event_type = 'ok'").await, 0, "a refused batch stores nothing");
-    assert_eq!(env.count("SELECT count(*) FROM dead_letters WHERE source = 'rest'").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM events WHERE event_type = 'ok'")
+            .await,
+        0,
+        "a refused batch stores nothing"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM dead_letters WHERE source = 'rest'")
+            .await,
+        1
+    );
 
-    let (status, listed) = env.get_json("/api/v1/events?event_type=rest.test&limit=10").await;
+    let (status, listed) = env
+        .get_json("/api/v1/events?event_type=rest.test&limit=10")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(listed["count"], 3);
     let (status, bad) = env.get_json("/api/v1/events?limit=0").await;
     assert_eq!(status, 400);
-    assert!(bad["error"].as_str().unwrap_or("").contains("limit"), "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap_or("").contains("limit"),
+        "{bad}"
+    );
 
     let (start, end) = aligned_range(Utc::now());
-    let expected: BTreeMap<String, i64> = [("rest.test".to_string(), 3), ("rest.other".to_string(), 1)].into();
+    let expected: BTreeMap<String, i64> =
+        [("rest.test".to_string(), 3), ("rest.other".to_string(), 1)].into();
     let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
     assert_eq!(stats_map(&live), expected);
     env.stop().await;
@@ -181,9 +251,15 @@ fn spawn_independent_producers(env: &TestEnv, events: &[Value]) -> Vec<std::proc
     let mut per_topic: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
         let topic = topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string();
-        per_topic.entry(topic).or_default().push((format!("key-{}", i % 1009), e.to_string()));
+        per_topic
+            .entry(topic)
+            .or_default()
+            .push((format!("key-{}", i % 1009), e.to_string()));
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/produce-independent.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/produce-independent.sh"
+    );
     per_topic
         .into_iter()
         .map(|(topic, lines)| {
@@ -215,22 +291,37 @@ async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
     .await;
     env.kill9();
     let stored_at_kill = env.count("SELECT count(*) FROM events").await;
-    assert!(stored_at_kill < N, "the kill should land mid-ingestion ({stored_at_kill} stored)");
+    assert!(
+        stored_at_kill < N,
+        "the kill should land mid-ingestion ({stored_at_kill} stored)"
+    );
     for p in producers.iter_mut() {
         let status = p.wait().expect("producer exit");
         assert!(status.success(), "console producer failed: {status}");
     }
 
     env.start().await;
-    wait_for("all events in postgres", Duration::from_secs(300), || async {
-        let n = env.count("SELECT count(*) FROM events").await;
-        assert!(n <= N, "more rows than events produced: {n}");
-        (n == N).then_some(())
-    })
+    wait_for(
+        "all events in postgres",
+        Duration::from_secs(300),
+        || async {
+            let n = env.count("SELECT count(*) FROM events").await;
+            assert!(n <= N, "more rows than events produced: {n}");
+            (n == N).then_some(())
+        },
+    )
     .await;
     assert_eq!(env.count("SELECT count(DISTINCT id) FROM events").await, N);
-    assert_eq!(env.count("SELECT sum(count)::bigint FROM event_counts").await, N);
-    assert_eq!(env.count("SELECT sum(next_offset)::bigint FROM kafka_offsets").await, N);
+    assert_eq!(
+        env.count("SELECT sum(count)::bigint FROM event_counts")
+            .await,
+        N
+    );
+    assert_eq!(
+        env.count("SELECT sum(next_offset)::bigint FROM kafka_offsets")
+            .await,
+        N
+    );
     assert_eq!(env.count("SELECT count(*) FROM dead_letters").await, 0);
 
     let expected = by_type(&events);
@@ -246,6 +337,10 @@ async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
     env.stop().await;
     env.start().await;
     let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
-    assert_eq!(stats_map(&live), expected, "live stats after a clean restart");
+    assert_eq!(
+        stats_map(&live),
+        expected,
+        "live stats after a clean restart"
+    );
     env.stop().await;
 }

@@ -50,7 +50,10 @@ impl IntoResponse for AppError {
                 StatusCode::BAD_REQUEST,
                 json!({"error": message, "details": details}),
             ),
-            AppError::NotFound => (StatusCode::NOT_FOUND, json!({"error": "not found", "details": null})),
+            AppError::NotFound => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not found", "details": null}),
+            ),
             AppError::Unavailable(detail) => {
                 error!(error = %detail, "dependency unavailable");
                 (

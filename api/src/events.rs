@@ -33,14 +33,24 @@ pub async fn ingest(
         Ok(t) => t,
         Err(e) => {
             let dl = dead_letter(DeadReason::InvalidUtf8, e.to_string(), &body);
-            return Err(refuse(&state, vec![dl], json!([{"index": null, "reason": "invalid_utf8", "error": e.to_string()}])).await);
+            return Err(refuse(
+                &state,
+                vec![dl],
+                json!([{"index": null, "reason": "invalid_utf8", "error": e.to_string()}]),
+            )
+            .await);
         }
     };
     let (items, batch): (Vec<&RawValue>, bool) = match parse_body(text) {
         Ok(parsed) => parsed,
         Err(e) => {
             let dl = dead_letter(DeadReason::MalformedJson, e.clone(), &body);
-            return Err(refuse(&state, vec![dl], json!([{"index": null, "reason": "malformed_json", "error": e}])).await);
+            return Err(refuse(
+                &state,
+                vec![dl],
+                json!([{"index": null, "reason": "malformed_json", "error": e}]),
+            )
+            .await);
         }
     };
     if items.is_empty() {
@@ -49,14 +59,23 @@ pub async fn ingest(
     if items.len() > state.settings.max_batch_events {
         return Err(AppError::bad_param(
             "body",
-            format!("a batch holds at most {} events", state.settings.max_batch_events),
+            format!(
+                "a batch holds at most {} events",
+                state.settings.max_batch_events
+            ),
         ));
     }
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     let mut dead = Vec::new();
     for (index, raw) in items.iter().enumerate() {
-        match parse_value(raw, EventSource::Rest, Uuid::new_v4, now_us, state.settings.time_bounds) {
+        match parse_value(
+            raw,
+            EventSource::Rest,
+            Uuid::new_v4,
+            now_us,
+            state.settings.time_bounds,
+        ) {
             Ok(e) => events.push(e),
             Err(ParseError { reason, detail }) => {
                 errors.push(json!({"index": index, "reason": reason.as_str(), "error": detail}));
@@ -133,7 +152,12 @@ pub async fn list(
                     format!("must be between 1 and {}", state.settings.max_results),
                 ))
             }
-            Err(_) => return Err(AppError::bad_param("limit", format!("{s:?} is not an integer"))),
+            Err(_) => {
+                return Err(AppError::bad_param(
+                    "limit",
+                    format!("{s:?} is not an integer"),
+                ))
+            }
         },
     };
     let event_type = params.event_type.as_deref().filter(|t| !t.is_empty());

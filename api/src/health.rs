@@ -13,7 +13,9 @@ use crate::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 async fn redis_ok(state: &AppState) -> bool {
-    let Some(client) = state.redis.as_ref() else { return false };
+    let Some(client) = state.redis.as_ref() else {
+        return false;
+    };
     let mut slot = state.redis_conn.lock().await;
     if slot.is_none() {
         match tokio::time::timeout(CHECK_TIMEOUT, client.get_multiplexed_async_connection()).await {
@@ -21,7 +23,9 @@ async fn redis_ok(state: &AppState) -> bool {
             _ => return false,
         }
     }
-    let Some(conn) = slot.as_mut() else { return false };
+    let Some(conn) = slot.as_mut() else {
+        return false;
+    };
     let cmd = redis::cmd("PING");
     let ping = cmd.query_async::<String>(conn);
     match tokio::time::timeout(CHECK_TIMEOUT, ping).await {

@@ -34,7 +34,10 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(events::list).post(events::ingest))
         .route("/api/v1/events/stats", get(stats::stats))
-        .route("/api/v1/internal/ingestion-metrics", get(health::ingestion_metrics))
+        .route(
+            "/api/v1/internal/ingestion-metrics",
+            get(health::ingestion_metrics),
+        )
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))

@@ -7,7 +7,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{register_histogram_vec, register_int_gauge, Encoder, HistogramVec, IntGauge, TextEncoder};
+use prometheus::{
+    register_histogram_vec, register_int_gauge, Encoder, HistogramVec, IntGauge, TextEncoder,
+};
 
 fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
     match r {
@@ -30,10 +32,7 @@ pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 pub static ACTIVE_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     or_die(
-        register_int_gauge!(
-            "analytics_active_connections",
-            "API requests in flight"
-        ),
+        register_int_gauge!("analytics_active_connections", "API requests in flight"),
         "analytics_active_connections",
     )
 });

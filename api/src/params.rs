@@ -8,10 +8,12 @@ use crate::AppError;
 pub fn parse_time(param: &str, value: Option<&str>) -> Result<Option<i64>, AppError> {
     match value {
         None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
+        Some("") => Ok(None),
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| Some(t.timestamp_micros()))
-            .map_err(|e| AppError::bad_param(param, format!("{s:?} is not an RFC 3339 time ({e})"))),
+            .map_err(|e| {
+                AppError::bad_param(param, format!("{s:?} is not an RFC 3339 time ({e})"))
+            }),
     }
 }
 
@@ -32,7 +34,10 @@ pub fn parse_range(
         None => end_us - default_span_us,
     };
     if end_us < start_us {
-        return Err(AppError::bad_param("end_time", "end_time is before start_time"));
+        return Err(AppError::bad_param(
+            "end_time",
+            "end_time is before start_time",
+        ));
     }
     Ok((start_us, end_us))
 }
@@ -47,12 +52,24 @@ mod tests {
         let (s, e) = parse_range(None, None, now, 10_000_000).expect("defaults");
         assert_eq!(e, 1_760_000_001_000_000);
         assert_eq!(s, e - 10_000_000);
-        let (s, e) = parse_range(Some("2025-10-09T08:53:20Z"), Some("2025-10-09T08:53:21.5Z"), now, 0).expect("explicit");
+        let (s, e) = parse_range(
+            Some("2025-10-09T08:53:20Z"),
+            Some("2025-10-09T08:53:21.5Z"),
+            now,
+            0,
+        )
+        .expect("explicit");
         assert_eq!(s, 1_760_000_000_000_000);
         assert_eq!(e, 1_760_000_001_500_000);
         let err = parse_range(Some("yesterday"), None, now, 0).expect_err("bad");
         assert!(err.to_string().contains("start_time"));
-        let err = parse_range(Some("2025-10-09T08:53:22Z"), Some("2025-10-09T08:53:21Z"), now, 0).expect_err("reversed");
+        let err = parse_range(
+            Some("2025-10-09T08:53:22Z"),
+            Some("2025-10-09T08:53:21Z"),
+            now,
+            0,
+        )
+        .expect_err("reversed");
         assert!(err.to_string().contains("end_time"));
     }
 }

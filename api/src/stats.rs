@@ -34,7 +34,9 @@ pub async fn stats(
     let aligned = from_us % 1_000_000 == 0 && to_us % 1_000_000 == 0;
     let from_second = from_us.div_euclid(1_000_000);
     let (by_type, as_of, source) = if aligned && snapshot.covers(from_second) {
-        let by_type = snapshot.counts.by_type(from_second, to_us.div_euclid(1_000_000));
+        let by_type = snapshot
+            .counts
+            .by_type(from_second, to_us.div_euclid(1_000_000));
         (
             by_type,
             Some(dataflows::event::format_us(snapshot.as_of_ms as i64 * 1000)),

@@ -7,6 +7,7 @@
 //! bounded by the horizon, not by the number of events seen. Updates are
 //! pre-aggregated per tick and worker before they are exchanged.
 
+use crate::event::PartitionOffset;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,11 +79,15 @@ pub fn count_updates<'s>(
         let mut late: HashMap<Arc<str>, u64> = HashMap::new();
         move |input, output| {
             input.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else { return };
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
                 let mut counts: HashMap<(&str, i64), isize> = HashMap::new();
                 for record in data.iter() {
                     if let Record::Event(event) = record {
-                        *counts.entry((event.event_type.as_str(), event.second())).or_insert(0) += 1;
+                        *counts
+                            .entry((event.event_type.as_str(), event.second()))
+                            .or_insert(0) += 1;
                     }
                 }
                 for ((event_type, second), n) in counts {
@@ -136,7 +141,10 @@ impl CommittedQueue {
     }
 
     fn take(&self) -> Vec<(String, i64)> {
-        self.items.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default()
+        self.items
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default()
     }
 }
 
@@ -161,7 +169,9 @@ pub fn committed_input<'s>(
         let mut restored = Some(restored);
         let tick_ms = horizon.tick_ms;
         move |output| {
-            let Some(cap) = capability.as_mut() else { return };
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
             if let Some(rows) = restored.take() {
                 for (key, n) in rows {
                     emit_expiring(output, cap, horizon, key, n as isize);
@@ -195,11 +205,11 @@ pub fn committed_input<'s>(
 /// broadcast, so that every worker's source starts from them.
 pub fn start_offsets<'s>(
     scope: Scope<'s, u64>,
-    offsets: Vec<(Arc<str>, i32, i64)>,
-) -> Stream<'s, u64, Vec<(Arc<str>, i32, i64)>> {
+    offsets: Vec<PartitionOffset>,
+) -> Stream<'s, u64, Vec<PartitionOffset>> {
     let peers = scope.peers();
     let mut offsets = Some(offsets);
-    let stream: Stream<'s, u64, Vec<(usize, (Arc<str>, i32, i64))>> =
+    let stream: Stream<'s, u64, Vec<(usize, PartitionOffset)>> =
         source(scope, "StartOffsets", move |capability, _info| {
             let mut capability = Some(capability);
             move |output| {
@@ -219,7 +229,9 @@ pub fn start_offsets<'s>(
         .unary(Pipeline, "UnwrapOffsets", |_, _| {
             move |input, output| {
                 input.for_each(|cap, data| {
-                    output.session(&cap).give_iterator(data.drain(..).map(|(_, item)| item));
+                    output
+                        .session(&cap)
+                        .give_iterator(data.drain(..).map(|(_, item)| item));
                 });
             }
         })

@@ -9,6 +9,7 @@
 //! the global durability frontier: every tick before it is committed in
 //! PostgreSQL on every worker of the cluster.
 
+use crate::event::{Partition, PartitionOffset};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ pub struct SinkBatch {
     pub events: Vec<Event>,
     pub dead: Vec<DeadLetter>,
     /// `(topic, partition, next_offset)` reached by the rows of this batch.
-    pub offsets: Vec<(Arc<str>, i32, i64)>,
+    pub offsets: Vec<PartitionOffset>,
     /// Where to report the commit.
     pub ack: Arc<WorkerAck>,
 }
@@ -95,7 +96,7 @@ impl WorkerAck {
 struct Pending {
     events: Vec<Event>,
     dead: Vec<DeadLetter>,
-    offsets: BTreeMap<(Arc<str>, i32), i64>,
+    offsets: BTreeMap<Partition, i64>,
 }
 
 /// Hands completed ticks to the sink; the output frontier is the
@@ -107,61 +108,73 @@ pub fn durable_sink<'s>(
 ) -> Stream<'s, u64, Vec<()>> {
     let scope = records.scope();
     let worker = scope.index();
-    records.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "DurableSink", move |_capability, info| {
-        ack.register(scope.worker().sync_activator_for(info.address.to_vec()));
-        let mut stash: BTreeMap<u64, (Capability<u64>, Pending)> = BTreeMap::new();
-        let mut inflight: Vec<(u64, Capability<u64>)> = Vec::new();
-        move |(input, frontier), _output| {
-            input.for_each(|cap, data| {
-                let Some(time) = cap.least().copied() else { return };
-                let Some(retained) = cap.retain_least(0) else { return };
-                let (_, pending) = stash
-                    .entry(time)
-                    .or_insert_with(|| (retained, Pending::default()));
-                for record in data.drain(..) {
-                    match record {
-                        Record::Event(e) => pending.events.push(e),
-                        Record::Dead(d) => pending.dead.push(d),
-                        Record::Progress {
-                            topic,
-                            partition,
-                            next_offset,
-                        } => {
-                            let slot = pending.offsets.entry((topic, partition)).or_insert(next_offset);
-                            *slot = (*slot).max(next_offset);
+    records.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "DurableSink",
+        move |_capability, info| {
+            ack.register(scope.worker().sync_activator_for(info.address.to_vec()));
+            let mut stash: BTreeMap<u64, (Capability<u64>, Pending)> = BTreeMap::new();
+            let mut inflight: Vec<(u64, Capability<u64>)> = Vec::new();
+            move |(input, frontier), _output| {
+                input.for_each(|cap, data| {
+                    let Some(time) = cap.least().copied() else {
+                        return;
+                    };
+                    let Some(retained) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let (_, pending) = stash
+                        .entry(time)
+                        .or_insert_with(|| (retained, Pending::default()));
+                    for record in data.drain(..) {
+                        match record {
+                            Record::Event(e) => pending.events.push(e),
+                            Record::Dead(d) => pending.dead.push(d),
+                            Record::Progress {
+                                topic,
+                                partition,
+                                next_offset,
+                            } => {
+                                let slot = pending
+                                    .offsets
+                                    .entry((topic, partition))
+                                    .or_insert(next_offset);
+                                *slot = (*slot).max(next_offset);
+                            }
                         }
                     }
+                });
+                while let Some(entry) = stash.first_entry() {
+                    let tick = *entry.key();
+                    if frontier.less_equal(&tick) {
+                        break;
+                    }
+                    let (capability, pending) = entry.remove();
+                    let batch = SinkBatch {
+                        worker,
+                        tick,
+                        events: pending.events,
+                        dead: pending.dead,
+                        offsets: pending
+                            .offsets
+                            .into_iter()
+                            .map(|((t, p), o)| (t, p, o))
+                            .collect(),
+                        ack: Arc::clone(&ack),
+                    };
+                    if batch.rows() == 0 && batch.offsets.is_empty() {
+                        continue;
+                    }
+                    ack.pending_rows
+                        .fetch_add(batch.rows() as i64, Ordering::AcqRel);
+                    if sink.send(batch).is_err() {
+                        warn!(worker, tick, "sink is gone; tick will never be durable");
+                    }
+                    inflight.push((tick, capability));
                 }
-            });
-            while let Some(entry) = stash.first_entry() {
-                let tick = *entry.key();
-                if frontier.less_equal(&tick) {
-                    break;
-                }
-                let (capability, pending) = entry.remove();
-                let batch = SinkBatch {
-                    worker,
-                    tick,
-                    events: pending.events,
-                    dead: pending.dead,
-                    offsets: pending
-                        .offsets
-                        .into_iter()
-                        .map(|((t, p), o)| (t, p, o))
-                        .collect(),
-                    ack: Arc::clone(&ack),
-                };
-                if batch.rows() == 0 && batch.offsets.is_empty() {
-                    continue;
-                }
-                ack.pending_rows.fetch_add(batch.rows() as i64, Ordering::AcqRel);
-                if sink.send(batch).is_err() {
-                    warn!(worker, tick, "sink is gone; tick will never be durable");
-                }
-                inflight.push((tick, capability));
+                let durable = ack.durable_tick();
+                inflight.retain(|(tick, _)| *tick > durable);
             }
-            let durable = ack.durable_tick();
-            inflight.retain(|(tick, _)| *tick > durable);
-        }
-    })
+        },
+    )
 }

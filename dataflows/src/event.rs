@@ -40,6 +40,12 @@ pub const KNOWN_TYPES: &[&str] = &[
     "button.click",
 ];
 
+/// A Kafka partition: `(topic, partition)`.
+pub type Partition = (Arc<str>, i32);
+
+/// A partition and an offset in it: `(topic, partition, offset)`.
+pub type PartitionOffset = (Arc<str>, i32, i64);
+
 /// Where an input came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventSource {
@@ -235,7 +241,10 @@ pub fn parse_event(
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(ParseError::new(
             DeadReason::Oversize,
-            format!("payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}", payload.len()),
+            format!(
+                "payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}",
+                payload.len()
+            ),
         ));
     }
     let text = std::str::from_utf8(payload)
@@ -254,16 +263,27 @@ pub fn parse_value(
     bounds: TimeBounds,
 ) -> Result<Event, ParseError> {
     if !value.get().trim_start().starts_with('{') {
-        return Err(ParseError::new(DeadReason::NotAnObject, "event must be a JSON object"));
+        return Err(ParseError::new(
+            DeadReason::NotAnObject,
+            "event must be a JSON object",
+        ));
     }
     let wire: Wire<'_> = serde_json::from_str(value.get())
         .map_err(|e| ParseError::new(DeadReason::InvalidField, e.to_string()))?;
     let event_type = match wire.event_type {
         Some(t) if !t.trim().is_empty() => t.into_owned(),
         Some(_) => {
-            return Err(ParseError::new(DeadReason::InvalidField, "event_type must not be empty"))
+            return Err(ParseError::new(
+                DeadReason::InvalidField,
+                "event_type must not be empty",
+            ))
         }
-        None => return Err(ParseError::new(DeadReason::MissingField, "event_type is required")),
+        None => {
+            return Err(ParseError::new(
+                DeadReason::MissingField,
+                "event_type is required",
+            ))
+        }
     };
     if event_type.len() > 255 {
         return Err(ParseError::new(
@@ -301,7 +321,10 @@ pub fn parse_value(
     if timestamp_us < now_us - bounds.max_age_us || timestamp_us > now_us + bounds.max_future_us {
         return Err(ParseError::new(
             DeadReason::TimestampOutOfRange,
-            format!("timestamp {} outside the accepted range", format_us(timestamp_us)),
+            format!(
+                "timestamp {} outside the accepted range",
+                format_us(timestamp_us)
+            ),
         ));
     }
     Ok(Event {
@@ -352,13 +375,7 @@ mod tests {
     const NOW: i64 = 1_760_000_000_000_000;
 
     fn parse(s: &[u8]) -> Result<Event, ParseError> {
-        parse_event(
-            s,
-            EventSource::Rest,
-            || Uuid::nil(),
-            NOW,
-            TimeBounds::default(),
-        )
+        parse_event(s, EventSource::Rest, Uuid::nil, NOW, TimeBounds::default())
     }
 
     #[test]
@@ -396,18 +413,42 @@ mod tests {
             (br#"{"user_id":"u"}"#, DeadReason::MissingField),
             (br#"{"event_type":""}"#, DeadReason::InvalidField),
             (br#"{"event_type":7}"#, DeadReason::InvalidField),
-            (br#"{"event_type":"a","id":"nope"}"#, DeadReason::InvalidField),
-            (br#"{"event_type":"a","properties":[1]}"#, DeadReason::InvalidField),
-            (br#"{"event_type":"a","user_id":{"x":1}}"#, DeadReason::InvalidField),
-            (br#"{"event_type":"a","timestamp":"yesterday"}"#, DeadReason::BadTimestamp),
-            (br#"{"event_type":"a","timestamp":"1999-01-01T00:00:00Z"}"#, DeadReason::TimestampOutOfRange),
+            (
+                br#"{"event_type":"a","id":"nope"}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                br#"{"event_type":"a","properties":[1]}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                br#"{"event_type":"a","user_id":{"x":1}}"#,
+                DeadReason::InvalidField,
+            ),
+            (
+                br#"{"event_type":"a","timestamp":"yesterday"}"#,
+                DeadReason::BadTimestamp,
+            ),
+            (
+                br#"{"event_type":"a","timestamp":"1999-01-01T00:00:00Z"}"#,
+                DeadReason::TimestampOutOfRange,
+            ),
         ];
         for (input, reason) in cases {
             let err = parse(input).expect_err("must be refused");
-            assert_eq!(err.reason, *reason, "input {:?}: {}", String::from_utf8_lossy(input), err);
+            assert_eq!(
+                err.reason,
+                *reason,
+                "input {:?}: {}",
+                String::from_utf8_lossy(input),
+                err
+            );
         }
         let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
-        assert_eq!(parse(&big).expect_err("oversize").reason, DeadReason::Oversize);
+        assert_eq!(
+            parse(&big).expect_err("oversize").reason,
+            DeadReason::Oversize
+        );
     }
 
     #[test]

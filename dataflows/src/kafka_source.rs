@@ -12,6 +12,7 @@
 //! transaction as the rows. It never blocks: it polls with a zero timeout,
 //! and pauses polling while too many rows wait for PostgreSQL.
 
+use crate::event::{Partition, PartitionOffset};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -66,12 +67,12 @@ impl KafkaSettings {
 /// The partitions that exist, refreshed from Kafka metadata.
 #[derive(Debug, Default)]
 pub struct PartitionDirectory {
-    partitions: RwLock<Arc<Vec<(Arc<str>, i32)>>>,
+    partitions: RwLock<Arc<Vec<Partition>>>,
     version: AtomicU64,
 }
 
 impl PartitionDirectory {
-    pub fn set(&self, mut partitions: Vec<(Arc<str>, i32)>) {
+    pub fn set(&self, mut partitions: Vec<Partition>) {
         partitions.sort();
         let mut guard = match self.partitions.write() {
             Ok(g) => g,
@@ -83,7 +84,7 @@ impl PartitionDirectory {
         }
     }
 
-    pub fn get(&self) -> (u64, Arc<Vec<(Arc<str>, i32)>>) {
+    pub fn get(&self) -> (u64, Arc<Vec<Partition>>) {
         let version = self.version.load(Ordering::Acquire);
         let guard = match self.partitions.read() {
             Ok(g) => g,
@@ -109,7 +110,7 @@ pub fn owner(topic: &str, partition: i32, peers: usize) -> usize {
 pub fn spawn_metadata_refresher(
     settings: KafkaSettings,
     directory: Arc<PartitionDirectory>,
-    positions: Arc<RwLock<HashMap<(Arc<str>, i32), i64>>>,
+    positions: Arc<RwLock<HashMap<Partition, i64>>>,
     interval: Duration,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -150,9 +151,15 @@ pub fn spawn_metadata_refresher(
                                     *partition,
                                     Duration::from_secs(2),
                                 ) {
-                                    let at = stored.get(&(Arc::clone(topic), *partition)).copied().unwrap_or(low);
+                                    let at = stored
+                                        .get(&(Arc::clone(topic), *partition))
+                                        .copied()
+                                        .unwrap_or(low);
                                     metrics::CONSUMER_LAG
-                                        .with_label_values(&[topic.as_ref(), partition.to_string().as_str()])
+                                        .with_label_values(&[
+                                            topic.as_ref(),
+                                            partition.to_string().as_str(),
+                                        ])
                                         .set((high - at.max(low)).max(0));
                                 }
                             }
@@ -184,7 +191,7 @@ pub struct SourceContext {
 /// worker at time 0; the source assigns no partition before that time is
 /// complete, so that it resumes exactly where the stored state ends.
 pub fn kafka_source<'s>(
-    start: Stream<'s, u64, Vec<(Arc<str>, i32, i64)>>,
+    start: Stream<'s, u64, Vec<PartitionOffset>>,
     ctx: SourceContext,
 ) -> Stream<'s, u64, Vec<Record>> {
     let scope = start.scope();
@@ -193,13 +200,13 @@ pub fn kafka_source<'s>(
     start.unary_frontier(Pipeline, "KafkaSource", move |capability, info| {
         let activator = scope.activator_for(info.address);
         let mut capability = Some(capability);
-        let mut stored: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+        let mut stored: HashMap<Partition, i64> = HashMap::new();
         let mut started = false;
         let mut consumer: Option<BaseConsumer> = None;
         let mut seen_version = u64::MAX;
         // Next offset of every partition this worker reads.
-        let mut next: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
-        let mut moved: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+        let mut next: BTreeMap<Partition, i64> = BTreeMap::new();
+        let mut moved: HashMap<Partition, i64> = HashMap::new();
         let tick_ms = ctx.tick_ms;
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
@@ -207,7 +214,9 @@ pub fn kafka_source<'s>(
                     stored.insert((topic, partition), offset);
                 }
             });
-            let Some(cap) = capability.as_mut() else { return };
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
             if ctx.shutdown.load(Ordering::Relaxed) {
                 info!(worker = index, "kafka source stopping");
                 capability = None;
@@ -241,22 +250,30 @@ pub fn kafka_source<'s>(
                         continue;
                     }
                     let key = (Arc::clone(topic), *partition);
-                    if !next.contains_key(&key) {
-                        let offset = stored.get(&key).copied().unwrap_or(-1);
-                        next.insert(key, offset);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = next.entry(key) {
+                        let offset = stored.get(slot.key()).copied().unwrap_or(-1);
+                        slot.insert(offset);
                         changed = true;
                     }
                 }
                 if changed {
                     let mut tpl = TopicPartitionList::new();
                     for ((topic, partition), offset) in &next {
-                        let at = if *offset >= 0 { Offset::Offset(*offset) } else { Offset::Beginning };
+                        let at = if *offset >= 0 {
+                            Offset::Offset(*offset)
+                        } else {
+                            Offset::Beginning
+                        };
                         if let Err(e) = tpl.add_partition_offset(topic, *partition, at) {
                             warn!(error = %e, "bad partition offset");
                         }
                     }
                     match consumer.assign(&tpl) {
-                        Ok(()) => info!(worker = index, partitions = next.len(), "assigned kafka partitions"),
+                        Ok(()) => info!(
+                            worker = index,
+                            partitions = next.len(),
+                            "assigned kafka partitions"
+                        ),
                         Err(e) => warn!(worker = index, error = %e, "kafka assign failed"),
                     }
                 }
@@ -276,7 +293,9 @@ pub fn kafka_source<'s>(
             {
                 let mut session = output.session(&*cap);
                 while read < ctx.settings.poll_budget {
-                    let Some(result) = consumer.poll(Duration::ZERO) else { break };
+                    let Some(result) = consumer.poll(Duration::ZERO) else {
+                        break;
+                    };
                     let message = match result {
                         Ok(m) => m,
                         Err(e) => {
@@ -343,7 +362,12 @@ mod tests {
     #[test]
     fn owners_spread_and_are_stable() {
         let mut seen = vec![0usize; 4];
-        for topic in ["trading.events", "market.data", "order.events", "user.actions"] {
+        for topic in [
+            "trading.events",
+            "market.data",
+            "order.events",
+            "user.actions",
+        ] {
             for p in 0..6 {
                 let o = owner(topic, p, 4);
                 assert_eq!(o, owner(topic, p, 4));

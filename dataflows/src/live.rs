@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(live.len(), 2);
         live.update("a", 10, -2);
         assert_eq!(live.len(), 1);
-        assert!(live.by_type(0, 100).get("a").is_none());
+        assert!(!live.by_type(0, 100).contains_key("a"));
         assert_eq!(live.by_type(0, 100)["b"], 1);
     }
 }

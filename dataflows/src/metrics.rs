@@ -28,7 +28,10 @@ pub static MESSAGES_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
 
 pub static KAFKA_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     or_die(
-        register_int_counter!("analytics_kafka_errors_total", "Errors returned by Kafka polls"),
+        register_int_counter!(
+            "analytics_kafka_errors_total",
+            "Errors returned by Kafka polls"
+        ),
         "analytics_kafka_errors_total",
     )
 });

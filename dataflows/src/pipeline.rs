@@ -7,6 +7,7 @@
 //! restored + REST counts ───────┴► arrange (type, second) ─► leaders ─► PublishSnapshot
 //! ```
 
+use crate::event::PartitionOffset;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +22,9 @@ use timely::worker::Worker;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-use crate::counts::{committed_input, count_updates, start_offsets, CommittedQueue, CountUpdate, Horizon};
+use crate::counts::{
+    committed_input, count_updates, start_offsets, CommittedQueue, CountUpdate, Horizon,
+};
 use crate::durable::{durable_sink, SinkBatch, WorkerAck};
 use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, SourceContext};
 use crate::live::LiveSnapshot;
@@ -33,7 +36,7 @@ pub struct Restored {
     /// Stored counts per `(event_type, second)` inside the horizon.
     pub counts: Vec<((String, i64), i64)>,
     /// Stored next offsets per partition.
-    pub offsets: Vec<(Arc<str>, i32, i64)>,
+    pub offsets: Vec<PartitionOffset>,
 }
 
 /// What every worker of one process shares.
@@ -65,7 +68,8 @@ impl WorkerDataflow {
     /// Lets the trace compact up to what the probe has seen, and reports its size.
     pub fn maintain(&mut self) {
         let mut frontier = timely::progress::Antichain::new();
-        self.probe.with_frontier(|f| frontier.extend(f.iter().copied()));
+        self.probe
+            .with_frontier(|f| frontier.extend(f.iter().copied()));
         self.trace.set_logical_compaction(frontier.borrow());
         self.trace.set_physical_compaction(frontier.borrow());
         let mut records = 0usize;
@@ -88,7 +92,11 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
     let per_process = ctx.workers_per_process.max(1);
     let leaders: Vec<usize> = (0..peers).step_by(per_process).collect();
     let restored = if index == 0 {
-        ctx.restored.lock().ok().and_then(|mut g| g.take()).unwrap_or_default()
+        ctx.restored
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .unwrap_or_default()
     } else {
         Restored::default()
     };
@@ -138,15 +146,18 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
                     });
                 }
             });
-        let gathered = to_leaders
-            .exchange(|(l, _)| *l as u64)
-            .unary(Pipeline, "Gathered", |_, _| {
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        output.session(&cap).give_iterator(data.drain(..).map(|(_, u)| u));
-                    });
-                }
-            });
+        let gathered =
+            to_leaders
+                .exchange(|(l, _)| *l as u64)
+                .unary(Pipeline, "Gathered", |_, _| {
+                    move |input, output| {
+                        input.for_each(|cap, data| {
+                            output
+                                .session(&cap)
+                                .give_iterator(data.drain(..).map(|(_, u)| u));
+                        });
+                    }
+                });
         let probe = ProbeHandle::new();
         let durable = durable.probe_with(&probe);
         crate::publish::publish(

@@ -97,8 +97,11 @@ impl IngestionStats {
         self.events_ingested.fetch_add(events, Ordering::Relaxed);
         self.events_failed.fetch_add(failed, Ordering::Relaxed);
         self.batches_processed.fetch_add(1, Ordering::Relaxed);
-        self.last_batch_size.store(events + failed, Ordering::Relaxed);
-        self.last_batch_duration_us.store(duration_us, Ordering::Relaxed);
-        self.total_latency_us.fetch_add(latency_us, Ordering::Relaxed);
+        self.last_batch_size
+            .store(events + failed, Ordering::Relaxed);
+        self.last_batch_duration_us
+            .store(duration_us, Ordering::Relaxed);
+        self.total_latency_us
+            .fetch_add(latency_us, Ordering::Relaxed);
     }
 }

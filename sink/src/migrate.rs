@@ -7,11 +7,8 @@ use tracing::info;
 use crate::SinkError;
 
 /// `(version, name, sql)` of every migration, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
 
 const LOCK_KEY: i64 = 0x616e_616c_7974_6963; // "analytic"
 
@@ -25,9 +22,13 @@ pub async fn run(client: &mut Client) -> Result<usize, SinkError> {
                 applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
     let result = apply(client).await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await?;
     result
 }
 

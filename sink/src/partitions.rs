@@ -87,7 +87,8 @@ impl Partitions {
     ) -> Result<(), SinkError> {
         let today = day_of(now_us);
         for table in PARTITIONED {
-            self.ensure(client, table, (today - 1)..=(today + ahead)).await?;
+            self.ensure(client, table, (today - 1)..=(today + ahead))
+                .await?;
         }
         Ok(())
     }

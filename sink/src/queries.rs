@@ -28,13 +28,27 @@ pub async fn restore(pool: &Pool, from_second: i64) -> Result<Restored, SinkErro
         )
         .await?
         .iter()
-        .map(|r| ((r.get::<_, String>(0), r.get::<_, i64>(1)), r.get::<_, i64>(2)))
+        .map(|r| {
+            (
+                (r.get::<_, String>(0), r.get::<_, i64>(1)),
+                r.get::<_, i64>(2),
+            )
+        })
         .collect();
     let offsets = tx
-        .query("SELECT topic, \"partition\", next_offset FROM kafka_offsets", &[])
+        .query(
+            "SELECT topic, \"partition\", next_offset FROM kafka_offsets",
+            &[],
+        )
         .await?
         .iter()
-        .map(|r| (Arc::from(r.get::<_, String>(0)), r.get::<_, i32>(1), r.get::<_, i64>(2)))
+        .map(|r| {
+            (
+                Arc::from(r.get::<_, String>(0)),
+                r.get::<_, i32>(1),
+                r.get::<_, i64>(2),
+            )
+        })
         .collect();
     tx.commit().await?;
     Ok(Restored { counts, offsets })

@@ -22,7 +22,11 @@ pub async fn commit_rest(
 ) -> Result<Vec<Event>, SinkError> {
     let mut client = pool.get().await?;
     partitions
-        .ensure(&**client, "events", events.iter().map(|e| day_of(e.timestamp_us)))
+        .ensure(
+            &**client,
+            "events",
+            events.iter().map(|e| day_of(e.timestamp_us)),
+        )
         .await?;
     let tx = client.transaction().await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
@@ -53,7 +57,9 @@ pub async fn commit_rest(
         .with_label_values(&["rest"])
         .inc_by(dead.len() as u64);
     for d in dead {
-        metrics::EVENTS_FAILED.with_label_values(&[d.reason.as_str()]).inc();
+        metrics::EVENTS_FAILED
+            .with_label_values(&[d.reason.as_str()])
+            .inc();
     }
     Ok(new.into_iter().cloned().collect())
 }

@@ -8,6 +8,7 @@
 //! with backoff and the same rows, so a PostgreSQL outage pauses ingestion
 //! (the sources stop polling when too many rows wait) without loss.
 
+use dataflows::event::{Partition, PartitionOffset};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -28,11 +29,11 @@ use crate::partitions::{day_of, Partitions};
 use crate::{Pool, SinkError};
 
 /// Committed offsets per partition, shared with the lag monitor.
-pub type Positions = Arc<RwLock<HashMap<(Arc<str>, i32), i64>>>;
+pub type Positions = Arc<RwLock<HashMap<Partition, i64>>>;
 
 /// Called after each commit with the partitions' committed next offsets
 /// (used to commit consumer-group offsets to Kafka for lag monitoring).
-pub type OffsetsCommitted = Box<dyn Fn(&[(Arc<str>, i32, i64)]) + Send + Sync>;
+pub type OffsetsCommitted = Box<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 
 /// What the writer needs.
 pub struct WriterContext {
@@ -92,7 +93,7 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
     let mut events = 0u64;
     let mut failed = 0u64;
     let mut latency = 0u64;
-    let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
+    let mut offsets: BTreeMap<Partition, i64> = BTreeMap::new();
     for batch in group {
         events += batch.events.len() as u64;
         failed += batch.dead.len() as u64;
@@ -100,15 +101,21 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
             latency += (now_us - e.created_at_us).max(0) as u64;
         }
         for d in &batch.dead {
-            metrics::EVENTS_FAILED.with_label_values(&[d.reason.as_str()]).inc();
+            metrics::EVENTS_FAILED
+                .with_label_values(&[d.reason.as_str()])
+                .inc();
         }
         for (t, p, o) in &batch.offsets {
             let slot = offsets.entry((Arc::clone(t), *p)).or_insert(*o);
             *slot = (*slot).max(*o);
         }
     }
-    metrics::EVENTS_INGESTED.with_label_values(&["kafka"]).inc_by(events);
-    metrics::DEAD_LETTERS.with_label_values(&["kafka"]).inc_by(failed);
+    metrics::EVENTS_INGESTED
+        .with_label_values(&["kafka"])
+        .inc_by(events);
+    metrics::DEAD_LETTERS
+        .with_label_values(&["kafka"])
+        .inc_by(failed);
     ctx.stats
         .record_batch(events, failed, elapsed.as_micros() as u64, latency);
     if let Ok(mut positions) = ctx.positions.write() {
@@ -183,7 +190,12 @@ pub async fn copy_events(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), 
                 topic,
                 partition,
                 offset,
-            } => ("kafka", Some(topic.as_ref()), Some(*partition), Some(*offset)),
+            } => (
+                "kafka",
+                Some(topic.as_ref()),
+                Some(*partition),
+                Some(*offset),
+            ),
             EventSource::Rest => ("rest", None, None, None),
         };
         let row: [&(dyn ToSql + Sync); 11] = [
@@ -213,7 +225,9 @@ pub async fn upsert_counts(tx: &Transaction<'_>, events: &[&Event]) -> Result<()
     }
     let mut counts: BTreeMap<(i64, &str), i64> = BTreeMap::new();
     for e in events {
-        *counts.entry((e.second(), e.event_type.as_str())).or_insert(0) += 1;
+        *counts
+            .entry((e.second(), e.event_type.as_str()))
+            .or_insert(0) += 1;
     }
     let seconds: Vec<i64> = counts.keys().map(|(s, _)| *s).collect();
     let types: Vec<&str> = counts.keys().map(|(_, t)| *t).collect();

@@ -20,7 +20,12 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 pub const BROKERS: &str = "127.0.0.1:9092";
-pub const TOPIC_SUFFIXES: &[&str] = &["trading.events", "market.data", "order.events", "user.actions"];
+pub const TOPIC_SUFFIXES: &[&str] = &[
+    "trading.events",
+    "market.data",
+    "order.events",
+    "user.actions",
+];
 
 fn admin_pg() -> String {
     "host=127.0.0.1 port=5432 user=analytics_user password=change_me dbname=analytics".to_string()
@@ -44,7 +49,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -66,7 +74,11 @@ pub struct TestEnv {
 impl TestEnv {
     /// Creates the database and topics (with `partitions` each) and writes the config.
     pub async fn new(name: &str, partitions: i32) -> TestEnv {
-        let unique = format!("{name}_{}_{}", std::process::id(), rand::random::<u32>() % 100_000);
+        let unique = format!(
+            "{name}_{}_{}",
+            std::process::id(),
+            rand::random::<u32>() % 100_000
+        );
         let database = format!("it_{unique}");
         let (client, conn) = tokio_postgres::connect(&admin_pg(), NoTls)
             .await
@@ -76,7 +88,10 @@ impl TestEnv {
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .expect("create test database");
-        let topics: Vec<String> = TOPIC_SUFFIXES.iter().map(|t| format!("it.{unique}.{t}")).collect();
+        let topics: Vec<String> = TOPIC_SUFFIXES
+            .iter()
+            .map(|t| format!("it.{unique}.{t}"))
+            .collect();
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", BROKERS)
             .create()
@@ -86,7 +101,10 @@ impl TestEnv {
             .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
             .collect();
         let results = admin
-            .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+            .create_topics(
+                &new_topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
             .await
             .expect("create topics");
         for r in results {
@@ -114,7 +132,12 @@ impl TestEnv {
     }
 
     fn write_config(&self) {
-        let topics = self.topics.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+        let topics = self
+            .topics
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let yaml = format!(
             r#"server:
   host: "127.0.0.1"
@@ -194,7 +217,10 @@ security:
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("service exited with {status}; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                panic!(
+                    "service exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -216,7 +242,10 @@ security:
     /// SIGTERM and wait for a clean exit.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -238,7 +267,10 @@ security:
 
     pub async fn pg(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port=5432 user=analytics_user password=change_me dbname={}", self.database),
+            &format!(
+                "host=127.0.0.1 port=5432 user=analytics_user password=change_me dbname={}",
+                self.database
+            ),
             NoTls,
         )
         .await
@@ -260,7 +292,9 @@ security:
     /// `/api/v1/events/stats` over an explicit, second-aligned range.
     pub async fn stats(&self, start: &str, end: &str) -> Value {
         let (status, body) = self
-            .get_json(&format!("/api/v1/events/stats?start_time={start}&end_time={end}"))
+            .get_json(&format!(
+                "/api/v1/events/stats?start_time={start}&end_time={end}"
+            ))
             .await;
         assert_eq!(status, 200, "{body}");
         body
@@ -305,7 +339,8 @@ impl Drop for TestEnv {
 pub fn by_type(events: &[Value]) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for e in events {
-        *out.entry(e["event_type"].as_str().expect("type").to_string()).or_insert(0) += 1;
+        *out.entry(e["event_type"].as_str().expect("type").to_string())
+            .or_insert(0) += 1;
     }
     out
 }
@@ -314,13 +349,22 @@ pub fn by_type(events: &[Value]) -> BTreeMap<String, i64> {
 pub fn stats_map(body: &Value) -> BTreeMap<String, i64> {
     body["by_type"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Deterministic trading events with event times spread over the last
 /// `spread_s` seconds before `base` (whole seconds), keyed over many keys.
-pub fn trading_events(n: usize, seed: u64, base: chrono::DateTime<chrono::Utc>, spread_s: i64) -> Vec<Value> {
+pub fn trading_events(
+    n: usize,
+    seed: u64,
+    base: chrono::DateTime<chrono::Utc>,
+    spread_s: i64,
+) -> Vec<Value> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let types = [
