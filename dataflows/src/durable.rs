@@ -47,7 +47,8 @@ impl SinkBatch {
 /// Shared between one worker and the sink task: what is committed.
 #[derive(Default)]
 pub struct WorkerAck {
-    durable_tick: AtomicU64,
+    /// One past the latest committed tick (0: nothing committed yet).
+    durable_upto: AtomicU64,
     pending_rows: AtomicI64,
     activator: Mutex<Option<SyncActivator>>,
 }
@@ -55,7 +56,7 @@ pub struct WorkerAck {
 impl std::fmt::Debug for WorkerAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerAck")
-            .field("durable_tick", &self.durable_tick.load(Ordering::Relaxed))
+            .field("durable_upto", &self.durable_upto.load(Ordering::Relaxed))
             .field("pending_rows", &self.pending_rows.load(Ordering::Relaxed))
             .finish()
     }
@@ -65,7 +66,7 @@ impl WorkerAck {
     /// Called by the sink once `tick` and every earlier tick of this worker
     /// are committed, with the number of rows that became durable.
     pub fn acknowledge(&self, tick: u64, rows: usize) {
-        self.durable_tick.fetch_max(tick, Ordering::AcqRel);
+        self.durable_upto.fetch_max(tick + 1, Ordering::AcqRel);
         self.pending_rows.fetch_sub(rows as i64, Ordering::AcqRel);
         if let Ok(guard) = self.activator.lock() {
             if let Some(activator) = guard.as_ref() {
@@ -80,9 +81,9 @@ impl WorkerAck {
         self.pending_rows.load(Ordering::Acquire)
     }
 
-    /// The latest tick known to be committed.
-    pub fn durable_tick(&self) -> u64 {
-        self.durable_tick.load(Ordering::Acquire)
+    /// Every tick before this one is committed.
+    pub fn durable_upto(&self) -> u64 {
+        self.durable_upto.load(Ordering::Acquire)
     }
 
     fn register(&self, activator: SyncActivator) {
@@ -172,8 +173,8 @@ pub fn durable_sink<'s>(
                     }
                     inflight.push((tick, capability));
                 }
-                let durable = ack.durable_tick();
-                inflight.retain(|(tick, _)| *tick > durable);
+                let durable = ack.durable_upto();
+                inflight.retain(|(tick, _)| *tick >= durable);
             }
         },
     )
