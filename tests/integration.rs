@@ -344,3 +344,111 @@ async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
+    let proxy = Proxy::start(5432).await;
+    let mut env = TestEnv::new("outage", 2).await;
+    env.set_ports(proxy.port, 6379);
+    env.start().await;
+    let base = Utc::now();
+    let events = trading_events(2_000, 7, base, 300);
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            (
+                topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string(),
+                format!("k{i}"),
+                e.to_string(),
+            )
+        })
+        .collect();
+    env.produce(&records[..1_000]).await;
+    wait_for("first half stored", Duration::from_secs(60), || async {
+        (env.count("SELECT count(*) FROM events").await == 1_000).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    let health = wait_for(
+        "health to report postgresql down",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = env.get_json("/health").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["database"], "disconnected");
+    let r = env
+        .http
+        .post(env.url("/api/v1/events"))
+        .json(&json!({"event_type": "during.outage"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "REST refuses while PostgreSQL is down"
+    );
+    env.produce(&records[1_000..]).await;
+    // The live stats never run ahead of what is durable.
+    let (start, end) = aligned_range(base);
+    let during = env.stats(&start, &end).await;
+    assert_eq!(during["source"], "live");
+    assert!(
+        during["total_events"].as_i64().unwrap_or(i64::MAX) <= 1_000,
+        "{during}"
+    );
+
+    proxy.restore();
+    wait_for(
+        "every event stored after the outage",
+        Duration::from_secs(120),
+        || async { (env.count("SELECT count(*) FROM events").await == 2_000).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT count(DISTINCT id) FROM events").await,
+        2_000
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM events WHERE event_type = 'during.outage'")
+            .await,
+        0
+    );
+    let expected = by_type(&events);
+    let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
+    assert_eq!(stats_map(&live), expected);
+    let (status, health) = env.get_json("/health").await;
+    assert_eq!(status, 200, "{health}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_but_serving_without_redis() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut env = TestEnv::new("noredis", 1).await;
+    env.set_ports(5432, unused);
+    env.start().await;
+    let (status, health) = env.get_json("/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["cache"], "disconnected");
+    assert_eq!(health["database"], "connected");
+    let r = env
+        .http
+        .post(env.url("/api/v1/events"))
+        .json(&json!({"event_type": "still.served"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    env.stop().await;
+}

@@ -69,6 +69,10 @@ pub struct TestEnv {
     pub child: Option<Child>,
     pub http: reqwest::Client,
     log_path: PathBuf,
+    /// PostgreSQL port the service is told to use (a proxy's, for outage tests).
+    pub db_port: u16,
+    /// Redis port the service is told to use.
+    pub redis_port: u16,
 }
 
 impl TestEnv {
@@ -126,9 +130,18 @@ impl TestEnv {
                 .build()
                 .expect("http client"),
             log_path: dir.join("service.log"),
+            db_port: 5432,
+            redis_port: 6379,
         };
         env.write_config();
         env
+    }
+
+    /// Points the service at other PostgreSQL and Redis ports (before `start`).
+    pub fn set_ports(&mut self, db_port: u16, redis_port: u16) {
+        self.db_port = db_port;
+        self.redis_port = redis_port;
+        self.write_config();
     }
 
     fn write_config(&self) {
@@ -145,14 +158,14 @@ impl TestEnv {
   shutdown_timeout: 10s
 database:
   host: "127.0.0.1"
-  port: 5432
+  port: {db_port}
   database: "{db}"
   user: "analytics_user"
   password: "change_me"
   max_connections: 10
 redis:
   host: "127.0.0.1"
-  port: 6379
+  port: {redis_port}
 kafka:
   brokers: ["{brokers}"]
   consumer_group: "it-{db}"
@@ -180,6 +193,8 @@ security:
             brokers = BROKERS,
             metrics = self.metrics_port,
             health = self.health_port,
+            db_port = self.db_port,
+            redis_port = self.redis_port,
         );
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
@@ -190,6 +205,12 @@ security:
 
     /// Starts the service and waits until it has published a snapshot.
     pub async fn start(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Starts the service without waiting.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -206,6 +227,10 @@ security:
             .spawn()
             .expect("spawn analytics");
         self.child = Some(child);
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&mut self) {
         let url = self.url("/ready");
         let http = self.http.clone();
         let log_path = self.log_path.clone();
@@ -406,4 +431,55 @@ pub fn topic_of<'a>(topics: &'a [String], event_type: &str) -> &'a str {
         0
     };
     &topics[idx]
+}
+
+/// A TCP proxy to a local port that a test can cut and restore, to take a
+/// dependency "down" for one service without touching the shared server.
+pub struct Proxy {
+    pub port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up_rx = up.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !*up_rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
 }
