@@ -452,3 +452,67 @@ async fn health_is_degraded_but_serving_without_redis() {
     assert_eq!(r.status().as_u16(), 201);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_counts() {
+    let mut p0 = TestEnv::new("cluster", 4).await;
+    let mut p1 = p0.peer("p1");
+    let hostfile = p0.config_path.with_file_name("hosts.txt");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .expect("hostfile");
+    for (env, index) in [(&mut p0, "0"), (&mut p1, "1")] {
+        env.args = ["-w", "2", "-n", "2", "-p", index, "--hostfile"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([hostfile.display().to_string()])
+            .collect();
+        env.spawn();
+    }
+    p0.wait_ready().await;
+    p1.wait_ready().await;
+
+    let base = Utc::now();
+    let mut events = trading_events(4_000, 99, base, 120);
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            (
+                topic_of(&p0.topics, e["event_type"].as_str().expect("type")).to_string(),
+                format!("k{i}"),
+                e.to_string(),
+            )
+        })
+        .collect();
+    p0.produce(&records).await;
+    let posted = json!({"event_type": "cluster.rest", "timestamp": base.to_rfc3339()});
+    let r = p1
+        .http
+        .post(p1.url("/api/v1/events"))
+        .json(&posted)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    events.push(posted);
+
+    wait_for("every event stored", Duration::from_secs(120), || async {
+        (p0.count("SELECT count(*) FROM events").await == 4_001).then_some(())
+    })
+    .await;
+    assert_eq!(
+        p0.count("SELECT count(DISTINCT id) FROM events").await,
+        4_001
+    );
+    let expected = by_type(&events);
+    let (start, end) = aligned_range(base);
+    for env in [&p0, &p1] {
+        let live = wait_for_stats(env, &start, &end, &expected, "live").await;
+        assert_eq!(stats_map(&live), expected, "process {}", env.name);
+    }
+    p1.stop().await;
+    p0.stop().await;
+}

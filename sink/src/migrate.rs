@@ -12,16 +12,10 @@ pub const MIGRATIONS: &[(i32, &str, &str)] =
 
 const LOCK_KEY: i64 = 0x616e_616c_7974_6963; // "analytic"
 
-/// Applies the migrations not yet applied; returns how many ran.
+/// Applies the migrations not yet applied; returns how many ran. Several
+/// processes may start at once: the advisory lock serialises them, and the
+/// later ones find everything applied.
 pub async fn run(client: &mut Client) -> Result<usize, SinkError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version integer PRIMARY KEY,
-                name text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
@@ -33,6 +27,14 @@ pub async fn run(client: &mut Client) -> Result<usize, SinkError> {
 }
 
 async fn apply(client: &mut Client) -> Result<usize, SinkError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
     let applied: Vec<i32> = client
         .query("SELECT version FROM schema_migrations", &[])
         .await?

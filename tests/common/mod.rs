@@ -31,7 +31,7 @@ fn admin_pg() -> String {
     "host=127.0.0.1 port=5432 user=analytics_user password=change_me dbname=analytics".to_string()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -73,6 +73,8 @@ pub struct TestEnv {
     pub db_port: u16,
     /// Redis port the service is told to use.
     pub redis_port: u16,
+    /// Arguments before the `run` command (timely cluster flags).
+    pub args: Vec<String>,
 }
 
 impl TestEnv {
@@ -132,6 +134,31 @@ impl TestEnv {
             log_path: dir.join("service.log"),
             db_port: 5432,
             redis_port: 6379,
+            args: Vec::new(),
+        };
+        env.write_config();
+        env
+    }
+
+    /// Another process of the same deployment: same database and topics,
+    /// its own ports, config file and log.
+    pub fn peer(&self, suffix: &str) -> TestEnv {
+        let dir = self.config_path.parent().expect("config dir").join(suffix);
+        std::fs::create_dir_all(&dir).expect("peer dir");
+        let env = TestEnv {
+            name: format!("{}-{suffix}", self.name),
+            database: self.database.clone(),
+            topics: self.topics.clone(),
+            api_port: free_port(),
+            metrics_port: free_port(),
+            health_port: free_port(),
+            config_path: dir.join("config.yaml"),
+            child: None,
+            http: self.http.clone(),
+            log_path: dir.join("service.log"),
+            db_port: self.db_port,
+            redis_port: self.redis_port,
+            args: Vec::new(),
         };
         env.write_config();
         env
@@ -220,6 +247,7 @@ security:
         let child = Command::new(env!("CARGO_BIN_EXE_analytics"))
             .arg("--config")
             .arg(&self.config_path)
+            .args(&self.args)
             .arg("run")
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
