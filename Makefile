@@ -26,12 +26,11 @@ services:
 services-stop:
 	scripts/services.sh stop
 
+## Validate docker-compose.yml (builds the compose CLI plugin if it is missing).
 compose-check:
-	@if command -v docker >/dev/null 2>&1; then \
-		docker compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"; \
-	else \
-		echo "docker client missing: install docker-ce-cli with the compose plugin to validate docker-compose.yml" >&2; exit 1; \
-	fi
+	scripts/install-compose.sh
+	docker compose -f docker-compose.yml config -q
+	@echo "docker-compose.yml: valid"
 
 build:
 	$(CARGO) build --workspace --all-targets
