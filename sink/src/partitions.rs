@@ -102,7 +102,7 @@ mod tests {
     fn day_names() {
         assert_eq!(day_of(0), 0);
         assert_eq!(day_of(-1), -1);
-        assert_eq!(day_suffix(20_000), "20240704");
-        assert_eq!(day_literal(20_000), "2024-07-04 00:00:00+00");
+        assert_eq!(day_suffix(20_000), "20241004");
+        assert_eq!(day_literal(20_000), "2024-10-04 00:00:00+00");
     }
 }
