@@ -51,16 +51,9 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
     env.start().await;
     let base = Utc::now();
     let events = trading_events(3_000, 11, base, 600);
-    let to_record = |(i, e): (usize, &Value)| {
-        (
-            topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string(),
-            format!("k{}", i % 101),
-            e.to_string(),
-        )
-    };
-    let (first, second) = events.split_at(1_500);
-    env.produce(&first.iter().enumerate().map(to_record).collect::<Vec<_>>())
-        .await;
+    let records = kafka_records(&env.topics, &events, 101);
+    let (first, second) = records.split_at(1_500);
+    env.produce(first).await;
     env.produce(&[
         (env.topics[0].clone(), "bad".into(), "{not json".into()),
         (
@@ -70,13 +63,12 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
         ),
     ])
     .await;
-    env.produce(&second.iter().enumerate().map(to_record).collect::<Vec<_>>())
-        .await;
+    env.produce(second).await;
 
-    wait_for(
-        "3000 events in postgres",
+    env.wait_count(
+        "SELECT count(*) FROM events",
+        3_000,
         Duration::from_secs(120),
-        || async { (env.count("SELECT count(*) FROM events").await == 3_000).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -96,9 +88,11 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
             >= 8,
         "events should come from several partitions of every topic"
     );
-    wait_for("2 dead letters", Duration::from_secs(30), || async {
-        (env.count("SELECT count(*) FROM dead_letters").await == 2).then_some(())
-    })
+    env.wait_count(
+        "SELECT count(*) FROM dead_letters",
+        2,
+        Duration::from_secs(30),
+    )
     .await;
     let reasons: Vec<String> = env
         .pg()
@@ -353,21 +347,13 @@ async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
     env.start().await;
     let base = Utc::now();
     let events = trading_events(2_000, 7, base, 300);
-    let records: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            (
-                topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string(),
-                format!("k{i}"),
-                e.to_string(),
-            )
-        })
-        .collect();
+    let records = kafka_records(&env.topics, &events, events.len());
     env.produce(&records[..1_000]).await;
-    wait_for("first half stored", Duration::from_secs(60), || async {
-        (env.count("SELECT count(*) FROM events").await == 1_000).then_some(())
-    })
+    env.wait_count(
+        "SELECT count(*) FROM events",
+        1_000,
+        Duration::from_secs(60),
+    )
     .await;
 
     proxy.cut();
@@ -405,10 +391,10 @@ async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
     );
 
     proxy.restore();
-    wait_for(
-        "every event stored after the outage",
+    env.wait_count(
+        "SELECT count(*) FROM events",
+        2_000,
         Duration::from_secs(120),
-        || async { (env.count("SELECT count(*) FROM events").await == 2_000).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -476,17 +462,7 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
 
     let base = Utc::now();
     let mut events = trading_events(4_000, 99, base, 120);
-    let records: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            (
-                topic_of(&p0.topics, e["event_type"].as_str().expect("type")).to_string(),
-                format!("k{i}"),
-                e.to_string(),
-            )
-        })
-        .collect();
+    let records = kafka_records(&p0.topics, &events, events.len());
     p0.produce(&records).await;
     let posted = json!({"event_type": "cluster.rest", "timestamp": base.to_rfc3339()});
     let r = p1
@@ -499,9 +475,11 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
     assert_eq!(r.status().as_u16(), 201);
     events.push(posted);
 
-    wait_for("every event stored", Duration::from_secs(120), || async {
-        (p0.count("SELECT count(*) FROM events").await == 4_001).then_some(())
-    })
+    p0.wait_count(
+        "SELECT count(*) FROM events",
+        4_001,
+        Duration::from_secs(120),
+    )
     .await;
     assert_eq!(
         p0.count("SELECT count(DISTINCT id) FROM events").await,

@@ -10,10 +10,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::params::parse_range;
+use crate::params::TimeRange;
 use crate::{AppError, AppState};
-
-const DAY_US: i64 = 86_400 * 1_000_000;
 
 /// Accepts one event or an array of events. Answers 201 only after the
 /// rows are committed in PostgreSQL; a batch is all or nothing.
@@ -124,8 +122,8 @@ async fn refuse(state: &AppState, dead: Vec<DeadLetter>, details: Value) -> AppE
 
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
-    start_time: Option<String>,
-    end_time: Option<String>,
+    #[serde(flatten)]
+    range: TimeRange,
     event_type: Option<String>,
     limit: Option<String>,
 }
@@ -135,13 +133,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, AppError> {
-    let now_us = dataflows::time::now_ms() as i64 * 1000;
-    let (from_us, to_us) = parse_range(
-        params.start_time.as_deref(),
-        params.end_time.as_deref(),
-        now_us,
-        DAY_US,
-    )?;
+    let (from_us, to_us) = params.range.resolve()?;
     let limit = match params.limit.as_deref() {
         None | Some("") => state.settings.default_limit,
         Some(s) => match s.parse::<i64>() {

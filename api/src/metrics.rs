@@ -7,16 +7,10 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use dataflows::metrics::or_die;
 use prometheus::{
     register_histogram_vec, register_int_gauge, Encoder, HistogramVec, IntGauge, TextEncoder,
 };
-
-fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
-    match r {
-        Ok(m) => m,
-        Err(e) => panic!("metric {name} cannot be registered: {e}"),
-    }
-}
 
 pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     or_die(

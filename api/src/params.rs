@@ -1,8 +1,31 @@
 //! Strict parsing of query parameters; errors name the parameter.
 
 use chrono::DateTime;
+use serde::Deserialize;
 
 use crate::AppError;
+
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+/// `start_time` and `end_time` query parameters (RFC 3339).
+#[derive(Debug, Default, Deserialize)]
+pub struct TimeRange {
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+}
+
+impl TimeRange {
+    /// `[start, end)` in microseconds; by default the 24 hours ending at
+    /// the next whole second.
+    pub fn resolve(&self) -> Result<(i64, i64), AppError> {
+        parse_range(
+            self.start_time.as_deref(),
+            self.end_time.as_deref(),
+            dataflows::time::now_ms() as i64 * 1000,
+            DAY_US,
+        )
+    }
+}
 
 /// Parses an RFC 3339 time into microseconds since the epoch.
 pub fn parse_time(param: &str, value: Option<&str>) -> Result<Option<i64>, AppError> {

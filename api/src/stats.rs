@@ -5,31 +5,16 @@
 
 use axum::extract::{Query, State};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::params::parse_range;
+use crate::params::TimeRange;
 use crate::{AppError, AppState};
-
-const DAY_US: i64 = 86_400 * 1_000_000;
-
-#[derive(Debug, Deserialize)]
-pub struct StatsParams {
-    start_time: Option<String>,
-    end_time: Option<String>,
-}
 
 pub async fn stats(
     State(state): State<AppState>,
-    Query(params): Query<StatsParams>,
+    Query(range): Query<TimeRange>,
 ) -> Result<Json<Value>, AppError> {
-    let now_us = dataflows::time::now_ms() as i64 * 1000;
-    let (from_us, to_us) = parse_range(
-        params.start_time.as_deref(),
-        params.end_time.as_deref(),
-        now_us,
-        DAY_US,
-    )?;
+    let (from_us, to_us) = range.resolve()?;
     let snapshot = state.snapshot();
     let aligned = from_us % 1_000_000 == 0 && to_us % 1_000_000 == 0;
     let from_second = from_us.div_euclid(1_000_000);

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::{Capability, Operator};
@@ -26,7 +27,7 @@ use crate::time::{current_tick, tick_ceil};
 /// A count update: `((event_type, second), tick, diff)`.
 pub type CountUpdate = ((String, i64), u64, isize);
 
-type CountBuilder = timely::container::CapacityContainerBuilder<Vec<CountUpdate>>;
+type CountBuilder = CapacityContainerBuilder<Vec<CountUpdate>>;
 
 /// How long seconds of event time stay in live state.
 #[derive(Clone, Copy, Debug)]
@@ -207,34 +208,23 @@ pub fn start_offsets<'s>(
     scope: Scope<'s, u64>,
     offsets: Vec<PartitionOffset>,
 ) -> Stream<'s, u64, Vec<PartitionOffset>> {
-    let peers = scope.peers();
+    let workers = (0..scope.peers()).collect();
     let mut offsets = Some(offsets);
-    let stream: Stream<'s, u64, Vec<(usize, PartitionOffset)>> =
-        source(scope, "StartOffsets", move |capability, _info| {
+    let stream = source::<_, CapacityContainerBuilder<Vec<PartitionOffset>>, _, _>(
+        scope,
+        "StartOffsets",
+        move |capability, _info| {
             let mut capability = Some(capability);
             move |output| {
                 if let Some(cap) = capability.take() {
-                    let mut session = output.session(&cap);
-                    for item in offsets.take().unwrap_or_default() {
-                        for worker in 0..peers {
-                            session.give((worker, item.clone()));
-                        }
-                    }
-                }
-            }
-        });
-    use timely::dataflow::operators::Exchange;
-    stream
-        .exchange(|(worker, _)| *worker as u64)
-        .unary(Pipeline, "UnwrapOffsets", |_, _| {
-            move |input, output| {
-                input.for_each(|cap, data| {
                     output
                         .session(&cap)
-                        .give_iterator(data.drain(..).map(|(_, item)| item));
-                });
+                        .give_iterator(offsets.take().unwrap_or_default().into_iter());
+                }
             }
-        })
+        },
+    );
+    crate::route::send_to(stream, "BroadcastOffsets", workers)
 }
 
 #[cfg(test)]

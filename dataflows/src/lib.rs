@@ -17,6 +17,7 @@ pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod publish;
+pub mod route;
 pub mod time;
 
 pub use event::{DeadLetter, DeadReason, Event, EventSource, ParseError, Record};

@@ -9,7 +9,9 @@ use prometheus::{
     register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
-fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
+/// Unwraps the registration of a metric defined in code. Registration fails
+/// only on a programming error (a duplicate name), so it aborts loudly.
+pub fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
     match r {
         Ok(m) => m,
         Err(e) => panic!("metric {name} cannot be registered: {e}"),

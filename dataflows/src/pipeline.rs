@@ -15,16 +15,13 @@ use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::{Concat, Exchange, Operator, Probe};
+use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-use crate::counts::{
-    committed_input, count_updates, start_offsets, CommittedQueue, CountUpdate, Horizon,
-};
+use crate::counts::{committed_input, count_updates, start_offsets, CommittedQueue, Horizon};
 use crate::durable::{durable_sink, SinkBatch, WorkerAck};
 use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, SourceContext};
 use crate::live::LiveSnapshot;
@@ -130,34 +127,11 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             .as_collection()
             .arrange_by_self_named("LiveCountsByTypeSecond");
         let trace = arranged.trace.clone();
-        let to_leaders: timely::dataflow::Stream<'_, u64, Vec<(usize, CountUpdate)>> = arranged
-            .as_collection(|key, _| key.clone())
-            .inner
-            .unary(Pipeline, "ToLeaders", move |_, _| {
-                let leaders = leaders.clone();
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        for update in data.drain(..) {
-                            for l in &leaders {
-                                session.give((*l, update.clone()));
-                            }
-                        }
-                    });
-                }
-            });
-        let gathered =
-            to_leaders
-                .exchange(|(l, _)| *l as u64)
-                .unary(Pipeline, "Gathered", |_, _| {
-                    move |input, output| {
-                        input.for_each(|cap, data| {
-                            output
-                                .session(&cap)
-                                .give_iterator(data.drain(..).map(|(_, u)| u));
-                        });
-                    }
-                });
+        let gathered = crate::route::send_to(
+            arranged.as_collection(|key, _| key.clone()).inner,
+            "ToLeaders",
+            leaders,
+        );
         let probe = ProbeHandle::new();
         let durable = durable.probe_with(&probe);
         crate::publish::publish(

@@ -4,17 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
+use dataflows::metrics::or_die;
 use prometheus::{
     register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
     IntCounterVec,
 };
-
-fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
-    match r {
-        Ok(m) => m,
-        Err(e) => panic!("metric {name} cannot be registered: {e}"),
-    }
-}
 
 pub static EVENTS_INGESTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     or_die(

@@ -336,6 +336,14 @@ security:
         self.pg().await.query_one(sql, &[]).await.expect(sql).get(0)
     }
 
+    /// Waits until `sql` (a single count) returns `expected`.
+    pub async fn wait_count(&self, sql: &str, expected: i64, timeout: Duration) {
+        wait_for(&format!("{sql} = {expected}"), timeout, || async {
+            (self.count(sql).await == expected).then_some(())
+        })
+        .await
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self.http.get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
@@ -510,4 +518,23 @@ impl Proxy {
     pub fn restore(&self) {
         self.up.send_replace(true);
     }
+}
+
+/// Kafka records for `events`: each to its topic, keyed over `keys` keys.
+pub fn kafka_records(
+    topics: &[String],
+    events: &[Value],
+    keys: usize,
+) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            (
+                topic_of(topics, e["event_type"].as_str().expect("type")).to_string(),
+                format!("k{}", i % keys.max(1)),
+                e.to_string(),
+            )
+        })
+        .collect()
 }
