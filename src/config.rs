@@ -103,7 +103,32 @@ section!(IngestionConfig {
 section!(AggregationConfig {
     intervals: Vec<String> = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"].iter().map(|s| s.to_string()).collect(),
     workers: usize = 2,
+    /// How long closed windows of each interval stay in memory and take
+    /// late events there (humantime); unset intervals use [`default_horizon`].
+    horizons: std::collections::BTreeMap<String, String> = Default::default(),
+    /// Numeric properties aggregated besides price, quantity, latency_ms,
+    /// pnl and commission (notional = price × quantity is always derived).
+    numeric_properties: Vec<String> = Vec::new(),
+    /// Most distinct values per metric and dimension (symbol, side, strategy_id).
+    max_dimension_values: usize = 1_000,
 });
+
+/// The in-memory horizon of an interval when the configuration sets none:
+/// enough closed windows for a dashboard's usual look-back (two hours of
+/// minutes, a day of half hours, a month of days) while memory stays
+/// bounded by about 40–120 windows per key and interval.
+pub fn default_horizon(interval: &str) -> Duration {
+    let hours = match interval {
+        "1m" => 2,
+        "5m" => 6,
+        "15m" => 12,
+        "30m" => 24,
+        "1h" => 48,
+        "4h" => 7 * 24,
+        _ => 31 * 24,
+    };
+    Duration::from_secs(hours * 3600)
+}
 
 section!(RetentionConfig {
     #[serde(with = "humantime_serde")]
@@ -123,6 +148,8 @@ section!(QueryConfig {
     timeout: Duration = Duration::from_secs(30),
     #[serde(with = "humantime_serde")]
     cache_ttl: Duration = Duration::from_secs(60),
+    /// Most windows one /api/v1/metrics answer may span.
+    max_points: i64 = 10_000,
 });
 
 section!(DataflowConfig {
@@ -433,6 +460,44 @@ impl Config {
                 ));
             }
         }
+        if self.analytics.aggregation.intervals.is_empty() {
+            return Err(invalid(
+                "analytics.aggregation.intervals",
+                "at least one interval is required",
+            ));
+        }
+        for (interval, horizon) in &self.analytics.aggregation.horizons {
+            if !INTERVALS.contains(&interval.as_str()) {
+                return Err(invalid(
+                    "analytics.aggregation.horizons",
+                    format!("{interval:?} is not one of {INTERVALS:?}"),
+                ));
+            }
+            let d = humantime::parse_duration(horizon).map_err(|e| {
+                invalid(
+                    "analytics.aggregation.horizons",
+                    format!("{interval}: {horizon:?}: {e}"),
+                )
+            })?;
+            range(
+                "analytics.aggregation.horizons",
+                d.as_secs(),
+                60,
+                366 * 86_400,
+            )?;
+        }
+        range(
+            "analytics.aggregation.max_dimension_values",
+            self.analytics.aggregation.max_dimension_values,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "analytics.query.max_points",
+            self.analytics.query.max_points,
+            1,
+            1_000_000,
+        )?;
         if !["trace", "debug", "info", "warn", "error"].contains(&self.logging.level.as_str()) {
             return Err(invalid(
                 "logging.level",
@@ -471,6 +536,25 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The in-memory horizon of each configured interval.
+    pub fn horizons(&self) -> Vec<(String, Duration)> {
+        self.analytics
+            .aggregation
+            .intervals
+            .iter()
+            .map(|i| {
+                let h = self
+                    .analytics
+                    .aggregation
+                    .horizons
+                    .get(i)
+                    .and_then(|h| humantime::parse_duration(h).ok())
+                    .unwrap_or_else(|| default_horizon(i));
+                (i.clone(), h)
+            })
+            .collect()
     }
 
     pub fn kafka_brokers(&self) -> String {
@@ -542,6 +626,14 @@ mod tests {
             ),
             ("logging:\n  level: loud\n", "logging.level"),
             ("kafka:\n  brokers: []\n", "kafka.brokers"),
+            (
+                "analytics:\n  aggregation:\n    horizons: {\"1m\": soon}\n",
+                "analytics.aggregation.horizons",
+            ),
+            (
+                "analytics:\n  aggregation:\n    horizons: {\"1m\": 1s}\n",
+                "analytics.aggregation.horizons",
+            ),
             (
                 "analytics:\n  ingestion:\n    workers: 0\n",
                 "analytics.ingestion.workers",

@@ -2,7 +2,6 @@
 //! workers, the sink writer, Kafka offset commits, the three HTTP servers,
 //! and shutdown (stop ingesting, drain the sink, exit).
 
-use dataflows::event::{Partition, PartitionOffset};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -13,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use dataflows::counts::CommittedQueue;
 use dataflows::durable::WorkerAck;
-use dataflows::event::TimeBounds;
+use dataflows::event::{Partition, PartitionOffset, TimeBounds};
 use dataflows::kafka_source::{spawn_metadata_refresher, KafkaSettings, PartitionDirectory};
 use dataflows::pipeline::{self, ProcessContext, Restored};
+use dataflows::windows::{Interval, WindowSpec};
 use dataflows::LiveSnapshot;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -209,6 +209,11 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     let tick_ms = config.analytics.dataflow.tick.as_millis().max(1) as u64;
     let horizon_ms = config.analytics.dataflow.live_horizon.as_millis() as u64;
     let shutdown = Arc::new(AtomicBool::new(false));
+    let window_spec = Arc::new(window_spec(&config, tick_ms));
+    let time_bounds = TimeBounds {
+        max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
+        max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
+    };
 
     let (pool, partitions, restored) = rt.block_on(async {
         let pool = prepare_database(&config).await?;
@@ -224,7 +229,9 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         drop(client);
         let restored = if cluster.process == 0 {
             let from_second = (dataflows::time::now_ms() as i64 - horizon_ms as i64) / 1000 - 2;
-            let r = sink::queries::restore(&pool, from_second).await?;
+            let r =
+                sink::queries::restore(&pool, from_second, &window_spec, dataflows::time::now_ms())
+                    .await?;
             info!(
                 counts = r.counts.len(),
                 offsets = r.offsets.len(),
@@ -244,10 +251,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         session_timeout_ms: config.kafka.session_timeout.as_millis() as u64,
         poll_budget: config.analytics.dataflow.poll_budget,
         max_pending_rows: config.analytics.dataflow.max_pending_rows,
-        time_bounds: TimeBounds {
-            max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
-            max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
-        },
+        time_bounds,
     };
     let directory = Arc::new(PartitionDirectory::default());
     let positions: sink::writer::Positions = Arc::new(RwLock::new(
@@ -269,6 +273,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
     let (snap_tx, snap_rx) = watch::channel(Arc::new(LiveSnapshot::default()));
     let committed = Arc::new(CommittedQueue::default());
+    let committed_windows = Arc::new(CommittedQueue::default());
     let stats = Arc::new(sink::metrics::IngestionStats::default());
     let sink_degraded = Arc::new(AtomicBool::new(false));
     let group_commits = Mutex::new(group_commits);
@@ -293,6 +298,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         kafka,
         tick_ms,
         horizon_ms,
+        windows: Arc::clone(&window_spec),
         workers_per_process: cluster.workers,
         directory,
         sink: sink_tx,
@@ -300,6 +306,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             .map(|_| Arc::new(WorkerAck::default()))
             .collect(),
         committed: Arc::clone(&committed),
+        committed_windows: Arc::clone(&committed_windows),
         snapshots: Arc::new(snap_tx),
         restored: Mutex::new(Some(restored)),
         shutdown: Arc::clone(&shutdown),
@@ -342,18 +349,18 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             cors_origins: config.security.cors.allowed_origins.clone(),
             cors_methods: config.security.cors.allowed_methods.clone(),
             cors_headers: config.security.cors.allowed_headers.clone(),
-            time_bounds: TimeBounds {
-                max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
-                max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
-            },
+            time_bounds,
+            max_points: config.analytics.query.max_points,
         }),
         pool: pool.clone(),
         partitions: Arc::clone(&partitions),
         snapshots: snap_rx,
         committed,
+        committed_windows,
+        windows: window_spec,
+        guard: Arc::new(std::sync::Mutex::new(Default::default())),
+        cache: api::cache::Cache::new(&redis_url(&config), config.analytics.query.cache_ttl),
         stats,
-        redis: redis::Client::open(redis_url(&config)).ok(),
-        redis_conn: Arc::new(tokio::sync::Mutex::new(None)),
         sink_degraded,
     };
 
@@ -443,6 +450,31 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     // Threads blocked in librdkafka calls must not hold the process.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Which windows to keep, from `analytics.aggregation`.
+fn window_spec(config: &Config, tick_ms: u64) -> WindowSpec {
+    let mut numeric: Vec<String> = dataflows::windows::DEFAULT_NUMERIC
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for extra in &config.analytics.aggregation.numeric_properties {
+        if !numeric.contains(extra) {
+            numeric.push(extra.clone());
+        }
+    }
+    WindowSpec {
+        intervals: config
+            .horizons()
+            .into_iter()
+            .filter_map(|(name, horizon)| {
+                Interval::parse(&name).map(|i| (i, horizon.as_millis() as u64))
+            })
+            .collect(),
+        numeric,
+        max_dimension_values: config.analytics.aggregation.max_dimension_values,
+        tick_ms,
+    }
 }
 
 fn redis_url(config: &Config) -> String {

@@ -1,10 +1,14 @@
 //! `POST /api/v1/events` and `GET /api/v1/events`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use dataflows::event::{parse_value, DeadLetter, DeadReason, EventSource, ParseError};
+use dataflows::windows::contribute;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -84,10 +88,20 @@ pub async fn ingest(
     if !errors.is_empty() {
         return Err(refuse(&state, dead, Value::Array(errors)).await);
     }
-    let new = sink::rest::commit_rest(&state.pool, &state.partitions, &events, &[]).await?;
-    state
-        .committed
-        .push(new.iter().map(|e| (e.event_type.clone(), e.second())));
+    let spec = Arc::clone(&state.windows);
+    let guard = Arc::clone(&state.guard);
+    let committed = sink::rest::commit_rest(&state.pool, &state.partitions, &events, &[], |new| {
+        let mut partials = HashMap::new();
+        if let Ok(mut guard) = guard.lock() {
+            for event in new {
+                contribute(event, &spec, &mut guard, &mut partials);
+            }
+        }
+        partials.into_iter().collect()
+    })
+    .await?;
+    state.committed_windows.push(committed.windows);
+    state.committed.push(committed.events);
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let body = if batch {
         json!({"success": true, "event_ids": ids, "count": ids.len()})
@@ -111,7 +125,9 @@ fn parse_body(text: &str) -> Result<(Vec<&RawValue>, bool), String> {
 
 /// Records refused inputs as dead letters and builds the 400 answer.
 async fn refuse(state: &AppState, dead: Vec<DeadLetter>, details: Value) -> AppError {
-    if let Err(e) = sink::rest::commit_rest(&state.pool, &state.partitions, &[], &dead).await {
+    if let Err(e) =
+        sink::rest::commit_rest(&state.pool, &state.partitions, &[], &dead, |_| Vec::new()).await
+    {
         tracing::warn!(error = %e, "cannot store rest dead letters");
     }
     AppError::BadRequest {

@@ -12,35 +12,10 @@ use crate::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
-async fn redis_ok(state: &AppState) -> bool {
-    let Some(client) = state.redis.as_ref() else {
-        return false;
-    };
-    let mut slot = state.redis_conn.lock().await;
-    if slot.is_none() {
-        match tokio::time::timeout(CHECK_TIMEOUT, client.get_multiplexed_async_connection()).await {
-            Ok(Ok(conn)) => *slot = Some(conn),
-            _ => return false,
-        }
-    }
-    let Some(conn) = slot.as_mut() else {
-        return false;
-    };
-    let cmd = redis::cmd("PING");
-    let ping = cmd.query_async::<String>(conn);
-    match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
-        Ok(Ok(_)) => true,
-        _ => {
-            *slot = None;
-            false
-        }
-    }
-}
-
 async fn check(state: &AppState) -> (StatusCode, Value) {
     let (db, cache) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, sink::queries::ping(&state.pool)),
-        redis_ok(state)
+        state.cache.ping()
     );
     let db_ok = matches!(db, Ok(Ok(())));
     let sink_ok = !state.sink_degraded.load(Ordering::Relaxed);

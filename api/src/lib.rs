@@ -6,11 +6,13 @@
 //! by the dataflow (read without locks through a `watch` channel) and carry
 //! its `as_of`; history comes from PostgreSQL through the `sink` crate.
 
+pub mod cache;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod params;
+pub mod series;
 pub mod state;
 pub mod stats;
 
@@ -34,6 +36,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(events::list).post(events::ingest))
         .route("/api/v1/events/stats", get(stats::stats))
+        .route("/api/v1/metrics", get(series::series))
+        .route("/api/v1/metrics/names", get(series::names))
         .route(
             "/api/v1/internal/ingestion-metrics",
             get(health::ingestion_metrics),

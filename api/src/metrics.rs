@@ -9,7 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dataflows::metrics::or_die;
 use prometheus::{
-    register_histogram_vec, register_int_gauge, Encoder, HistogramVec, IntGauge, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_gauge, Encoder, HistogramVec,
+    IntCounter, IntGauge, TextEncoder,
 };
 
 pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -28,6 +29,26 @@ pub static ACTIVE_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     or_die(
         register_int_gauge!("analytics_active_connections", "API requests in flight"),
         "analytics_active_connections",
+    )
+});
+
+pub static CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_cache_hits_total",
+            "History answers served from Redis"
+        ),
+        "analytics_cache_hits_total",
+    )
+});
+
+pub static CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_cache_misses_total",
+            "History answers not found in Redis (or Redis unreachable)"
+        ),
+        "analytics_cache_misses_total",
     )
 });
 

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataflows::counts::CommittedQueue;
+use dataflows::event::Event;
+use dataflows::windows::{Agg, DimensionGuard, WindowKey, WindowSpec};
 use dataflows::LiveSnapshot;
 use sink::metrics::IngestionStats;
 use sink::partitions::Partitions;
 use sink::Pool;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
 /// API settings taken from the configuration.
 #[derive(Clone, Debug)]
@@ -24,6 +26,8 @@ pub struct ApiSettings {
     pub cors_methods: Vec<String>,
     pub cors_headers: Vec<String>,
     pub time_bounds: dataflows::event::TimeBounds,
+    /// Most windows one `/api/v1/metrics` answer may span.
+    pub max_points: i64,
 }
 
 impl Default for ApiSettings {
@@ -39,6 +43,7 @@ impl Default for ApiSettings {
             cors_methods: Vec::new(),
             cors_headers: Vec::new(),
             time_bounds: Default::default(),
+            max_points: 10_000,
         }
     }
 }
@@ -50,10 +55,17 @@ pub struct AppState {
     pub pool: Pool,
     pub partitions: Arc<Partitions>,
     pub snapshots: watch::Receiver<Arc<LiveSnapshot>>,
-    pub committed: Arc<CommittedQueue>,
+    /// REST events committed here, for the live counts.
+    pub committed: Arc<CommittedQueue<Event>>,
+    /// Their window contributions, for the live windows.
+    pub committed_windows: Arc<CommittedQueue<(WindowKey, Agg)>>,
+    /// Which windows exist and for how long they stay in memory.
+    pub windows: Arc<WindowSpec>,
+    /// The REST path's cardinality guard.
+    pub guard: Arc<std::sync::Mutex<DimensionGuard>>,
+    /// Redis connection for the history cache (`None` while unreachable).
+    pub cache: crate::cache::Cache,
     pub stats: Arc<IngestionStats>,
-    pub redis: Option<redis::Client>,
-    pub redis_conn: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
     /// Set by the sink writer while its commits fail.
     pub sink_degraded: Arc<AtomicBool>,
 }

@@ -7,7 +7,6 @@
 //! bounded by the horizon, not by the number of events seen. Updates are
 //! pre-aggregated per tick and worker before they are exchanged.
 
-use crate::event::PartitionOffset;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
-use crate::event::{EventSource, Record};
+use crate::event::{EventSource, PartitionOffset, Record};
 use crate::metrics;
 use crate::time::{current_tick, tick_ceil};
 
@@ -114,23 +113,32 @@ pub fn count_updates<'s>(
     })
 }
 
-/// Counts of events committed outside the dataflow (REST), waiting to be
-/// counted by the process's leader worker.
-#[derive(Default)]
-pub struct CommittedQueue {
-    items: Mutex<Vec<(String, i64)>>,
+/// Items committed outside the dataflow (REST events, and the window
+/// contributions stored with them), waiting for the process's leader
+/// worker to feed them to live state.
+pub struct CommittedQueue<T> {
+    items: Mutex<Vec<T>>,
     activator: Mutex<Option<SyncActivator>>,
 }
 
-impl std::fmt::Debug for CommittedQueue {
+impl<T> Default for CommittedQueue<T> {
+    fn default() -> Self {
+        CommittedQueue {
+            items: Mutex::new(Vec::new()),
+            activator: Mutex::new(None),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for CommittedQueue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommittedQueue").finish_non_exhaustive()
     }
 }
 
-impl CommittedQueue {
-    /// Queues `(event_type, second)` of events already committed.
-    pub fn push(&self, items: impl IntoIterator<Item = (String, i64)>) {
+impl<T> CommittedQueue<T> {
+    /// Queues items already committed in PostgreSQL.
+    pub fn push(&self, items: impl IntoIterator<Item = T>) {
         if let Ok(mut guard) = self.items.lock() {
             guard.extend(items);
         }
@@ -141,7 +149,7 @@ impl CommittedQueue {
         }
     }
 
-    fn take(&self) -> Vec<(String, i64)> {
+    fn take(&self) -> Vec<T> {
         self.items
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
@@ -149,17 +157,22 @@ impl CommittedQueue {
     }
 }
 
-/// Count updates from outside the Kafka path: on worker 0, the counts
-/// restored from PostgreSQL at time 0; on every process's leader worker,
-/// REST events as they are committed.
-pub fn committed_input<'s>(
+/// On every process's leader worker, what `queue` receives, emitted at the
+/// current tick (already durable: it bypasses the sink); elsewhere an
+/// empty stream.
+pub fn committed<'s, T, D>(
     scope: Scope<'s, u64>,
-    restored: Vec<((String, i64), i64)>,
-    queue: Option<Arc<CommittedQueue>>,
-    horizon: Horizon,
+    name: &str,
+    queue: Option<Arc<CommittedQueue<T>>>,
+    tick_ms: u64,
     shutdown: Arc<AtomicBool>,
-) -> Stream<'s, u64, Vec<CountUpdate>> {
-    source::<_, CountBuilder, _, _>(scope, "CommittedInput", move |capability, info| {
+    mut convert: impl FnMut(T, u64) -> D + 'static,
+) -> Stream<'s, u64, Vec<D>>
+where
+    T: 'static,
+    D: Clone + 'static,
+{
+    source::<_, CapacityContainerBuilder<Vec<D>>, _, _>(scope, name, move |capability, info| {
         let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
         if let Some(q) = queue.as_ref() {
             if let Ok(mut guard) = q.activator.lock() {
@@ -167,37 +180,44 @@ pub fn committed_input<'s>(
             }
         }
         let mut capability = Some(capability);
-        let mut restored = Some(restored);
-        let tick_ms = horizon.tick_ms;
         move |output| {
-            let Some(cap) = capability.as_mut() else {
+            let (Some(cap), Some(q)) = (capability.as_mut(), queue.as_ref()) else {
+                capability = None;
                 return;
             };
-            if let Some(rows) = restored.take() {
-                for (key, n) in rows {
-                    emit_expiring(output, cap, horizon, key, n as isize);
-                }
-            }
             if shutdown.load(Ordering::Relaxed) {
                 capability = None;
                 return;
             }
-            let Some(q) = queue.as_ref() else {
-                capability = None;
-                return;
-            };
             let tick = current_tick(tick_ms);
             if *cap.time() < tick {
                 cap.downgrade(&tick);
             }
-            let mut counts: HashMap<(String, i64), isize> = HashMap::new();
-            for key in q.take() {
-                *counts.entry(key).or_insert(0) += 1;
-            }
-            for (key, n) in counts {
-                emit_expiring(output, cap, horizon, key, n);
-            }
+            let time = *cap.time();
+            output
+                .session(&*cap)
+                .give_iterator(q.take().into_iter().map(|item| convert(item, time)));
             activator.activate_after(Duration::from_millis(tick_ms));
+        }
+    })
+}
+
+/// Counts restored from PostgreSQL, emitted by worker 0 at time 0 with
+/// their retractions.
+pub fn restored_counts<'s>(
+    scope: Scope<'s, u64>,
+    restored: Vec<((String, i64), i64)>,
+    horizon: Horizon,
+) -> Stream<'s, u64, Vec<CountUpdate>> {
+    let mut restored = Some(restored);
+    source::<_, CountBuilder, _, _>(scope, "RestoredCounts", move |capability, _info| {
+        let mut capability = Some(capability);
+        move |output| {
+            if let Some(cap) = capability.take() {
+                for (key, n) in restored.take().unwrap_or_default() {
+                    emit_expiring(output, &cap, horizon, key, n as isize);
+                }
+            }
         }
     })
 }

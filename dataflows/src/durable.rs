@@ -9,11 +9,12 @@
 //! the global durability frontier: every tick before it is committed in
 //! PostgreSQL on every worker of the cluster.
 
-use crate::event::{Partition, PartitionOffset};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use differential_dataflow::difference::Semigroup;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Stream;
@@ -21,7 +22,9 @@ use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
-use crate::event::{DeadLetter, Event, Record};
+use crate::aggregates::WindowUpdate;
+use crate::event::{DeadLetter, Event, Partition, PartitionOffset, Record};
+use crate::windows::{Agg, WindowKey};
 
 /// The rows of one worker for one or more ticks, handed to the sink.
 #[derive(Debug)]
@@ -34,6 +37,8 @@ pub struct SinkBatch {
     pub dead: Vec<DeadLetter>,
     /// `(topic, partition, next_offset)` reached by the rows of this batch.
     pub offsets: Vec<PartitionOffset>,
+    /// Window contributions of `events`, to merge into the stored rollups.
+    pub rollups: Vec<(WindowKey, Agg)>,
     /// Where to report the commit.
     pub ack: Arc<WorkerAck>,
 }
@@ -98,56 +103,87 @@ struct Pending {
     events: Vec<Event>,
     dead: Vec<DeadLetter>,
     offsets: BTreeMap<Partition, i64>,
+    rollups: HashMap<WindowKey, Agg>,
 }
 
-/// Hands completed ticks to the sink; the output frontier is the
-/// durability frontier.
+impl Pending {
+    fn add_record(&mut self, record: Record) {
+        match record {
+            Record::Event(e) => self.events.push(e),
+            Record::Dead(d) => self.dead.push(d),
+            Record::Progress {
+                topic,
+                partition,
+                next_offset,
+            } => {
+                let slot = self
+                    .offsets
+                    .entry((topic, partition))
+                    .or_insert(next_offset);
+                *slot = (*slot).max(next_offset);
+            }
+        }
+    }
+}
+
+fn least(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
+    frontier
+        .frontier()
+        .iter()
+        .next()
+        .copied()
+        .unwrap_or(u64::MAX)
+}
+
+/// Hands completed ticks to the sink: the tick's records and the window
+/// partials computed from them (`rollups`, merged into `metric_aggregations`
+/// in the same transaction). The output frontier is the durability frontier.
 pub fn durable_sink<'s>(
     records: Stream<'s, u64, Vec<Record>>,
+    rollups: Stream<'s, u64, Vec<WindowUpdate>>,
     sink: UnboundedSender<SinkBatch>,
     ack: Arc<WorkerAck>,
 ) -> Stream<'s, u64, Vec<()>> {
     let scope = records.scope();
     let worker = scope.index();
-    records.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+    records.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        rollups,
+        Pipeline,
         Pipeline,
         "DurableSink",
         move |_capability, info| {
             ack.register(scope.worker().sync_activator_for(info.address.to_vec()));
             let mut stash: BTreeMap<u64, (Capability<u64>, Pending)> = BTreeMap::new();
             let mut inflight: Vec<(u64, Capability<u64>)> = Vec::new();
-            move |(input, frontier), _output| {
-                input.for_each(|cap, data| {
-                    let Some(time) = cap.least().copied() else {
-                        return;
-                    };
-                    let Some(retained) = cap.retain_least(0) else {
+            move |(records, frontier1), (rollups, frontier2), _output| {
+                records.for_each(|cap, data| {
+                    let (Some(time), Some(retained)) = (cap.least().copied(), cap.retain_least(0))
+                    else {
                         return;
                     };
                     let (_, pending) = stash
                         .entry(time)
                         .or_insert_with(|| (retained, Pending::default()));
                     for record in data.drain(..) {
-                        match record {
-                            Record::Event(e) => pending.events.push(e),
-                            Record::Dead(d) => pending.dead.push(d),
-                            Record::Progress {
-                                topic,
-                                partition,
-                                next_offset,
-                            } => {
-                                let slot = pending
-                                    .offsets
-                                    .entry((topic, partition))
-                                    .or_insert(next_offset);
-                                *slot = (*slot).max(next_offset);
-                            }
-                        }
+                        pending.add_record(record);
                     }
                 });
+                rollups.for_each(|cap, data| {
+                    let (Some(time), Some(retained)) = (cap.least().copied(), cap.retain_least(0))
+                    else {
+                        return;
+                    };
+                    let (_, pending) = stash
+                        .entry(time)
+                        .or_insert_with(|| (retained, Pending::default()));
+                    for (key, _, agg) in data.drain(..) {
+                        pending.rollups.entry(key).or_default().plus_equals(&agg);
+                    }
+                });
+                let complete = least(frontier1).min(least(frontier2));
                 while let Some(entry) = stash.first_entry() {
                     let tick = *entry.key();
-                    if frontier.less_equal(&tick) {
+                    if tick >= complete {
                         break;
                     }
                     let (capability, pending) = entry.remove();
@@ -161,9 +197,10 @@ pub fn durable_sink<'s>(
                             .into_iter()
                             .map(|((t, p), o)| (t, p, o))
                             .collect(),
+                        rollups: pending.rollups.into_iter().collect(),
                         ack: Arc::clone(&ack),
                     };
-                    if batch.rows() == 0 && batch.offsets.is_empty() {
+                    if batch.rows() == 0 && batch.offsets.is_empty() && batch.rollups.is_empty() {
                         continue;
                     }
                     ack.pending_rows

@@ -12,7 +12,6 @@
 //! transaction as the rows. It never blocks: it polls with a zero timeout,
 //! and pauses polling while too many rows wait for PostgreSQL.
 
-use crate::event::{Partition, PartitionOffset};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,7 +25,10 @@ use timely::dataflow::Stream;
 use tracing::{debug, info, warn};
 
 use crate::durable::WorkerAck;
-use crate::event::{kafka_event_id, parse_event, DeadLetter, EventSource, Record, TimeBounds};
+use crate::event::{
+    kafka_event_id, parse_event, DeadLetter, EventSource, Partition, PartitionOffset, Record,
+    TimeBounds,
+};
 use crate::metrics;
 use crate::time::{current_tick, now_ms};
 

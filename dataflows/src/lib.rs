@@ -9,6 +9,7 @@
 //! milliseconds since the Unix epoch, rounded down to the configured tick.
 //! Event time is data, carried inside each record.
 
+pub mod aggregates;
 pub mod counts;
 pub mod durable;
 pub mod event;
@@ -18,7 +19,9 @@ pub mod metrics;
 pub mod pipeline;
 pub mod publish;
 pub mod route;
+pub mod sketch;
 pub mod time;
+pub mod windows;
 
 pub use event::{DeadLetter, DeadReason, Event, EventSource, ParseError, Record};
 pub use live::{LiveCounts, LiveSnapshot};

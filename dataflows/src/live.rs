@@ -9,7 +9,10 @@
 
 use std::sync::Arc;
 
+use differential_dataflow::difference::{IsZero, Semigroup};
 use im::{HashMap, OrdMap};
+
+use crate::windows::{Agg, Dims, Interval, WindowKey};
 
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3_600;
@@ -123,6 +126,99 @@ impl LiveCounts {
     }
 }
 
+/// Window aggregates held in memory, ordered by (metric, interval,
+/// dimensions, start) so that a series is a contiguous range.
+#[derive(Clone, Debug, Default)]
+pub struct LiveWindows {
+    windows: OrdMap<WindowKey, Agg>,
+}
+
+impl LiveWindows {
+    /// Applies one diff; a window whose aggregate cancels out is removed.
+    pub fn apply(&mut self, key: WindowKey, diff: &Agg) {
+        let zero = {
+            let entry = self.windows.entry(key.clone()).or_default();
+            entry.plus_equals(diff);
+            entry.is_zero()
+        };
+        if zero {
+            self.windows.remove(&key);
+        }
+    }
+
+    pub fn get(&self, key: &WindowKey) -> Option<&Agg> {
+        self.windows.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Windows of `metric` and `interval` starting in `[from, to)`: the total
+    /// rows when `filter` is empty, else the merge of every dimension row
+    /// that matches it.
+    pub fn series(
+        &self,
+        metric: &str,
+        interval: Interval,
+        filter: &Dims,
+        from: i64,
+        to: i64,
+    ) -> std::collections::BTreeMap<i64, Agg> {
+        let key = |dims: Dims, start| WindowKey {
+            metric: metric.to_string(),
+            interval,
+            dims,
+            start,
+        };
+        let mut out = std::collections::BTreeMap::new();
+        if from >= to {
+            return out;
+        }
+        if filter.is_total() {
+            for (k, agg) in self
+                .windows
+                .range(key(Dims::default(), from)..key(Dims::default(), to))
+            {
+                out.insert(k.start, agg.clone());
+            }
+            return out;
+        }
+        let end = WindowKey {
+            metric: metric.to_string(),
+            interval: Interval(interval.0 + 1),
+            dims: Dims::default(),
+            start: i64::MIN,
+        };
+        for (k, agg) in self.windows.range(key(Dims::default(), i64::MIN)..end) {
+            if k.dims.is_total() || k.start < from || k.start >= to || !k.dims.matches(filter) {
+                continue;
+            }
+            out.entry(k.start)
+                .or_insert_with(Agg::default)
+                .plus_equals(agg);
+        }
+        out
+    }
+
+    /// Names of the metrics held.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut last: Option<&str> = None;
+        for (k, _) in self.windows.iter() {
+            if last != Some(k.metric.as_str()) {
+                names.insert(k.metric.clone());
+                last = Some(k.metric.as_str());
+            }
+        }
+        names
+    }
+}
+
 /// What the publish operator hands to tokio.
 #[derive(Clone, Debug, Default)]
 pub struct LiveSnapshot {
@@ -135,12 +231,27 @@ pub struct LiveSnapshot {
     /// Seconds of event time at or after this one are covered in full:
     /// every durable event with such a timestamp is counted.
     pub covered_from_second: i64,
+    /// Window aggregates inside their horizons.
+    pub windows: LiveWindows,
+    /// Per interval, the first window start held in full.
+    pub windows_covered_from: Vec<(Interval, i64)>,
 }
 
 impl LiveSnapshot {
     /// Whether counts over `[from, to)` (seconds) can be answered exactly.
     pub fn covers(&self, from_second: i64) -> bool {
         self.as_of_ms > 0 && from_second >= self.covered_from_second
+    }
+
+    /// The first window start of `interval` held in full, if the interval is kept.
+    pub fn window_coverage(&self, interval: Interval) -> Option<i64> {
+        if self.as_of_ms == 0 {
+            return None;
+        }
+        self.windows_covered_from
+            .iter()
+            .find(|(i, _)| *i == interval)
+            .map(|(_, s)| *s)
     }
 }
 

@@ -101,3 +101,44 @@ pub static LIVE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
         "analytics_live_count_entries",
     )
 });
+
+pub static CARDINALITY_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_cardinality_refused_total",
+            "Dimension values refused by the cardinality guard (the event still counts in the metric's total)"
+        ),
+        "analytics_cardinality_refused_total",
+    )
+});
+
+pub static LATE_WINDOW_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_late_window_events_total",
+            "Events read after their window of an interval left memory (their rollup is corrected in PostgreSQL)",
+            &["topic", "interval"]
+        ),
+        "analytics_late_window_events_total",
+    )
+});
+
+pub static LATE_WINDOW_UPDATES: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_late_window_updates_total",
+            "Window updates not held in memory because their window is beyond its horizon"
+        ),
+        "analytics_late_window_updates_total",
+    )
+});
+
+pub static WINDOWS_HELD: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_live_windows",
+            "Windows held in the published live state"
+        ),
+        "analytics_live_windows",
+    )
+});

@@ -2,12 +2,12 @@
 //!
 //! ```text
 //! start offsets (worker 0, t=0) ─broadcast─► Kafka source ─► records
-//! records ─► DurableSink ─► durability stream ────────────────┐
-//! records ─► CountByTypeSecond ─┐                              │
-//! restored + REST counts ───────┴► arrange (type, second) ─► leaders ─► PublishSnapshot
+//! records ─► WindowPartials ─┬──────────────────► DurableSink ─► durability stream ──┐
+//! records ──────────────────────────────────────► DurableSink                        │
+//! records + REST records ─► CountByTypeSecond ─► arrange (type, second) ─┐           │
+//! partials (Kafka, REST, restored) ─► ExpireWindows ─► arrange windows ──┴► leaders ─► PublishSnapshot
 //! ```
 
-use crate::event::PartitionOffset;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -15,17 +15,24 @@ use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-use crate::counts::{committed_input, count_updates, start_offsets, CommittedQueue, Horizon};
+use crate::aggregates::{expiring, restored_windows, window_partials};
+use crate::counts::{
+    committed, count_updates, restored_counts, start_offsets, CommittedQueue, Horizon,
+};
 use crate::durable::{durable_sink, SinkBatch, WorkerAck};
+use crate::event::{Event, PartitionOffset, Record};
 use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, SourceContext};
 use crate::live::LiveSnapshot;
 use crate::metrics;
+use crate::publish::LiveUpdate;
+use crate::windows::{Agg, WindowKey, WindowSpec};
 
 /// State restored from PostgreSQL before the dataflow starts (process 0 only).
 #[derive(Clone, Debug, Default)]
@@ -34,6 +41,8 @@ pub struct Restored {
     pub counts: Vec<((String, i64), i64)>,
     /// Stored next offsets per partition.
     pub offsets: Vec<PartitionOffset>,
+    /// Stored rollups of the windows still inside their horizons.
+    pub windows: Vec<(WindowKey, Agg)>,
 }
 
 /// What every worker of one process shares.
@@ -41,23 +50,29 @@ pub struct ProcessContext {
     pub kafka: KafkaSettings,
     pub tick_ms: u64,
     pub horizon_ms: u64,
+    pub windows: Arc<WindowSpec>,
     pub workers_per_process: usize,
     pub directory: Arc<PartitionDirectory>,
     pub sink: UnboundedSender<SinkBatch>,
     /// One per local worker.
     pub acks: Vec<Arc<WorkerAck>>,
-    pub committed: Arc<CommittedQueue>,
+    /// REST events committed by this process, for the live counts.
+    pub committed: Arc<CommittedQueue<Event>>,
+    /// Window contributions of those events, stored with them.
+    pub committed_windows: Arc<CommittedQueue<(WindowKey, Agg)>>,
     pub snapshots: Arc<watch::Sender<Arc<LiveSnapshot>>>,
     pub restored: Mutex<Option<Restored>>,
     pub shutdown: Arc<AtomicBool>,
 }
 
 type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
+type WindowTrace = TraceAgent<KeySpine<WindowKey, u64, Agg>>;
 
 /// Handles a worker keeps while it runs the dataflow.
 pub struct WorkerDataflow {
     pub probe: ProbeHandle<u64>,
     trace: CountTrace,
+    window_trace: WindowTrace,
     worker: usize,
 }
 
@@ -67,17 +82,32 @@ impl WorkerDataflow {
         let mut frontier = timely::progress::Antichain::new();
         self.probe
             .with_frontier(|f| frontier.extend(f.iter().copied()));
-        self.trace.set_logical_compaction(frontier.borrow());
-        self.trace.set_physical_compaction(frontier.borrow());
-        let mut records = 0usize;
-        self.trace.map_spans(|span| {
-            use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
-            records += span.inner.as_ref().map_or(0, |b| b.len());
-        });
-        metrics::ARRANGEMENT_RECORDS
-            .with_label_values(&["live_counts_by_type_second", &self.worker.to_string()])
-            .set(records as i64);
+        let worker = self.worker.to_string();
+        let counts = compact(&mut self.trace, frontier.borrow());
+        let windows = compact(&mut self.window_trace, frontier.borrow());
+        for (name, records) in [
+            ("live_counts_by_type_second", counts),
+            ("window_aggregates", windows),
+        ] {
+            metrics::ARRANGEMENT_RECORDS
+                .with_label_values(&[name, worker.as_str()])
+                .set(records as i64);
+        }
     }
+}
+
+/// Lets `trace` compact up to `frontier`; returns the updates it holds.
+fn compact<Tr>(trace: &mut Tr, frontier: timely::progress::frontier::AntichainRef<'_, u64>) -> usize
+where
+    Tr: TraceReader<Time = u64>,
+    Tr::Batch: differential_dataflow::trace::implementations::spine_fueled::SpineBatch,
+{
+    use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
+    trace.set_logical_compaction(frontier);
+    trace.set_physical_compaction(frontier);
+    let mut records = 0usize;
+    trace.map_spans(|span| records += span.inner.as_ref().map_or(0, |b| b.len()));
+    records
 }
 
 /// Builds this worker's dataflow.
@@ -114,35 +144,63 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
                 tick_ms: ctx.tick_ms,
             },
         );
-        let durable = durable_sink(records.clone(), ctx.sink.clone(), ack);
-        let committed = committed_input(
+        let spec = Arc::clone(&ctx.windows);
+        let partials = window_partials(records.clone(), Arc::clone(&spec));
+        let durable = durable_sink(records.clone(), partials.clone(), ctx.sink.clone(), ack);
+        let committed_events = committed(
             scope,
-            restored.counts,
+            "CommittedEvents",
             leader.then(|| Arc::clone(&ctx.committed)),
-            horizon,
+            ctx.tick_ms,
             Arc::clone(&ctx.shutdown),
+            |event, _| Record::Event(event),
         );
-        let arranged = count_updates(records, horizon)
-            .concat(committed)
+        let committed_windows = committed(
+            scope,
+            "CommittedWindows",
+            leader.then(|| Arc::clone(&ctx.committed_windows)),
+            ctx.tick_ms,
+            Arc::clone(&ctx.shutdown),
+            |(key, agg), time| (key, time, agg),
+        );
+        let counts = count_updates(records.concat(committed_events), horizon)
+            .concat(restored_counts(scope, restored.counts, horizon))
             .as_collection()
             .arrange_by_self_named("LiveCountsByTypeSecond");
-        let trace = arranged.trace.clone();
-        let gathered = crate::route::send_to(
-            arranged.as_collection(|key, _| key.clone()).inner,
-            "ToLeaders",
-            leaders,
-        );
+        let windows = expiring(
+            partials
+                .concat(committed_windows)
+                .concat(restored_windows(scope, restored.windows)),
+            Arc::clone(&spec),
+        )
+        .as_collection()
+        .arrange_by_self_named("WindowAggregates");
+        let trace = counts.trace.clone();
+        let window_trace = windows.trace.clone();
+        let updates = counts
+            .flat_map_ref(|key, _| Some(key.clone()))
+            .inner
+            .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)))
+            .concat(
+                windows
+                    .flat_map_ref(|key, _| Some(key.clone()))
+                    .inner
+                    .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff))),
+            );
+        let gathered = crate::route::send_to(updates, "ToLeaders", leaders);
         let probe = ProbeHandle::new();
         let durable = durable.probe_with(&probe);
         crate::publish::publish(
             gathered,
             durable,
             horizon,
+            spec,
             leader.then(|| Arc::clone(&ctx.snapshots)),
         );
         WorkerDataflow {
             probe,
             trace,
+            window_trace,
             worker: index,
         }
     })

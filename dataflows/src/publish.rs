@@ -1,28 +1,37 @@
-//! The publish operator: turns the count updates of completed, durable
-//! ticks into an immutable [`LiveSnapshot`] sent through a
-//! `tokio::sync::watch` channel.
+//! The publish operator: turns the updates of completed, durable ticks into
+//! an immutable [`LiveSnapshot`] sent through a `tokio::sync::watch`
+//! channel.
 //!
-//! Inputs: count updates `((event_type, second), tick, diff)` gathered on
-//! each process's leader worker, and the durability stream whose frontier is
-//! the global durability frontier. A tick is applied once both frontiers
-//! have passed it, so that a snapshot never shows an event that could still
-//! be lost; `as_of` is the meet of the two frontiers.
+//! Input: [`LiveUpdate`]s (count and window diffs) with their ticks,
+//! gathered on each process's leader worker, and the durability stream
+//! whose frontier is the global durability frontier. A tick is applied once
+//! both frontiers have passed it, so that a snapshot never shows an event
+//! that could still be lost; `as_of` is the meet of the two frontiers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 use tokio::sync::watch;
 
-use crate::counts::{CountUpdate, Horizon};
-use crate::live::{LiveCounts, LiveSnapshot};
+use crate::counts::Horizon;
+use crate::live::{LiveCounts, LiveSnapshot, LiveWindows};
 use crate::metrics;
 use crate::time::now_ms;
+use crate::windows::{Agg, WindowKey, WindowSpec};
 
-/// A count change: `((event_type, second), diff)`.
-type CountDiff = ((String, i64), isize);
+/// A change to live state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LiveUpdate {
+    /// `((event_type, second), diff)`.
+    Count((String, i64), isize),
+    /// A window and its aggregate diff.
+    Window(WindowKey, Agg),
+}
 
 fn frontier_time(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
     frontier
@@ -33,27 +42,29 @@ fn frontier_time(frontier: &timely::progress::frontier::MutableAntichain<u64>) -
         .unwrap_or(u64::MAX)
 }
 
-/// Publishes snapshots from `updates` gated by `durable`.
+/// Publishes snapshots from `updates` (`(tick, update)`) gated by `durable`.
 pub fn publish<'s>(
-    updates: Stream<'s, u64, Vec<CountUpdate>>,
+    updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
     durable: Stream<'s, u64, Vec<()>>,
     horizon: Horizon,
+    spec: Arc<WindowSpec>,
     sender: Option<Arc<watch::Sender<Arc<LiveSnapshot>>>>,
 ) {
     let _: Stream<'s, u64, Vec<()>> = updates
-        .binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
             durable,
             Pipeline,
             Pipeline,
             "PublishSnapshot",
             move |_capability, _info| {
-                let mut stash: BTreeMap<u64, Vec<CountDiff>> = BTreeMap::new();
+                let mut stash: BTreeMap<u64, Vec<LiveUpdate>> = BTreeMap::new();
                 let mut counts = LiveCounts::default();
+                let mut windows = LiveWindows::default();
                 let mut as_of = 0u64;
                 move |(input1, frontier1), (input2, frontier2), _output| {
                     input1.for_each(|_cap, data| {
-                        for (key, time, diff) in data.drain(..) {
-                            stash.entry(time).or_default().push((key, diff));
+                        for (time, update) in data.drain(..) {
+                            stash.entry(time).or_default().push(update);
                         }
                     });
                     input2.for_each(|_cap, _data| {});
@@ -62,8 +73,8 @@ pub fn publish<'s>(
                         return;
                     };
                     let bound = frontier_time(frontier1).min(frontier_time(frontier2));
-                    // Empty frontiers mean shutdown: the future-dated retractions
-                    // flushed then must not blank the last snapshot.
+                    // Empty frontiers mean shutdown: the future-dated
+                    // retractions flushed then must not blank the last snapshot.
                     if bound <= as_of || bound == u64::MAX {
                         return;
                     }
@@ -72,10 +83,14 @@ pub fn publish<'s>(
                         if *entry.key() >= bound {
                             break;
                         }
-                        let tick = *entry.key();
-                        oldest_applied.get_or_insert(tick);
-                        for ((event_type, second), diff) in entry.remove() {
-                            counts.update(&event_type, second, diff as i64);
+                        oldest_applied.get_or_insert(*entry.key());
+                        for update in entry.remove() {
+                            match update {
+                                LiveUpdate::Count((event_type, second), diff) => {
+                                    counts.update(&event_type, second, diff as i64)
+                                }
+                                LiveUpdate::Window(key, diff) => windows.apply(key, &diff),
+                            }
                         }
                     }
                     as_of = bound;
@@ -84,10 +99,18 @@ pub fn publish<'s>(
                         metrics::FRESHNESS.observe(lag as f64 / 1000.0);
                     }
                     metrics::LIVE_ENTRIES.set(counts.len() as i64);
+                    metrics::WINDOWS_HELD.set(windows.len() as i64);
+                    let windows_covered_from = spec
+                        .intervals
+                        .iter()
+                        .filter_map(|(i, _)| spec.covered_from(*i, as_of).map(|s| (*i, s)))
+                        .collect();
                     sender.send_replace(Arc::new(LiveSnapshot {
                         as_of_ms: as_of,
                         counts: counts.clone(),
                         covered_from_second: horizon.covered_from(as_of),
+                        windows: windows.clone(),
+                        windows_covered_from,
                     }));
                 }
             },

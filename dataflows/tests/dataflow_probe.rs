@@ -14,13 +14,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataflows::aggregates::window_partials;
 use dataflows::counts::{count_updates, Horizon};
 use dataflows::durable::{durable_sink, SinkBatch, WorkerAck};
-use dataflows::publish::publish;
+use dataflows::publish::{publish, LiveUpdate};
+use dataflows::windows::{Interval, WindowSpec};
 use dataflows::{DeadLetter, DeadReason, Event, EventSource, LiveSnapshot, Record};
 use differential_dataflow::AsCollection;
 use proptest::prelude::*;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
@@ -80,15 +83,23 @@ impl Harness {
         let dataflow = worker.next_dataflow_index();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_input::<Vec<Record>>();
-            let durable =
-                durable_sink(records.clone(), sink, Arc::clone(&ack)).probe_with(&durable_probe);
+            let spec = Arc::new(WindowSpec {
+                intervals: vec![(Interval(0), HORIZON_MS)],
+                numeric: Vec::new(),
+                max_dimension_values: 100,
+                tick_ms: TICK,
+            });
+            let partials = window_partials(records.clone(), Arc::clone(&spec));
+            let durable = durable_sink(records.clone(), partials, sink, Arc::clone(&ack))
+                .probe_with(&durable_probe);
             let updates = count_updates(records, horizon)
                 .as_collection()
                 .arrange_by_self_named("LiveCountsByTypeSecond")
                 .as_collection(|key, _| key.clone())
                 .inner
+                .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)))
                 .probe_with(&updates_probe);
-            publish(updates, durable, horizon, Some(sender));
+            publish(updates, durable, horizon, spec, Some(sender));
             input
         });
         input.advance_to(start);

@@ -15,6 +15,7 @@ pub mod partitions;
 pub mod pool;
 pub mod queries;
 pub mod rest;
+pub mod rollups;
 pub mod writer;
 
 pub use error::SinkError;

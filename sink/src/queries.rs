@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use dataflows::event::{format_us, Event, EventSource};
 use dataflows::pipeline::Restored;
+use dataflows::windows::WindowSpec;
 use tokio_postgres::IsolationLevel;
 
 use crate::encode::PgMicros;
@@ -12,7 +13,12 @@ use crate::{Pool, SinkError};
 
 /// Reads, in one snapshot, the per-second counts from `from_second` on and
 /// every stored Kafka offset: the state the dataflow resumes from.
-pub async fn restore(pool: &Pool, from_second: i64) -> Result<Restored, SinkError> {
+pub async fn restore(
+    pool: &Pool,
+    from_second: i64,
+    spec: &WindowSpec,
+    now_ms: u64,
+) -> Result<Restored, SinkError> {
     let mut client = pool.get().await?;
     let tx = client
         .build_transaction()
@@ -50,8 +56,25 @@ pub async fn restore(pool: &Pool, from_second: i64) -> Result<Restored, SinkErro
             )
         })
         .collect();
+    let mut windows = Vec::new();
+    for (interval, _) in &spec.intervals {
+        let Some(from) = spec.covered_from(*interval, now_ms) else {
+            continue;
+        };
+        // One window earlier than full coverage may still be partly held.
+        let from = from - interval.seconds();
+        for stored in crate::rollups::load(&*tx, *interval, from).await? {
+            if spec.expire_at(&stored.key) > now_ms {
+                windows.push((stored.key, stored.agg));
+            }
+        }
+    }
     tx.commit().await?;
-    Ok(Restored { counts, offsets })
+    Ok(Restored {
+        counts,
+        offsets,
+        windows,
+    })
 }
 
 /// Event counts by type for event times in `[from_us, to_us)`: whole

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use dataflows::event::{DeadLetter, Event};
+use dataflows::windows::{Agg, WindowKey};
 use uuid::Uuid;
 
 use crate::metrics;
@@ -12,14 +13,24 @@ use crate::partitions::{day_of, Partitions};
 use crate::writer::{copy_events, insert_dead_letters, upsert_counts};
 use crate::{Pool, SinkError};
 
-/// Commits `events` (and refused inputs) and returns the events that were
-/// new, i.e. not stored by an earlier request with the same id.
+/// What a REST commit stored.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The events that were new (not stored by an earlier request with the same id).
+    pub events: Vec<Event>,
+    /// Their window contributions, merged into the rollups.
+    pub windows: Vec<(WindowKey, Agg)>,
+}
+
+/// Commits `events` (and refused inputs) with the window contributions of
+/// the new ones, computed by `windows` once the new ones are known.
 pub async fn commit_rest(
     pool: &Pool,
     partitions: &Partitions,
     events: &[Event],
     dead: &[DeadLetter],
-) -> Result<Vec<Event>, SinkError> {
+    windows: impl FnOnce(&[&Event]) -> Vec<(WindowKey, Agg)>,
+) -> Result<Committed, SinkError> {
     let mut client = pool.get().await?;
     partitions
         .ensure(
@@ -47,6 +58,9 @@ pub async fn commit_rest(
         .collect();
     copy_events(&tx, &new).await?;
     upsert_counts(&tx, &new).await?;
+    let contributions = windows(&new);
+    let refs: Vec<(&WindowKey, &Agg)> = contributions.iter().map(|(k, a)| (k, a)).collect();
+    crate::rollups::merge(&tx, partitions, &refs).await?;
     let dead_refs: Vec<&DeadLetter> = dead.iter().collect();
     insert_dead_letters(&tx, &dead_refs).await?;
     tx.commit().await?;
@@ -61,5 +75,8 @@ pub async fn commit_rest(
             .with_label_values(&[d.reason.as_str()])
             .inc();
     }
-    Ok(new.into_iter().cloned().collect())
+    Ok(Committed {
+        events: new.into_iter().cloned().collect(),
+        windows: contributions,
+    })
 }

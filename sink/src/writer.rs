@@ -8,14 +8,14 @@
 //! with backoff and the same rows, so a PostgreSQL outage pauses ingestion
 //! (the sources stop polling when too many rows wait) without loss.
 
-use dataflows::event::{Partition, PartitionOffset};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dataflows::durable::SinkBatch;
-use dataflows::event::{DeadLetter, Event, EventSource};
+use dataflows::event::{DeadLetter, Event, EventSource, Partition, PartitionOffset};
+use dataflows::windows::{Agg, WindowKey};
 use futures::pin_mut;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -153,6 +153,11 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
         }
     }
     upsert_offsets(&tx, &offsets).await?;
+    let rollups: Vec<(&WindowKey, &Agg)> = group
+        .iter()
+        .flat_map(|b| b.rollups.iter().map(|(k, a)| (k, a)))
+        .collect();
+    crate::rollups::merge(&tx, &ctx.partitions, &rollups).await?;
     tx.commit().await?;
     Ok(())
 }

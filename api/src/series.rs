@@ -1,0 +1,228 @@
+//! `GET /api/v1/metrics` and `GET /api/v1/metrics/names`.
+//!
+//! A series is stitched per window: windows whose start is at or after the
+//! live snapshot's coverage of the interval come from memory (and the
+//! answer carries `as_of`); older ones come from `metric_aggregations`,
+//! cached in Redis under a key made of every parameter that shapes the
+//! historical part, for `query.cache_ttl`. Each window comes from exactly
+//! one side, so nothing is counted twice and nothing is missed.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use dataflows::event::format_us;
+use dataflows::windows::{Agg, Dims, Interval};
+use differential_dataflow::difference::Semigroup;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::params::TimeRange;
+use crate::{AppError, AppState};
+
+const AGGREGATIONS: &[&str] = &[
+    "count", "sum", "avg", "min", "max", "p50", "p90", "p95", "p99",
+];
+
+#[derive(Debug, Deserialize)]
+pub struct SeriesParams {
+    metric_name: Option<String>,
+    interval: Option<String>,
+    aggregation: Option<String>,
+    symbol: Option<String>,
+    side: Option<String>,
+    strategy_id: Option<String>,
+    #[serde(flatten)]
+    range: TimeRange,
+}
+
+fn value_of(agg: &Agg, aggregation: &str) -> Option<f64> {
+    match aggregation {
+        "count" => Some(agg.count as f64),
+        "sum" => agg.sum_value(),
+        "avg" => agg.avg(),
+        "min" => agg.min_value(),
+        "max" => agg.max_value(),
+        "p50" => agg.quantile(0.5),
+        "p90" => agg.quantile(0.9),
+        "p95" => agg.quantile(0.95),
+        "p99" => agg.quantile(0.99),
+        _ => None,
+    }
+}
+
+fn point(start: i64, agg: &Agg, aggregation: &str, dims: &Value) -> Value {
+    // Count-only metrics answer their count whatever was asked.
+    let value = if agg.has_values() {
+        value_of(agg, aggregation)
+    } else {
+        Some(agg.count as f64)
+    };
+    json!({
+        "timestamp": format_us(start * 1_000_000),
+        "value": value,
+        "dimensions": dims,
+        "count": agg.count,
+        "sum": agg.sum_value(),
+        "avg": agg.avg(),
+        "min": agg.min_value(),
+        "max": agg.max_value(),
+        "p50": agg.quantile(0.5),
+        "p90": agg.quantile(0.9),
+        "p95": agg.quantile(0.95),
+        "p99": agg.quantile(0.99),
+    })
+}
+
+fn encode(series: &BTreeMap<i64, Agg>) -> Vec<u8> {
+    let items: Vec<(i64, &Agg)> = series.iter().map(|(s, a)| (*s, a)).collect();
+    bincode::serde::encode_to_vec(&items, bincode::config::standard()).unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Option<BTreeMap<i64, Agg>> {
+    let (items, _): (Vec<(i64, Agg)>, _) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard()).ok()?;
+    Some(items.into_iter().collect())
+}
+
+/// Windows of the historical part, from Redis or PostgreSQL.
+async fn history(
+    state: &AppState,
+    metric: &str,
+    interval: Interval,
+    filter: &Dims,
+    from: i64,
+    to: i64,
+) -> Result<(BTreeMap<i64, Agg>, bool), AppError> {
+    if from >= to {
+        return Ok((BTreeMap::new(), false));
+    }
+    let key = format!(
+        "analytics:metrics:v1:{metric}:{}:{}:{from}:{to}",
+        interval.name(),
+        filter.to_json()
+    );
+    if let Some(series) = state.cache.get(&key).await.and_then(|b| decode(&b)) {
+        return Ok((series, true));
+    }
+    let client = state.pool.get().await.map_err(sink::SinkError::from)?;
+    let rows = sink::rollups::series(&**client, metric, interval, filter, from, to).await?;
+    let mut series: BTreeMap<i64, Agg> = BTreeMap::new();
+    for row in rows {
+        series
+            .entry(row.key.start)
+            .or_default()
+            .plus_equals(&row.agg);
+    }
+    state.cache.set(&key, &encode(&series)).await;
+    Ok((series, false))
+}
+
+pub async fn series(
+    State(state): State<AppState>,
+    Query(params): Query<SeriesParams>,
+) -> Result<Json<Value>, AppError> {
+    let metric = params
+        .metric_name
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| AppError::bad_param("metric_name", "is required"))?;
+    let interval_name = params.interval.as_deref().unwrap_or("1h");
+    let interval = Interval::parse(interval_name)
+        .filter(|i| state.windows.intervals.iter().any(|(k, _)| k == i))
+        .ok_or_else(|| {
+            let known: Vec<&str> = state
+                .windows
+                .intervals
+                .iter()
+                .map(|(i, _)| i.name())
+                .collect();
+            AppError::bad_param(
+                "interval",
+                format!("{interval_name:?} is not one of {known:?}"),
+            )
+        })?;
+    let aggregation = params.aggregation.as_deref().unwrap_or("avg");
+    if !AGGREGATIONS.contains(&aggregation) {
+        return Err(AppError::bad_param(
+            "aggregation",
+            format!("{aggregation:?} is not one of {AGGREGATIONS:?}"),
+        ));
+    }
+    let (from_us, to_us) = params.range.resolve()?;
+    let len = interval.seconds();
+    let first = from_us.div_euclid(1_000_000).div_euclid(len) * len;
+    let end = to_us.div_euclid(1_000_000) + i64::from(to_us.rem_euclid(1_000_000) != 0);
+    let windows = (end - first + len - 1) / len;
+    if windows > state.settings.max_points {
+        return Err(AppError::bad_param(
+            "end_time",
+            format!(
+                "the range spans {windows} windows of {}; at most {} are allowed",
+                interval.name(),
+                state.settings.max_points
+            ),
+        ));
+    }
+    let filter = Dims {
+        symbol: params.symbol.filter(|s| !s.is_empty()),
+        side: params.side.filter(|s| !s.is_empty()),
+        strategy_id: params.strategy_id.filter(|s| !s.is_empty()),
+    };
+    let snapshot = state.snapshot();
+    let live_from = snapshot
+        .window_coverage(interval)
+        .map(|c| c.max(first))
+        .unwrap_or(end);
+    let (mut series, cached) =
+        history(&state, metric, interval, &filter, first, live_from.min(end)).await?;
+    let live = snapshot
+        .windows
+        .series(metric, interval, &filter, live_from, end);
+    let used_live = live_from < end;
+    series.extend(live);
+    let dims = filter.to_json();
+    let points: Vec<Value> = series
+        .iter()
+        .map(|(s, a)| point(*s, a, aggregation, &dims))
+        .collect();
+    let total: i64 = series.values().map(|a| a.count).sum();
+    let mut result = json!({
+        "metric_name": metric,
+        "interval": interval.name(),
+        "start_time": format_us(from_us),
+        "end_time": format_us(to_us),
+        "data_points": points,
+        "total_count": total,
+        "aggregation": aggregation,
+    });
+    if used_live {
+        result["as_of"] = Value::String(format_us(snapshot.as_of_ms as i64 * 1000));
+    }
+    Ok(Json(json!({"cached": cached, "result": result})))
+}
+
+/// `GET /api/v1/metrics/names`: metrics held live or stored.
+pub async fn names(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let mut names = state.snapshot().windows.names();
+    const KEY: &str = "analytics:metrics:v1:names";
+    let stored: Vec<String> = match state
+        .cache
+        .get(KEY)
+        .await
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(v) => v,
+        None => {
+            let client = state.pool.get().await.map_err(sink::SinkError::from)?;
+            let v = sink::rollups::names(&**client).await?;
+            state
+                .cache
+                .set(KEY, &serde_json::to_vec(&v).unwrap_or_default())
+                .await;
+            v
+        }
+    };
+    names.extend(stored);
+    Ok(Json(json!({"metric_names": names, "count": names.len()})))
+}

@@ -1,0 +1,561 @@
+//! Tumbling windows over event time: keys, the aggregate diff type, and the
+//! per-event extraction of window contributions.
+//!
+//! Collection: [`WindowKey`] (metric, interval, dimensions, window start)
+//! with an [`Agg`] as its *diff*, over processing-time ticks. Count, sum and
+//! the quantile sketch are abelian; min and max only ever improve while a
+//! window lives (events are never retracted one by one), and a window
+//! leaves memory by the negated aggregate of its contributions at
+//! [`WindowSpec::expire_at`]: counts, sums and sketch buckets cancel to zero
+//! and the record is dropped, whatever its min and max were.
+//!
+//! Sums, minima and maxima are kept exactly in nano-units (`i128`, the value
+//! times 10^9 rounded to the nearest integer), so that they do not depend on
+//! the order in which contributions are added.
+
+use std::collections::{HashMap, HashSet};
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::sketch::Sketch;
+use crate::time::tick_ceil;
+
+/// The intervals a window can have: name and length in seconds.
+pub const INTERVALS: [(&str, i64); 7] = [
+    ("1m", 60),
+    ("5m", 300),
+    ("15m", 900),
+    ("30m", 1_800),
+    ("1h", 3_600),
+    ("4h", 14_400),
+    ("1d", 86_400),
+];
+
+/// Numeric properties aggregated for every event type that carries them.
+pub const DEFAULT_NUMERIC: &[&str] = &["price", "quantity", "latency_ms", "pnl", "commission"];
+
+/// Dimensions a metric is split by, when the event has them.
+pub const DIMENSIONS: [&str; 3] = ["symbol", "side", "strategy_id"];
+
+/// One of [`INTERVALS`], by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Interval(pub u8);
+
+impl Interval {
+    pub fn parse(name: &str) -> Option<Interval> {
+        INTERVALS
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| Interval(i as u8))
+    }
+
+    pub fn name(self) -> &'static str {
+        INTERVALS[self.0 as usize % INTERVALS.len()].0
+    }
+
+    pub fn seconds(self) -> i64 {
+        INTERVALS[self.0 as usize % INTERVALS.len()].1
+    }
+
+    /// Start of the window holding `second`.
+    pub fn window_of(self, second: i64) -> i64 {
+        second.div_euclid(self.seconds()) * self.seconds()
+    }
+}
+
+/// Dimension values of a row; all `None` is the total over every value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dims {
+    pub symbol: Option<String>,
+    pub side: Option<String>,
+    pub strategy_id: Option<String>,
+}
+
+impl Dims {
+    pub fn is_total(&self) -> bool {
+        self.symbol.is_none() && self.side.is_none() && self.strategy_id.is_none()
+    }
+
+    fn values(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("symbol", self.symbol.as_deref()),
+            ("side", self.side.as_deref()),
+            ("strategy_id", self.strategy_id.as_deref()),
+        ]
+    }
+
+    /// The dimensions as a JSON object with sorted keys (`{}` for the total).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in self.values() {
+            if let Some(v) = v {
+                map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+        }
+        serde_json::Value::Object(map)
+    }
+
+    /// Parses the stored JSON object.
+    pub fn from_json(value: &serde_json::Value) -> Dims {
+        let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Dims {
+            symbol: get("symbol"),
+            side: get("side"),
+            strategy_id: get("strategy_id"),
+        }
+    }
+
+    /// Whether every dimension set in `filter` has the same value here.
+    pub fn matches(&self, filter: &Dims) -> bool {
+        self.values()
+            .iter()
+            .zip(filter.values().iter())
+            .all(|((_, mine), (_, wanted))| wanted.is_none() || mine == wanted)
+    }
+}
+
+/// A window of one metric.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowKey {
+    pub metric: String,
+    pub interval: Interval,
+    pub dims: Dims,
+    /// Window start, seconds since the epoch.
+    pub start: i64,
+}
+
+/// Nano-units of a value: `round(v * 1e9)`.
+pub fn to_nano(v: f64) -> i128 {
+    (v * 1e9).round() as i128
+}
+
+/// A value from nano-units.
+pub fn from_nano(n: i128) -> f64 {
+    n as f64 / 1e9
+}
+
+/// The aggregate of a window, and the diff type of the window collection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Agg {
+    pub count: i64,
+    /// Sum of the values in nano-units (0 for count-only metrics).
+    pub sum: i128,
+    /// Least value in nano-units; `i128::MAX` when there is none.
+    pub min: i128,
+    /// Largest value in nano-units; `i128::MIN` when there is none.
+    pub max: i128,
+    pub sketch: Sketch,
+}
+
+impl Default for Agg {
+    fn default() -> Self {
+        Agg {
+            count: 0,
+            sum: 0,
+            min: i128::MAX,
+            max: i128::MIN,
+            sketch: Sketch::new(),
+        }
+    }
+}
+
+impl Agg {
+    /// One occurrence of a count-only metric.
+    pub fn one() -> Agg {
+        Agg {
+            count: 1,
+            ..Agg::default()
+        }
+    }
+
+    /// One value.
+    pub fn of_value(v: f64) -> Agg {
+        let n = to_nano(v);
+        let mut sketch = Sketch::new();
+        sketch.insert(v);
+        Agg {
+            count: 1,
+            sum: n,
+            min: n,
+            max: n,
+            sketch,
+        }
+    }
+
+    pub fn has_values(&self) -> bool {
+        self.min <= self.max
+    }
+
+    pub fn avg(&self) -> Option<f64> {
+        (self.count > 0 && self.has_values()).then(|| from_nano(self.sum) / self.count as f64)
+    }
+
+    pub fn min_value(&self) -> Option<f64> {
+        self.has_values().then(|| from_nano(self.min))
+    }
+
+    pub fn max_value(&self) -> Option<f64> {
+        self.has_values().then(|| from_nano(self.max))
+    }
+
+    pub fn sum_value(&self) -> Option<f64> {
+        self.has_values().then(|| from_nano(self.sum))
+    }
+
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.has_values() {
+            self.sketch.quantile(q)
+        } else {
+            None
+        }
+    }
+
+    /// The stored form (bincode 2, standard configuration): the whole
+    /// mergeable state, so that a stored rollup can take late contributions
+    /// and restore live state exactly.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+
+    /// Decodes [`Agg::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Agg> {
+        let (agg, read) =
+            bincode::serde::decode_from_slice::<Agg, _>(bytes, bincode::config::standard()).ok()?;
+        (read == bytes.len()).then_some(agg)
+    }
+}
+
+impl IsZero for Agg {
+    fn is_zero(&self) -> bool {
+        self.count == 0 && self.sum == 0 && self.sketch.is_empty()
+    }
+}
+
+impl Semigroup for Agg {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.count += rhs.count;
+        self.sum += rhs.sum;
+        self.min = self.min.min(rhs.min);
+        self.max = self.max.max(rhs.max);
+        self.sketch.merge(&rhs.sketch);
+    }
+}
+
+impl Monoid for Agg {
+    fn zero() -> Self {
+        Agg::default()
+    }
+}
+
+impl Abelian for Agg {
+    /// The retraction of a window's contributions: counts, sums and
+    /// buckets negated, min and max left to the identity (see the module doc).
+    fn negate(&mut self) {
+        self.count = -self.count;
+        self.sum = -self.sum;
+        self.min = i128::MAX;
+        self.max = i128::MIN;
+        self.sketch = self.sketch.negated();
+    }
+}
+
+/// What windows to keep, and for how long.
+#[derive(Clone, Debug)]
+pub struct WindowSpec {
+    /// Intervals and their in-memory horizons in milliseconds.
+    pub intervals: Vec<(Interval, u64)>,
+    pub numeric: Vec<String>,
+    /// Most distinct values per metric and dimension.
+    pub max_dimension_values: usize,
+    pub tick_ms: u64,
+}
+
+impl WindowSpec {
+    /// The tick at which `key`'s window leaves memory.
+    pub fn expire_at(&self, key: &WindowKey) -> u64 {
+        let horizon = self
+            .intervals
+            .iter()
+            .find(|(i, _)| *i == key.interval)
+            .map(|(_, h)| *h)
+            .unwrap_or(0);
+        let end_ms = (key.start + key.interval.seconds()).max(0) as u64 * 1000;
+        tick_ceil(end_ms.saturating_add(horizon), self.tick_ms)
+    }
+
+    /// The first window start of `interval` whose window is held in full by
+    /// a snapshot with frontier `as_of_ms` (earlier windows may be gone).
+    pub fn covered_from(&self, interval: Interval, as_of_ms: u64) -> Option<i64> {
+        let horizon = self.intervals.iter().find(|(i, _)| *i == interval)?.1 as i64;
+        let len = interval.seconds();
+        let edge = as_of_ms as i64 - horizon;
+        let second = edge.div_euclid(1000) + i64::from(edge.rem_euclid(1000) != 0);
+        let first = second - len;
+        Some(first.div_euclid(len) * len + if first.rem_euclid(len) != 0 { len } else { 0 })
+    }
+}
+
+/// Caps distinct dimension values per metric and dimension; what it refuses
+/// is counted.
+#[derive(Debug, Default)]
+pub struct DimensionGuard {
+    seen: HashMap<(String, usize), HashSet<String>>,
+    pub refused: u64,
+}
+
+impl DimensionGuard {
+    fn admit(&mut self, metric: &str, dims: &Dims, cap: usize) -> bool {
+        for (i, (_, value)) in dims.values().iter().enumerate() {
+            let Some(value) = value else { continue };
+            let set = self.seen.entry((metric.to_string(), i)).or_default();
+            if !set.contains(*value) {
+                if set.len() >= cap {
+                    self.refused += 1;
+                    return false;
+                }
+                set.insert(value.to_string());
+            }
+        }
+        true
+    }
+}
+
+fn number(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|f| f.is_finite())
+}
+
+fn text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The metrics an event contributes to: `(name, value)`, value `None` for
+/// the count metric, and the event's dimensions.
+pub fn metrics_of(event: &Event, numeric: &[String]) -> (Vec<(String, Option<f64>)>, Dims) {
+    let mut out = vec![(format!("events.count.{}", event.event_type), None)];
+    let props: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&event.properties).unwrap_or_default();
+    for name in numeric {
+        if let Some(v) = props.get(name).and_then(number) {
+            out.push((format!("{}.{}", event.event_type, name), Some(v)));
+        }
+    }
+    let price = props.get("price").and_then(number);
+    let quantity = props.get("quantity").and_then(number);
+    if let (Some(p), Some(q)) = (price, quantity) {
+        let notional = p * q;
+        if notional.is_finite() {
+            out.push((format!("{}.notional", event.event_type), Some(notional)));
+        }
+    }
+    let dims = Dims {
+        symbol: props.get("symbol").and_then(text),
+        side: props.get("side").and_then(text),
+        strategy_id: props.get("strategy_id").and_then(text),
+    };
+    (out, dims)
+}
+
+/// Adds the contributions of `event` to `into`: for every metric and
+/// interval, the total row and, when the event has dimensions admitted by
+/// the guard, the row of its dimension combination.
+pub fn contribute(
+    event: &Event,
+    spec: &WindowSpec,
+    guard: &mut DimensionGuard,
+    into: &mut HashMap<WindowKey, Agg>,
+) {
+    let (metrics, dims) = metrics_of(event, &spec.numeric);
+    let second = event.second();
+    for (metric, value) in metrics {
+        let agg = match value {
+            Some(v) => Agg::of_value(v),
+            None => Agg::one(),
+        };
+        let split = !dims.is_total() && guard.admit(&metric, &dims, spec.max_dimension_values);
+        for (interval, _) in &spec.intervals {
+            let start = interval.window_of(second);
+            let mut add = |dims: Dims| {
+                let key = WindowKey {
+                    metric: metric.clone(),
+                    interval: *interval,
+                    dims,
+                    start,
+                };
+                into.entry(key).or_default().plus_equals(&agg);
+            };
+            add(Dims::default());
+            if split {
+                add(dims.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventSource;
+
+    fn spec() -> WindowSpec {
+        WindowSpec {
+            intervals: vec![(Interval(0), 120_000), (Interval(4), 3_600_000)],
+            numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
+            max_dimension_values: 2,
+            tick_ms: 100,
+        }
+    }
+
+    fn event(t: &str, props: &str, second: i64) -> Event {
+        Event {
+            id: uuid::Uuid::nil(),
+            event_type: t.into(),
+            user_id: None,
+            session_id: None,
+            properties: props.into(),
+            timestamp_us: second * 1_000_000 + 250_000,
+            created_at_us: 0,
+            source: EventSource::Rest,
+        }
+    }
+
+    #[test]
+    fn contributions_cover_metrics_intervals_and_dimensions() {
+        let mut into = HashMap::new();
+        let mut guard = DimensionGuard::default();
+        let e = event(
+            "order.filled",
+            r#"{"symbol":"BTC","side":"BUY","price":"100.5","quantity":2}"#,
+            3_725,
+        );
+        contribute(&e, &spec(), &mut guard, &mut into);
+        // 4 metrics (count, price, quantity, notional) × 2 intervals × 2 rows.
+        assert_eq!(into.len(), 16);
+        let key = WindowKey {
+            metric: "order.filled.notional".into(),
+            interval: Interval(0),
+            dims: Dims::default(),
+            start: 3_720,
+        };
+        let agg = &into[&key];
+        assert_eq!(agg.count, 1);
+        assert_eq!(agg.sum, 201_000_000_000);
+        assert_eq!(agg.min_value(), Some(201.0));
+        let hour = WindowKey {
+            metric: "events.count.order.filled".into(),
+            interval: Interval(4),
+            dims: Dims {
+                symbol: Some("BTC".into()),
+                side: Some("BUY".into()),
+                strategy_id: None,
+            },
+            start: 3_600,
+        };
+        assert_eq!(into[&hour].count, 1);
+        assert!(!into[&hour].has_values());
+    }
+
+    #[test]
+    fn guard_caps_values_and_counts_refusals() {
+        let mut into = HashMap::new();
+        let mut guard = DimensionGuard::default();
+        for s in ["A", "B", "C", "A"] {
+            let e = event("page.view", &format!(r#"{{"symbol":"{s}"}}"#), 10);
+            contribute(&e, &spec(), &mut guard, &mut into);
+        }
+        assert_eq!(guard.refused, 1);
+        let total = WindowKey {
+            metric: "events.count.page.view".into(),
+            interval: Interval(0),
+            dims: Dims::default(),
+            start: 0,
+        };
+        assert_eq!(
+            into[&total].count, 4,
+            "refused values still count in the total"
+        );
+        assert!(!into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn agg_bytes_round_trip() {
+        let mut a = Agg::of_value(12.5);
+        a.plus_equals(&Agg::of_value(7.25));
+        assert_eq!(Agg::from_bytes(&a.to_bytes()), Some(a.clone()));
+        assert_eq!(Agg::from_bytes(b"nonsense"), None);
+        assert_eq!(Agg::from_bytes(&Agg::one().to_bytes()), Some(Agg::one()));
+    }
+
+    #[test]
+    fn agg_is_a_diff_that_cancels() {
+        let mut a = Agg::of_value(3.0);
+        a.plus_equals(&Agg::of_value(-1.5));
+        assert_eq!(a.count, 2);
+        assert_eq!(a.min_value(), Some(-1.5));
+        assert_eq!(a.max_value(), Some(3.0));
+        assert_eq!(a.avg(), Some(0.75));
+        let mut gone = a.clone();
+        let mut neg = a.clone();
+        neg.negate();
+        gone.plus_equals(&neg);
+        assert!(gone.is_zero());
+    }
+
+    #[test]
+    fn expiry_and_coverage_agree() {
+        let s = spec();
+        for as_of in [1_000_000u64, 1_234_567, 9_999_999] {
+            for interval in [Interval(0), Interval(4)] {
+                let from = s.covered_from(interval, as_of).expect("configured");
+                assert_eq!(from % interval.seconds(), 0);
+                let key = |start| WindowKey {
+                    metric: "m".into(),
+                    interval,
+                    dims: Dims::default(),
+                    start,
+                };
+                assert!(s.expire_at(&key(from)) >= as_of, "{as_of} {interval:?}");
+                assert!(
+                    s.expire_at(&key(from - interval.seconds()))
+                        < as_of + 1000 * interval.seconds() as u64,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dims_json_round_trip_and_filter() {
+        let d = Dims {
+            symbol: Some("ETH".into()),
+            side: None,
+            strategy_id: Some("s1".into()),
+        };
+        assert_eq!(
+            d.to_json().to_string(),
+            r#"{"strategy_id":"s1","symbol":"ETH"}"#
+        );
+        assert_eq!(Dims::from_json(&d.to_json()), d);
+        assert!(d.matches(&Dims {
+            symbol: Some("ETH".into()),
+            ..Dims::default()
+        }));
+        assert!(!d.matches(&Dims {
+            side: Some("BUY".into()),
+            ..Dims::default()
+        }));
+        assert!(Dims::default()
+            .to_json()
+            .as_object()
+            .is_some_and(|m| m.is_empty()));
+    }
+}
