@@ -538,3 +538,21 @@ pub fn kafka_records(
         })
         .collect()
 }
+
+/// A standard normal sample (Box–Muller).
+pub fn normal(rng: &mut rand::rngs::StdRng) -> f64 {
+    use rand::Rng;
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Nano-units, as the service keeps sums, minima and maxima.
+pub fn to_nano(v: f64) -> i128 {
+    (v * 1e9).round() as i128
+}
+
+/// The exact q-quantile with the sketch's rank convention.
+pub fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+}
