@@ -285,6 +285,16 @@ impl WindowSpec {
         tick_ceil(end_ms.saturating_add(horizon), self.tick_ms)
     }
 
+    /// How long, in seconds of event time, the longest-lived window stays in
+    /// memory after its start.
+    pub fn memory_span_secs(&self) -> i64 {
+        self.intervals
+            .iter()
+            .map(|(i, h)| i.seconds() + (*h / 1000) as i64)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The first window start of `interval` whose window is held in full by
     /// a snapshot with frontier `as_of_ms` (earlier windows may be gone).
     pub fn covered_from(&self, interval: Interval, as_of_ms: u64) -> Option<i64> {
@@ -298,24 +308,46 @@ impl WindowSpec {
 }
 
 /// Caps distinct dimension values per metric and dimension; what it refuses
-/// is counted.
+/// is counted. A value not seen in event time for longer than windows stay
+/// in memory is forgotten when room is needed, so a slowly changing set of
+/// symbols is not refused forever. Nothing is recorded for a refused event.
 #[derive(Debug, Default)]
 pub struct DimensionGuard {
-    seen: HashMap<(String, usize), HashSet<String>>,
+    /// metric → per dimension: value → last event second seen.
+    seen: HashMap<String, [HashMap<String, i64>; 3]>,
     pub refused: u64,
 }
 
 impl DimensionGuard {
-    fn admit(&mut self, metric: &str, dims: &Dims, cap: usize) -> bool {
-        for (i, (_, value)) in dims.values().iter().enumerate() {
+    fn admit(
+        &mut self,
+        metric: &str,
+        dims: &Dims,
+        cap: usize,
+        second: i64,
+        forget_after: i64,
+    ) -> bool {
+        let sets = match self.seen.get_mut(metric) {
+            Some(sets) => sets,
+            None => self.seen.entry(metric.to_string()).or_default(),
+        };
+        for (set, (_, value)) in sets.iter_mut().zip(dims.values()) {
             let Some(value) = value else { continue };
-            let set = self.seen.entry((metric.to_string(), i)).or_default();
-            if !set.contains(*value) {
+            if !set.contains_key(value) && set.len() >= cap {
+                set.retain(|_, last| *last >= second - forget_after);
                 if set.len() >= cap {
                     self.refused += 1;
                     return false;
                 }
-                set.insert(value.to_string());
+            }
+        }
+        for (set, (_, value)) in sets.iter_mut().zip(dims.values()) {
+            let Some(value) = value else { continue };
+            match set.get_mut(value) {
+                Some(last) => *last = (*last).max(second),
+                None => {
+                    set.insert(value.to_string(), second);
+                }
             }
         }
         true
@@ -382,7 +414,14 @@ pub fn contribute(
             Some(v) => Agg::of_value(v),
             None => Agg::one(),
         };
-        let split = !dims.is_total() && guard.admit(&metric, &dims, spec.max_dimension_values);
+        let split = !dims.is_total()
+            && guard.admit(
+                &metric,
+                &dims,
+                spec.max_dimension_values,
+                second,
+                spec.memory_span_secs(),
+            );
         for (interval, _) in &spec.intervals {
             let start = interval.window_of(second);
             let mut add = |dims: Dims| {
@@ -485,6 +524,25 @@ mod tests {
             "refused values still count in the total"
         );
         assert!(!into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn guard_forgets_values_not_seen_for_longer_than_memory() {
+        let mut into = HashMap::new();
+        let mut guard = DimensionGuard::default();
+        let s = spec();
+        let span = s.memory_span_secs();
+        assert_eq!(span, 3_600 + 3_600);
+        let at =
+            |sym: &str, second| event("page.view", &format!(r#"{{"symbol":"{sym}"}}"#), second);
+        contribute(&at("A", 0), &s, &mut guard, &mut into);
+        contribute(&at("B", 0), &s, &mut guard, &mut into);
+        contribute(&at("C", span), &s, &mut guard, &mut into);
+        assert_eq!(guard.refused, 1, "A and B are still within memory");
+        contribute(&at("B", span), &s, &mut guard, &mut into);
+        contribute(&at("C", span + 1), &s, &mut guard, &mut into);
+        assert_eq!(guard.refused, 1, "A is forgotten, C takes its place");
+        assert!(into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
     }
 
     #[test]
