@@ -13,7 +13,7 @@
 //! times 10^9 rounded to the nearest integer), so that they do not depend on
 //! the order in which contributions are added.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
