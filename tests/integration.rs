@@ -7,10 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DurationRound, Utc};
+use common::produce::spawn_independent_producers;
 use common::*;
 use serde_json::{json, Value};
 
@@ -233,42 +233,6 @@ async fn rest_events_are_committed_before_201_and_stored_once() {
     env.stop().await;
 }
 
-fn write_topic_file(path: &std::path::Path, lines: &[(String, String)]) {
-    let mut f = std::fs::File::create(path).expect("create");
-    for (key, json) in lines {
-        writeln!(f, "{key}\t{json}").expect("write");
-    }
-}
-
-/// Produces with Kafka's own Java console producer, one process per topic.
-fn spawn_independent_producers(env: &TestEnv, events: &[Value]) -> Vec<std::process::Child> {
-    let mut per_topic: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (i, e) in events.iter().enumerate() {
-        let topic = topic_of(&env.topics, e["event_type"].as_str().expect("type")).to_string();
-        per_topic
-            .entry(topic)
-            .or_default()
-            .push((format!("key-{}", i % 1009), e.to_string()));
-    }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/produce-independent.sh"
-    );
-    per_topic
-        .into_iter()
-        .map(|(topic, lines)| {
-            let file = std::env::temp_dir().join(format!("{}-{}.tsv", env.database, topic));
-            write_topic_file(&file, &lines);
-            std::process::Command::new(script)
-                .arg(&topic)
-                .arg(&file)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("start console producer")
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
     const N: i64 = 100_000;
@@ -276,7 +240,7 @@ async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
     env.start().await;
     let base = Utc::now();
     let events = trading_events(N as usize, 42, base, 1_800);
-    let mut producers = spawn_independent_producers(&env, &events);
+    let mut producers = spawn_independent_producers(&env, &events, "all");
 
     wait_for("ingestion under way", Duration::from_secs(180), || async {
         let n = env.count("SELECT count(*) FROM events").await;

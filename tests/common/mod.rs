@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod produce;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
