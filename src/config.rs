@@ -173,12 +173,25 @@ section!(DataflowConfig {
     max_future: Duration = Duration::from_secs(86_400),
 });
 
+section!(DashboardConfig {
+    /// A user is active for this long after an event (event time).
+    #[serde(with = "humantime_serde")]
+    active_users_window: Duration = Duration::from_secs(300),
+    /// Orders, fills, volume, latency and error rate cover this much event time.
+    #[serde(with = "humantime_serde")]
+    orders_window: Duration = Duration::from_secs(3600),
+    /// A started strategy with no event for this long no longer counts as active.
+    #[serde(with = "humantime_serde")]
+    strategy_timeout: Duration = Duration::from_secs(900),
+});
+
 section!(AnalyticsConfig {
     ingestion: IngestionConfig = IngestionConfig::default(),
     aggregation: AggregationConfig = AggregationConfig::default(),
     retention: RetentionConfig = RetentionConfig::default(),
     query: QueryConfig = QueryConfig::default(),
     dataflow: DataflowConfig = DataflowConfig::default(),
+    dashboard: DashboardConfig = DashboardConfig::default(),
 });
 
 section!(MetricsConfig {

@@ -228,13 +228,18 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             .await?;
         drop(client);
         let restored = if cluster.process == 0 {
-            let from_second = (dataflows::time::now_ms() as i64 - horizon_ms as i64) / 1000 - 2;
-            let r =
-                sink::queries::restore(&pool, from_second, &window_spec, dataflows::time::now_ms())
-                    .await?;
+            let now_ms = dataflows::time::now_ms();
+            let from_second = (now_ms as i64 - horizon_ms as i64) / 1000 - 2;
+            let users_ms = config.analytics.dashboard.active_users_window.as_millis() as i64;
+            let users_from = (now_ms as i64 - users_ms) / 1000 - 2;
+            let r = sink::queries::restore(&pool, from_second, &window_spec, now_ms, users_from)
+                .await?;
             info!(
                 counts = r.counts.len(),
                 offsets = r.offsets.len(),
+                windows = r.windows.len(),
+                users = r.users.len(),
+                strategies = r.strategies.len(),
                 "restored state from postgresql"
             );
             r
@@ -298,6 +303,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         kafka,
         tick_ms,
         horizon_ms,
+        active_users_ms: config.analytics.dashboard.active_users_window.as_millis() as u64,
         windows: Arc::clone(&window_spec),
         workers_per_process: cluster.workers,
         directory,
@@ -351,6 +357,8 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             cors_headers: config.security.cors.allowed_headers.clone(),
             time_bounds,
             max_points: config.analytics.query.max_points,
+            orders_window_secs: config.analytics.dashboard.orders_window.as_secs() as i64,
+            strategy_timeout_us: config.analytics.dashboard.strategy_timeout.as_micros() as i64,
         }),
         pool: pool.clone(),
         partitions: Arc::clone(&partitions),

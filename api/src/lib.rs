@@ -7,6 +7,7 @@
 //! its `as_of`; history comes from PostgreSQL through the `sink` crate.
 
 pub mod cache;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(events::list).post(events::ingest))
         .route("/api/v1/events/stats", get(stats::stats))
+        .route("/api/v1/dashboard/metrics", get(dashboard::metrics))
         .route("/api/v1/metrics", get(series::series))
         .route("/api/v1/metrics/names", get(series::names))
         .route(

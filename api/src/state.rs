@@ -28,6 +28,10 @@ pub struct ApiSettings {
     pub time_bounds: dataflows::event::TimeBounds,
     /// Most windows one `/api/v1/metrics` answer may span.
     pub max_points: i64,
+    /// Orders, volume, latency and error rate cover this many seconds.
+    pub orders_window_secs: i64,
+    /// A strategy silent for this long is not active.
+    pub strategy_timeout_us: i64,
 }
 
 impl Default for ApiSettings {
@@ -44,6 +48,8 @@ impl Default for ApiSettings {
             cors_headers: Vec::new(),
             time_bounds: Default::default(),
             max_points: 10_000,
+            orders_window_secs: 3_600,
+            strategy_timeout_us: 900_000_000,
         }
     }
 }

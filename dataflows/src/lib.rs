@@ -11,6 +11,8 @@
 
 pub mod aggregates;
 pub mod counts;
+pub mod dashboard;
+pub mod dashboard_ops;
 pub mod durable;
 pub mod event;
 pub mod kafka_source;

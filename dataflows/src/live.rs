@@ -17,74 +17,103 @@ use crate::windows::{Agg, Dims, Interval, WindowKey};
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3_600;
 
-/// Counts of one event type at three resolutions.
-#[derive(Clone, Debug, Default)]
-struct Levels {
-    seconds: OrdMap<i64, i64>,
-    minutes: OrdMap<i64, i64>,
-    hours: OrdMap<i64, i64>,
+/// A value summed per second: counts (`i64`) or `(count, sum)` pairs.
+pub trait Additive: Copy + Default + PartialEq + std::fmt::Debug {
+    fn add(&mut self, other: Self);
 }
 
-fn bump(map: &mut OrdMap<i64, i64>, key: i64, diff: i64) {
-    let entry = map.entry(key).or_insert(0);
-    *entry += diff;
-    if *entry == 0 {
+impl Additive for i64 {
+    fn add(&mut self, other: Self) {
+        *self += other;
+    }
+}
+
+impl Additive for (i64, i128) {
+    fn add(&mut self, other: Self) {
+        self.0 += other.0;
+        self.1 += other.1;
+    }
+}
+
+/// A per-second series at three resolutions, so that a range sum touches
+/// at most a few hundred entries.
+#[derive(Clone, Debug, Default)]
+pub struct Levels<V: Additive> {
+    seconds: OrdMap<i64, V>,
+    minutes: OrdMap<i64, V>,
+    hours: OrdMap<i64, V>,
+}
+
+fn bump<V: Additive>(map: &mut OrdMap<i64, V>, key: i64, diff: V) {
+    let entry = map.entry(key).or_default();
+    entry.add(diff);
+    if *entry == V::default() {
         map.remove(&key);
     }
 }
 
-fn sum_range(map: &OrdMap<i64, i64>, from: i64, to: i64) -> i64 {
-    if from >= to {
-        return 0;
+fn sum_range<V: Additive>(map: &OrdMap<i64, V>, from: i64, to: i64) -> V {
+    let mut total = V::default();
+    if from < to {
+        for (_, v) in map.range(from..to) {
+            total.add(*v);
+        }
     }
-    map.range(from..to).map(|(_, c)| *c).sum()
+    total
 }
 
-impl Levels {
-    fn update(&mut self, second: i64, diff: i64) {
+impl<V: Additive> Levels<V> {
+    pub fn update(&mut self, second: i64, diff: V) {
         bump(&mut self.seconds, second, diff);
         bump(&mut self.minutes, second.div_euclid(MINUTE), diff);
         bump(&mut self.hours, second.div_euclid(HOUR), diff);
     }
 
     /// Sum over seconds in `[from, to)`.
-    fn sum(&self, from: i64, to: i64) -> i64 {
+    pub fn sum(&self, from: i64, to: i64) -> V {
         if from >= to {
-            return 0;
+            return V::default();
         }
         let h_from = from.div_euclid(HOUR) + i64::from(from.rem_euclid(HOUR) != 0);
         let h_to = to.div_euclid(HOUR);
         if h_from < h_to {
-            return sum_range(&self.hours, h_from, h_to)
-                + self.sum_minutes(from, h_from * HOUR)
-                + self.sum_minutes(h_to * HOUR, to);
+            let mut total = sum_range(&self.hours, h_from, h_to);
+            total.add(self.sum_minutes(from, h_from * HOUR));
+            total.add(self.sum_minutes(h_to * HOUR, to));
+            return total;
         }
         self.sum_minutes(from, to)
     }
 
-    fn sum_minutes(&self, from: i64, to: i64) -> i64 {
+    fn sum_minutes(&self, from: i64, to: i64) -> V {
         if from >= to {
-            return 0;
+            return V::default();
         }
         let m_from = from.div_euclid(MINUTE) + i64::from(from.rem_euclid(MINUTE) != 0);
         let m_to = to.div_euclid(MINUTE);
         if m_from < m_to {
-            return sum_range(&self.minutes, m_from, m_to)
-                + sum_range(&self.seconds, from, m_from * MINUTE)
-                + sum_range(&self.seconds, m_to * MINUTE, to);
+            let mut total = sum_range(&self.minutes, m_from, m_to);
+            total.add(sum_range(&self.seconds, from, m_from * MINUTE));
+            total.add(sum_range(&self.seconds, m_to * MINUTE, to));
+            return total;
         }
         sum_range(&self.seconds, from, to)
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.seconds.is_empty()
+    }
+
+    /// Seconds held.
+    pub fn len(&self) -> usize {
+        self.seconds.len()
     }
 }
 
 /// Event counts by type and second of event time.
 #[derive(Clone, Debug, Default)]
 pub struct LiveCounts {
-    by_type: HashMap<Arc<str>, Levels>,
+    by_type: HashMap<Arc<str>, Levels<i64>>,
     entries: usize,
 }
 
@@ -219,6 +248,56 @@ impl LiveWindows {
     }
 }
 
+/// Live dashboard state besides the per-type counts.
+#[derive(Clone, Debug, Default)]
+pub struct LiveDashboard {
+    /// Per-second `(count, sum in nano-units)` by series (see `dashboard`).
+    pub sums: HashMap<Arc<str>, Levels<(i64, i128)>>,
+    /// Users with an event inside the active-user window, with how many.
+    pub users: HashMap<Arc<str>, i64>,
+    /// Every strategy seen, with its latest lifecycle event and activity.
+    pub strategies: HashMap<Arc<str>, crate::dashboard::StrategyState>,
+}
+
+impl LiveDashboard {
+    pub fn add_sum(&mut self, series: &str, second: i64, diff: (i64, i128)) {
+        let levels = match self.sums.get_mut(series) {
+            Some(levels) => levels,
+            None => self.sums.entry(Arc::from(series)).or_default(),
+        };
+        levels.update(second, diff);
+        if levels.is_empty() {
+            self.sums.remove(series);
+        }
+    }
+
+    /// `(count, sum)` of `series` over seconds in `[from, to)`.
+    pub fn sum(&self, series: &str, from: i64, to: i64) -> (i64, i128) {
+        self.sums
+            .get(series)
+            .map(|l| l.sum(from, to))
+            .unwrap_or_default()
+    }
+
+    pub fn add_user(&mut self, user: &str, diff: i64) {
+        let n = self.users.get(user).copied().unwrap_or(0) + diff;
+        if n == 0 {
+            self.users.remove(user);
+        } else {
+            self.users.insert(Arc::from(user), n);
+        }
+    }
+
+    pub fn merge_strategy(&mut self, id: &str, diff: &crate::dashboard::StrategyState) {
+        match self.strategies.get_mut(id) {
+            Some(state) => state.plus_equals(diff),
+            None => {
+                self.strategies.insert(Arc::from(id), *diff);
+            }
+        }
+    }
+}
+
 /// What the publish operator hands to tokio.
 #[derive(Clone, Debug, Default)]
 pub struct LiveSnapshot {
@@ -235,6 +314,8 @@ pub struct LiveSnapshot {
     pub windows: LiveWindows,
     /// Per interval, the first window start held in full.
     pub windows_covered_from: Vec<(Interval, i64)>,
+    /// Users, strategies, volume and latency.
+    pub dashboard: LiveDashboard,
 }
 
 impl LiveSnapshot {

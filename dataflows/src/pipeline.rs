@@ -26,12 +26,15 @@ use crate::aggregates::{expiring, restored_windows, window_partials};
 use crate::counts::{
     committed, count_updates, restored_counts, start_offsets, CommittedQueue, Horizon,
 };
+use crate::dashboard::{CountSum, StrategyState};
+use crate::dashboard_ops::{self, contributions, expire};
 use crate::durable::{durable_sink, SinkBatch, WorkerAck};
 use crate::event::{Event, PartitionOffset, Record};
 use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, SourceContext};
 use crate::live::LiveSnapshot;
 use crate::metrics;
 use crate::publish::LiveUpdate;
+use crate::time::tick_ceil;
 use crate::windows::{Agg, WindowKey, WindowSpec};
 
 /// State restored from PostgreSQL before the dataflow starts (process 0 only).
@@ -43,6 +46,12 @@ pub struct Restored {
     pub offsets: Vec<PartitionOffset>,
     /// Stored rollups of the windows still inside their horizons.
     pub windows: Vec<(WindowKey, Agg)>,
+    /// Stored per-second dashboard sums inside the horizon.
+    pub sums: Vec<((String, i64), CountSum)>,
+    /// Users with their last event second, inside the active-user window.
+    pub users: Vec<((String, i64), isize)>,
+    /// Stored strategy states.
+    pub strategies: Vec<(String, StrategyState)>,
 }
 
 /// What every worker of one process shares.
@@ -50,6 +59,8 @@ pub struct ProcessContext {
     pub kafka: KafkaSettings,
     pub tick_ms: u64,
     pub horizon_ms: u64,
+    /// How long a user counts as active after an event, in ms of event time.
+    pub active_users_ms: u64,
     pub windows: Arc<WindowSpec>,
     pub workers_per_process: usize,
     pub directory: Arc<PartitionDirectory>,
@@ -67,12 +78,16 @@ pub struct ProcessContext {
 
 type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
 type WindowTrace = TraceAgent<KeySpine<WindowKey, u64, Agg>>;
+type SumTrace = TraceAgent<KeySpine<(String, i64), u64, CountSum>>;
+type UserTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
+type StrategyTrace = TraceAgent<KeySpine<String, u64, StrategyState>>;
 
 /// Handles a worker keeps while it runs the dataflow.
 pub struct WorkerDataflow {
     pub probe: ProbeHandle<u64>,
     trace: CountTrace,
     window_trace: WindowTrace,
+    dashboard_traces: (SumTrace, UserTrace, StrategyTrace),
     worker: usize,
 }
 
@@ -85,9 +100,16 @@ impl WorkerDataflow {
         let worker = self.worker.to_string();
         let counts = compact(&mut self.trace, frontier.borrow());
         let windows = compact(&mut self.window_trace, frontier.borrow());
+        let (sums, users, strategies) = &mut self.dashboard_traces;
+        let sums = compact(sums, frontier.borrow());
+        let users = compact(users, frontier.borrow());
+        let strategies = compact(strategies, frontier.borrow());
         for (name, records) in [
             ("live_counts_by_type_second", counts),
             ("window_aggregates", windows),
+            ("dashboard_sums", sums),
+            ("active_users", users),
+            ("strategies", strategies),
         ] {
             metrics::ARRANGEMENT_RECORDS
                 .with_label_values(&[name, worker.as_str()])
@@ -163,7 +185,64 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             Arc::clone(&ctx.shutdown),
             |(key, agg), time| (key, time, agg),
         );
-        let counts = count_updates(records.concat(committed_events), horizon)
+        let all_records = records.clone().concat(committed_events);
+        let contributed = contributions(all_records.clone());
+        let sums = expire(
+            dashboard_ops::sums(contributed.clone()).concat(dashboard_ops::restored(
+                scope,
+                "RestoredSums",
+                restored.sums,
+            )),
+            "ExpireSums",
+            move |(_, second): &(String, i64)| horizon.expire_at(*second),
+        )
+        .as_collection()
+        .arrange_by_self_named("DashboardSums");
+        let users_ms = ctx.active_users_ms;
+        let tick_ms = ctx.tick_ms;
+        let users = expire(
+            dashboard_ops::users(contributed.clone()).concat(dashboard_ops::restored(
+                scope,
+                "RestoredUsers",
+                restored.users,
+            )),
+            "ExpireUsers",
+            move |(_, second): &(String, i64)| {
+                tick_ceil(((second + 1).max(0) as u64) * 1000 + users_ms, tick_ms)
+            },
+        )
+        .as_collection()
+        .arrange_by_self_named("ActiveUsers");
+        let strategies = dashboard_ops::strategies(contributed)
+            .concat(dashboard_ops::restored(
+                scope,
+                "RestoredStrategies",
+                restored.strategies,
+            ))
+            .as_collection()
+            .arrange_by_self_named("Strategies");
+        let dashboard_traces = (
+            sums.trace.clone(),
+            users.trace.clone(),
+            strategies.trace.clone(),
+        );
+        let dashboard_updates = sums
+            .flat_map_ref(|key, _| Some(key.clone()))
+            .inner
+            .map(|(key, time, diff)| (time, LiveUpdate::Sum(key, diff)))
+            .concat(
+                users
+                    .flat_map_ref(|key, _| Some(key.0.clone()))
+                    .inner
+                    .map(|(user, time, diff)| (time, LiveUpdate::User(user, diff))),
+            )
+            .concat(
+                strategies
+                    .flat_map_ref(|key, _| Some(key.clone()))
+                    .inner
+                    .map(|(id, time, diff)| (time, LiveUpdate::Strategy(id, diff))),
+            );
+        let counts = count_updates(all_records, horizon)
             .concat(restored_counts(scope, restored.counts, horizon))
             .as_collection()
             .arrange_by_self_named("LiveCountsByTypeSecond");
@@ -186,7 +265,8 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
                     .flat_map_ref(|key, _| Some(key.clone()))
                     .inner
                     .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff))),
-            );
+            )
+            .concat(dashboard_updates);
         let gathered = crate::route::send_to(updates, "ToLeaders", leaders);
         let probe = ProbeHandle::new();
         let durable = durable.probe_with(&probe);
@@ -201,6 +281,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             probe,
             trace,
             window_trace,
+            dashboard_traces,
             worker: index,
         }
     })

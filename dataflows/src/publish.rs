@@ -19,7 +19,8 @@ use timely::dataflow::Stream;
 use tokio::sync::watch;
 
 use crate::counts::Horizon;
-use crate::live::{LiveCounts, LiveSnapshot, LiveWindows};
+use crate::dashboard::{CountSum, StrategyState};
+use crate::live::{LiveCounts, LiveDashboard, LiveSnapshot, LiveWindows};
 use crate::metrics;
 use crate::time::now_ms;
 use crate::windows::{Agg, WindowKey, WindowSpec};
@@ -31,6 +32,12 @@ pub enum LiveUpdate {
     Count((String, i64), isize),
     /// A window and its aggregate diff.
     Window(WindowKey, Agg),
+    /// `((series, second), (count, sum))`.
+    Sum((String, i64), CountSum),
+    /// A user's active contributions.
+    User(String, isize),
+    /// A strategy's state diff.
+    Strategy(String, StrategyState),
 }
 
 fn frontier_time(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
@@ -60,6 +67,7 @@ pub fn publish<'s>(
                 let mut stash: BTreeMap<u64, Vec<LiveUpdate>> = BTreeMap::new();
                 let mut counts = LiveCounts::default();
                 let mut windows = LiveWindows::default();
+                let mut dashboard = LiveDashboard::default();
                 let mut as_of = 0u64;
                 move |(input1, frontier1), (input2, frontier2), _output| {
                     input1.for_each(|_cap, data| {
@@ -90,6 +98,15 @@ pub fn publish<'s>(
                                     counts.update(&event_type, second, diff as i64)
                                 }
                                 LiveUpdate::Window(key, diff) => windows.apply(key, &diff),
+                                LiveUpdate::Sum((series, second), diff) => {
+                                    dashboard.add_sum(&series, second, diff)
+                                }
+                                LiveUpdate::User(user, diff) => {
+                                    dashboard.add_user(&user, diff as i64)
+                                }
+                                LiveUpdate::Strategy(id, diff) => {
+                                    dashboard.merge_strategy(&id, &diff)
+                                }
                             }
                         }
                     }
@@ -111,6 +128,7 @@ pub fn publish<'s>(
                         covered_from_second: horizon.covered_from(as_of),
                         windows: windows.clone(),
                         windows_covered_from,
+                        dashboard: dashboard.clone(),
                     }));
                 }
             },

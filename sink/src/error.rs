@@ -2,7 +2,7 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -14,4 +14,13 @@ pub enum SinkError {
         name: String,
         source: tokio_postgres::Error,
     },
+}
+
+/// The server's message for database errors (tokio-postgres' own Display
+/// says only "db error"), the error itself otherwise.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }

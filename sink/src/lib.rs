@@ -7,6 +7,7 @@
 //! counts with multi-row statements over `unnest`, all in one transaction
 //! per group of ticks. No row-at-a-time INSERT on the hot path.
 
+pub mod dashboard;
 pub mod encode;
 pub mod error;
 pub mod metrics;

@@ -18,6 +18,7 @@ pub async fn restore(
     from_second: i64,
     spec: &WindowSpec,
     now_ms: u64,
+    users_from_second: i64,
 ) -> Result<Restored, SinkError> {
     let mut client = pool.get().await?;
     let tx = client
@@ -69,11 +70,16 @@ pub async fn restore(
             }
         }
     }
+    let (sums, users, strategies) =
+        crate::dashboard::load(&*tx, from_second, users_from_second).await?;
     tx.commit().await?;
     Ok(Restored {
         counts,
         offsets,
         windows,
+        sums,
+        users,
+        strategies,
     })
 }
 

@@ -58,6 +58,7 @@ pub async fn commit_rest(
         .collect();
     copy_events(&tx, &new).await?;
     upsert_counts(&tx, &new).await?;
+    crate::dashboard::merge(&tx, &new).await?;
     let contributions = windows(&new);
     let refs: Vec<(&WindowKey, &Agg)> = contributions.iter().map(|(k, a)| (k, a)).collect();
     crate::rollups::merge(&tx, partitions, &refs).await?;

@@ -145,6 +145,7 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     let dead: Vec<&DeadLetter> = group.iter().flat_map(|b| b.dead.iter()).collect();
     insert_dead_letters(&tx, &dead).await?;
     upsert_counts(&tx, &events).await?;
+    crate::dashboard::merge(&tx, &events).await?;
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for batch in group {
         for (t, p, o) in &batch.offsets {

@@ -77,6 +77,10 @@ pub struct TestEnv {
     pub redis_port: u16,
     /// Arguments before the `run` command (timely cluster flags).
     pub args: Vec<String>,
+    /// `analytics.dashboard.active_users_window` (humantime).
+    pub active_users_window: String,
+    /// `analytics.dashboard.strategy_timeout` (humantime).
+    pub strategy_timeout: String,
 }
 
 impl TestEnv {
@@ -137,6 +141,8 @@ impl TestEnv {
             db_port: 5432,
             redis_port: 6379,
             args: Vec::new(),
+            active_users_window: "5m".into(),
+            strategy_timeout: "15m".into(),
         };
         env.write_config();
         env
@@ -161,9 +167,18 @@ impl TestEnv {
             db_port: self.db_port,
             redis_port: self.redis_port,
             args: Vec::new(),
+            active_users_window: "5m".into(),
+            strategy_timeout: "15m".into(),
         };
         env.write_config();
         env
+    }
+
+    /// Sets the dashboard windows (before `start`).
+    pub fn set_dashboard(&mut self, active_users_window: &str, strategy_timeout: &str) {
+        self.active_users_window = active_users_window.into();
+        self.strategy_timeout = strategy_timeout.into();
+        self.write_config();
     }
 
     /// Points the service at other PostgreSQL and Redis ports (before `start`).
@@ -205,6 +220,9 @@ analytics:
   dataflow:
     tick: 100ms
     live_horizon: 25h
+  dashboard:
+    active_users_window: {active_users_window}
+    strategy_timeout: {strategy_timeout}
 metrics:
   port: {metrics}
 logging:
@@ -224,6 +242,8 @@ security:
             health = self.health_port,
             db_port = self.db_port,
             redis_port = self.redis_port,
+            active_users_window = self.active_users_window,
+            strategy_timeout = self.strategy_timeout,
         );
         std::fs::write(&self.config_path, yaml).expect("write config");
     }

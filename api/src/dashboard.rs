@@ -1,0 +1,83 @@
+//! `GET /api/v1/dashboard/metrics`: every number from ONE live snapshot
+//! (never a SQL query, never a cache), with its `as_of`.
+//!
+//! With S = `as_of` truncated to the second, and event time:
+//! - `events_per_second`: events with event time in [S − 60 s, S), / 60;
+//! - `orders_placed|filled|canceled|rejected`: order.* events in
+//!   [S − orders_window, S); `fill_rate` = filled / placed, `error_rate` =
+//!   rejected / placed (0 when nothing was placed);
+//! - `total_volume`: Σ price × quantity of order.filled in that window;
+//! - `average_latency`: mean `latency_ms` of order.* events in that window;
+//! - `active_users`: distinct `user_id` of events whose second ends within
+//!   `active_users_window` before `as_of` (or later);
+//! - `active_strategies`: strategies whose latest lifecycle event (by event
+//!   time) is strategy.started and that had an event within
+//!   `strategy_timeout` before `as_of`;
+//! - `custom_metrics`: counts per custom (not built-in) event type in the
+//!   orders window.
+
+use axum::extract::State;
+use axum::Json;
+use dataflows::dashboard::{LATENCY, VOLUME};
+use dataflows::event::{format_us, KNOWN_TYPES};
+use dataflows::windows::from_nano;
+use serde_json::{json, Map, Value};
+
+use crate::{AppError, AppState};
+
+fn ratio(a: i64, b: i64) -> f64 {
+    if b > 0 {
+        a as f64 / b as f64
+    } else {
+        0.0
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let snapshot = state.snapshot();
+    if snapshot.as_of_ms == 0 {
+        return Err(AppError::Unavailable("live state not ready yet".into()));
+    }
+    let s = (snapshot.as_of_ms / 1000) as i64;
+    let window = state.settings.orders_window_secs;
+    let last_minute = snapshot.counts.by_type(s - 60, s);
+    let recent = snapshot.counts.by_type(s - window, s);
+    let count = |t: &str| recent.get(t).copied().unwrap_or(0);
+    let (placed, filled, canceled, rejected) = (
+        count("order.placed"),
+        count("order.filled"),
+        count("order.canceled"),
+        count("order.rejected"),
+    );
+    let dash = &snapshot.dashboard;
+    let (_, volume) = dash.sum(VOLUME, s - window, s);
+    let (latencies, latency_sum) = dash.sum(LATENCY, s - window, s);
+    let since_us = snapshot.as_of_ms as i64 * 1000 - state.settings.strategy_timeout_us;
+    let active_strategies = dash
+        .strategies
+        .values()
+        .filter(|st| st.active(since_us))
+        .count();
+    let custom: Map<String, Value> = recent
+        .iter()
+        .filter(|(t, _)| !KNOWN_TYPES.contains(&t.as_str()))
+        .map(|(t, n)| (t.clone(), json!(n)))
+        .collect();
+    let as_of = format_us(snapshot.as_of_ms as i64 * 1000);
+    Ok(Json(json!({
+        "active_users": dash.users.len(),
+        "events_per_second": last_minute.values().sum::<i64>() as f64 / 60.0,
+        "orders_placed": placed,
+        "orders_filled": filled,
+        "orders_canceled": canceled,
+        "orders_rejected": rejected,
+        "fill_rate": ratio(filled, placed),
+        "active_strategies": active_strategies,
+        "total_volume": from_nano(volume),
+        "average_latency": if latencies > 0 { from_nano(latency_sum) / latencies as f64 } else { 0.0 },
+        "error_rate": ratio(rejected, placed),
+        "custom_metrics": custom,
+        "last_updated": as_of,
+        "as_of": as_of,
+    })))
+}
