@@ -276,6 +276,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     let group_commits = spawn_group_committer(&kafka, Arc::clone(&shutdown))?;
 
     let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (feed, _) = tokio::sync::broadcast::channel(4096);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(LiveSnapshot::default()));
     let committed = Arc::new(CommittedQueue::default());
     let committed_windows = Arc::new(CommittedQueue::default());
@@ -295,6 +296,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             })),
             degraded: Arc::clone(&sink_degraded),
             max_group_rows: config.analytics.dataflow.max_commit_rows,
+            feed: Some(feed.clone()),
         },
         sink_rx,
     ));
@@ -365,6 +367,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         snapshots: snap_rx,
         committed,
         committed_windows,
+        feed,
         windows: window_spec,
         guard: Arc::new(std::sync::Mutex::new(Default::default())),
         cache: api::cache::Cache::new(&redis_url(&config), config.analytics.query.cache_ttl),

@@ -221,3 +221,89 @@ async fn dashboard_equals_a_from_scratch_computation_as_of_its_tick() {
     matches(&env, &events).await;
     env.stop().await;
 }
+
+/// Reads server-sent events from `response` until `done` accepts one
+/// `(event, data)` pair, or the deadline passes.
+async fn read_sse(
+    response: &mut reqwest::Response,
+    timeout: Duration,
+    mut done: impl FnMut(&str, &Value) -> bool,
+) -> Vec<(String, Value)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("an SSE message before the deadline")
+            .expect("stream readable")
+            .expect("stream still open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let mut name = String::from("message");
+            let mut data = String::new();
+            for line in message.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&data).expect("json data");
+            let stop = done(&name, &value);
+            seen.push((name, value));
+            if stop {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_pushes_snapshots_and_the_events_asked_for() {
+    let mut env = TestEnv::new("stream", 1).await;
+    env.start().await;
+    let mut response = env
+        .http
+        .get(env.url("/api/v1/stream?events=order.placed"))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let first = read_sse(&mut response, Duration::from_secs(30), |name, _| {
+        name == "dashboard"
+    })
+    .await;
+    let before = first.last().expect("a snapshot").1.clone();
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let placed = json!({"id": id, "event_type": "order.placed", "user_id": "sse-user", "properties": {"symbol": "ETHUSDT"}});
+    let ignored = json!({"event_type": "page.view", "user_id": "sse-user"});
+    env.produce(&kafka_records(&env.topics, &[ignored, placed], 2))
+        .await;
+    let seen = read_sse(&mut response, Duration::from_secs(60), |name, value| {
+        name == "event" && value["id"] == id
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .all(|(name, value)| name != "event" || value["event_type"] == "order.placed"),
+        "only the asked-for type is pushed: {seen:?}"
+    );
+    // A later snapshot counts the new order.
+    read_sse(&mut response, Duration::from_secs(30), |name, value| {
+        name == "dashboard" && value["orders_placed"].as_i64() > before["orders_placed"].as_i64()
+    })
+    .await;
+    env.stop().await;
+}

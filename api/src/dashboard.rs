@@ -21,6 +21,7 @@ use axum::Json;
 use dataflows::dashboard::{LATENCY, VOLUME};
 use dataflows::event::{format_us, KNOWN_TYPES};
 use dataflows::windows::from_nano;
+use dataflows::LiveSnapshot;
 use serde_json::{json, Map, Value};
 
 use crate::{AppError, AppState};
@@ -35,8 +36,15 @@ fn ratio(a: i64, b: i64) -> f64 {
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
     let snapshot = state.snapshot();
+    body(&state, &snapshot)
+        .map(Json)
+        .ok_or_else(|| AppError::Unavailable("live state not ready yet".into()))
+}
+
+/// The dashboard of `snapshot`; `None` before the first snapshot.
+pub fn body(state: &AppState, snapshot: &LiveSnapshot) -> Option<Value> {
     if snapshot.as_of_ms == 0 {
-        return Err(AppError::Unavailable("live state not ready yet".into()));
+        return None;
     }
     let s = (snapshot.as_of_ms / 1000) as i64;
     let window = state.settings.orders_window_secs;
@@ -64,7 +72,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Json<Value>, AppEr
         .map(|(t, n)| (t.clone(), json!(n)))
         .collect();
     let as_of = format_us(snapshot.as_of_ms as i64 * 1000);
-    Ok(Json(json!({
+    Some(json!({
         "active_users": dash.users.len(),
         "events_per_second": last_minute.values().sum::<i64>() as f64 / 60.0,
         "orders_placed": placed,
@@ -79,5 +87,5 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Json<Value>, AppEr
         "custom_metrics": custom,
         "last_updated": as_of,
         "as_of": as_of,
-    })))
+    }))
 }

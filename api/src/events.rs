@@ -101,6 +101,7 @@ pub async fn ingest(
     })
     .await?;
     state.committed_windows.push(committed.windows);
+    sink::writer::publish_committed(&state.feed, &committed.events);
     state.committed.push(committed.events);
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let body = if batch {

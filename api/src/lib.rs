@@ -16,6 +16,7 @@ pub mod params;
 pub mod series;
 pub mod state;
 pub mod stats;
+pub mod stream;
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(events::list).post(events::ingest))
         .route("/api/v1/events/stats", get(stats::stats))
         .route("/api/v1/dashboard/metrics", get(dashboard::metrics))
+        .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/metrics", get(series::series))
         .route("/api/v1/metrics/names", get(series::names))
         .route(

@@ -69,6 +69,8 @@ pub struct AppState {
     pub windows: Arc<WindowSpec>,
     /// The REST path's cardinality guard.
     pub guard: Arc<std::sync::Mutex<DimensionGuard>>,
+    /// Committed events, for `/api/v1/stream`.
+    pub feed: sink::writer::EventFeed,
     /// Redis connection for the history cache (`None` while unreachable).
     pub cache: crate::cache::Cache,
     pub stats: Arc<IngestionStats>,

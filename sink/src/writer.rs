@@ -35,6 +35,21 @@ pub type Positions = Arc<RwLock<HashMap<Partition, i64>>>;
 /// (used to commit consumer-group offsets to Kafka for lag monitoring).
 pub type OffsetsCommitted = Box<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 
+/// Committed events, for live subscribers (`/api/v1/stream`); a lagging
+/// receiver skips ahead, so memory stays bounded by the channel capacity.
+pub type EventFeed = tokio::sync::broadcast::Sender<Arc<Event>>;
+
+/// Sends committed events to the feed when anyone listens.
+pub fn publish_committed<'a>(feed: &EventFeed, events: impl IntoIterator<Item = &'a Event>) {
+    if feed.receiver_count() == 0 {
+        return;
+    }
+    for event in events {
+        // An error means every receiver left meanwhile.
+        let _ = feed.send(Arc::new(event.clone()));
+    }
+}
+
 /// What the writer needs.
 pub struct WriterContext {
     pub pool: Pool,
@@ -46,6 +61,8 @@ pub struct WriterContext {
     pub degraded: Arc<AtomicBool>,
     /// Most rows committed in one transaction.
     pub max_group_rows: usize,
+    /// Where committed events are announced.
+    pub feed: Option<EventFeed>,
 }
 
 /// Runs until every sender is dropped and the queue is drained.
@@ -126,6 +143,9 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
     if let Some(on_commit) = ctx.on_commit.as_ref() {
         let list: Vec<_> = offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
         on_commit(&list);
+    }
+    if let Some(feed) = ctx.feed.as_ref() {
+        publish_committed(feed, group.iter().flat_map(|b| b.events.iter()));
     }
     for batch in group {
         batch.ack.acknowledge(batch.tick, batch.rows());
