@@ -17,6 +17,7 @@ pub mod series;
 pub mod state;
 pub mod stats;
 pub mod stream;
+pub mod web;
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(events::list).post(events::ingest))
         .route("/api/v1/events/stats", get(stats::stats))
+        .route("/", get(web::index))
         .route("/api/v1/dashboard/metrics", get(dashboard::metrics))
         .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/metrics", get(series::series))
