@@ -250,9 +250,55 @@ async fn windows_match_an_oracle_before_and_after_sigkill() {
         "order.filled.notional",
         "order.filled.quantity",
         "events.count.order.placed",
+        "trading.order_fill_rate",
+        "trading.total_volume",
     ] {
         assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
     }
+
+    // Derived trading metrics: fill rate per window and the volume of fills.
+    let placed = oracle(&events, "events.count.order.placed", 3_600, None);
+    let filled = oracle(&events, "events.count.order.filled", 3_600, None);
+    let (_, rate) = env
+        .get_json(&format!("/api/v1/metrics?metric_name=trading.order_fill_rate&interval=1h&start_time={start}&end_time={end}"))
+        .await;
+    let points = rate["result"]["data_points"].as_array().expect("points");
+    assert_eq!(
+        points.len(),
+        placed
+            .keys()
+            .chain(filled.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+    for p in points {
+        let s = chrono::DateTime::parse_from_rfc3339(p["timestamp"].as_str().expect("ts"))
+            .expect("ts")
+            .timestamp();
+        let (np, nf) = (
+            placed.get(&s).map_or(0, Vec::len),
+            filled.get(&s).map_or(0, Vec::len),
+        );
+        assert_eq!(
+            (p["placed"].as_u64(), p["filled"].as_u64()),
+            (Some(np as u64), Some(nf as u64)),
+            "{p}"
+        );
+        if np > 0 {
+            assert_eq!(p["value"].as_f64(), Some(nf as f64 / np as f64));
+        }
+    }
+    let (_, volume) = env
+        .get_json(&format!("/api/v1/metrics?metric_name=trading.total_volume&interval=1h&start_time={start}&end_time={end}"))
+        .await;
+    let (_, notional) = env
+        .get_json(&format!("/api/v1/metrics?metric_name=order.filled.notional&interval=1h&aggregation=sum&start_time={start}&end_time={end}"))
+        .await;
+    assert_eq!(
+        volume["result"]["data_points"],
+        notional["result"]["data_points"]
+    );
+    assert_eq!(volume["result"]["aggregation"], "sum");
 
     // A clean restart restores live windows from the stored rollups.
     env.stop().await;

@@ -170,23 +170,57 @@ pub async fn series(
         strategy_id: params.strategy_id.filter(|s| !s.is_empty()),
     };
     let snapshot = state.snapshot();
-    let live_from = snapshot
-        .window_coverage(interval)
-        .map(|c| c.max(first))
-        .unwrap_or(end);
-    let (mut series, cached) =
-        history(&state, metric, interval, &filter, first, live_from.min(end)).await?;
-    let live = snapshot
-        .windows
-        .series(metric, interval, &filter, live_from, end);
-    let used_live = live_from < end;
-    series.extend(live);
+    let stitch =
+        |name: &'static str| stitched(&state, &snapshot, name, interval, &filter, first, end);
     let dims = filter.to_json();
-    let points: Vec<Value> = series
-        .iter()
-        .map(|(s, a)| point(*s, a, aggregation, &dims))
-        .collect();
-    let total: i64 = series.values().map(|a| a.count).sum();
+    let (points, total, cached, used_live, aggregation) = match metric {
+        // Derived: fills / placements per window.
+        "trading.order_fill_rate" => {
+            let (placed, c1, l1) = stitch("events.count.order.placed").await?;
+            let (filled, c2, l2) = stitch("events.count.order.filled").await?;
+            let starts: std::collections::BTreeSet<i64> =
+                placed.keys().chain(filled.keys()).copied().collect();
+            let count = |m: &BTreeMap<i64, Agg>, s: &i64| m.get(s).map_or(0, |a| a.count);
+            let points: Vec<Value> = starts
+                .iter()
+                .map(|s| {
+                    let (p, f) = (count(&placed, s), count(&filled, s));
+                    json!({
+                        "timestamp": format_us(s * 1_000_000),
+                        "value": if p > 0 { Some(f as f64 / p as f64) } else { None },
+                        "dimensions": dims,
+                        "placed": p,
+                        "filled": f,
+                    })
+                })
+                .collect();
+            let total = placed.values().map(|a| a.count).sum::<i64>();
+            (points, total, c1 && c2, l1 || l2, "ratio")
+        }
+        other => {
+            // trading.total_volume is the notional of fills, summed by default.
+            let (name, aggregation) = match other {
+                "trading.total_volume" => (
+                    "order.filled.notional",
+                    params.aggregation.as_deref().unwrap_or("sum"),
+                ),
+                name => (name, aggregation),
+            };
+            let (series, cached, used_live) =
+                stitched(&state, &snapshot, name, interval, &filter, first, end).await?;
+            let points = series
+                .iter()
+                .map(|(s, a)| point(*s, a, aggregation, &dims))
+                .collect();
+            (
+                points,
+                series.values().map(|a| a.count).sum(),
+                cached,
+                used_live,
+                aggregation,
+            )
+        }
+    };
     let mut result = json!({
         "metric_name": metric,
         "interval": interval.name(),
@@ -200,6 +234,32 @@ pub async fn series(
         result["as_of"] = Value::String(format_us(snapshot.as_of_ms as i64 * 1000));
     }
     Ok(Json(json!({"cached": cached, "result": result})))
+}
+
+/// One series over window starts `[first, end)`: windows the snapshot
+/// holds in full come from it, older ones from history. Returns the
+/// windows, whether history came from the cache, and whether live state was used.
+async fn stitched(
+    state: &AppState,
+    snapshot: &dataflows::LiveSnapshot,
+    metric: &str,
+    interval: Interval,
+    filter: &Dims,
+    first: i64,
+    end: i64,
+) -> Result<(BTreeMap<i64, Agg>, bool, bool), AppError> {
+    let live_from = snapshot
+        .window_coverage(interval)
+        .map(|c| c.max(first))
+        .unwrap_or(end);
+    let (mut series, cached) =
+        history(state, metric, interval, filter, first, live_from.min(end)).await?;
+    series.extend(
+        snapshot
+            .windows
+            .series(metric, interval, filter, live_from, end),
+    );
+    Ok((series, cached, live_from < end))
 }
 
 /// `GET /api/v1/metrics/names`: metrics held live or stored.
@@ -224,5 +284,12 @@ pub async fn names(State(state): State<AppState>) -> Result<Json<Value>, AppErro
         }
     };
     names.extend(stored);
+    // Derived metrics exist where their sources do.
+    if names.contains("events.count.order.placed") {
+        names.insert("trading.order_fill_rate".to_string());
+    }
+    if names.contains("order.filled.notional") {
+        names.insert("trading.total_volume".to_string());
+    }
     Ok(Json(json!({"metric_names": names, "count": names.len()})))
 }
