@@ -28,6 +28,10 @@ pub struct ApiSettings {
     pub time_bounds: dataflows::event::TimeBounds,
     /// Most windows one `/api/v1/metrics` answer may span.
     pub max_points: i64,
+    /// Require API keys on `/api/v1/*` (see [`crate::auth`]).
+    pub api_key_enabled: bool,
+    /// How long a key lookup is cached (revocations take this long).
+    pub api_key_cache_ttl: Duration,
 }
 
 impl Default for ApiSettings {
@@ -44,6 +48,8 @@ impl Default for ApiSettings {
             cors_headers: Vec::new(),
             time_bounds: Default::default(),
             max_points: 10_000,
+            api_key_enabled: false,
+            api_key_cache_ttl: Duration::from_secs(30),
         }
     }
 }
