@@ -227,6 +227,10 @@ section!(CorsConfig {
 
 section!(SecurityConfig {
     api_key_enabled: bool = false,
+    /// How long a verified (or refused) API key stays cached in memory: a
+    /// revocation takes effect within this time; `0s` looks up every request.
+    #[serde(with = "humantime_serde")]
+    api_key_cache_ttl: Duration = Duration::from_secs(30),
     rate_limit: RateLimitConfig = RateLimitConfig::default(),
     cors: CorsConfig = CorsConfig::default(),
 });
@@ -456,6 +460,12 @@ impl Config {
             1,
             10_000_000,
         )?;
+        range(
+            "security.api_key_cache_ttl",
+            self.security.api_key_cache_ttl.as_secs(),
+            0,
+            3600,
+        )?;
         if self.kafka.brokers.is_empty() {
             return Err(invalid("kafka.brokers", "at least one broker is required"));
         }
@@ -600,6 +610,7 @@ mod tests {
         );
         assert_eq!(c.analytics.query.cache_ttl, Duration::from_secs(60));
         assert!(c.security.api_key_enabled);
+        assert_eq!(c.security.api_key_cache_ttl, Duration::from_secs(30));
         assert_eq!(c.security.rate_limit.burst, 100);
         assert_eq!(c.security.cors.allowed_origins.len(), 2);
     }
@@ -650,6 +661,10 @@ mod tests {
             (
                 "analytics:\n  ingestion:\n    workers: 0\n",
                 "analytics.ingestion.workers",
+            ),
+            (
+                "security:\n  api_key_cache_ttl: 2h\n",
+                "security.api_key_cache_ttl",
             ),
         ];
         for (yaml, key) in cases {

@@ -1,4 +1,5 @@
-//! Logging: `tracing` with JSON or console output, to stdout or a file.
+//! Logging: `tracing` with JSON or console output, to stdout or a file
+//! (or stderr, for the commands that print results on stdout).
 
 use std::fs::OpenOptions;
 use std::sync::Mutex;
@@ -27,6 +28,14 @@ pub fn init(config: &LoggingConfig) -> anyhow::Result<LogGuard> {
                 .append(true)
                 .open(&config.file_path)?;
             let builder = builder.with_writer(Mutex::new(file)).with_ansi(false);
+            if format == "json" {
+                builder.json().try_init()
+            } else {
+                builder.try_init()
+            }
+        }
+        ("stderr", format) => {
+            let builder = builder.with_writer(std::io::stderr);
             if format == "json" {
                 builder.json().try_init()
             } else {

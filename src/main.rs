@@ -6,6 +6,7 @@
 
 mod config;
 mod demo;
+mod keys;
 mod logging;
 mod run;
 
@@ -55,13 +56,21 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, print it, and exit.
     CheckConfig,
+    /// Manage API keys (stored hashed in PostgreSQL).
+    #[command(subcommand)]
+    ApiKey(keys::KeyCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())
         .context("configuration")?;
-    let _guard = logging::init(&config.logging).context("logging")?;
+    // `api-key` prints keys and listings on stdout: its logs go to stderr.
+    let mut log_config = config.logging.clone();
+    if matches!(cli.command, Some(Command::ApiKey(_))) && log_config.output == "stdout" {
+        log_config.output = "stderr".into();
+    }
+    let _guard = logging::init(&log_config).context("logging")?;
     let cluster = run::Cluster {
         workers: cli
             .workers
@@ -77,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     }) {
         Command::Run { demo, demo_rate } => run::run(config, cluster, demo.then_some(demo_rate)),
         Command::Migrate => run::migrate_only(&config),
+        Command::ApiKey(command) => keys::run(&config, command),
         Command::CheckConfig => {
             println!("{config:#?}");
             Ok(())

@@ -91,7 +91,7 @@ fn db_settings(config: &Config) -> DbSettings {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tokio")
@@ -100,7 +100,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Connects and applies migrations, retrying while PostgreSQL is not up.
-async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
+pub(crate) async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
     let pool = sink::connect_pool(&db_settings(config))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -199,7 +199,7 @@ async fn shutdown_signal(flag: Arc<AtomicBool>) {
 /// `analytics run`.
 pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::Result<()> {
     if config.security.api_key_enabled {
-        warn!("security.api_key_enabled is set, but API keys are not implemented yet: requests are NOT authenticated");
+        info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
     }
     if config.security.rate_limit.enabled {
         warn!("security.rate_limit is set, but rate limiting is not implemented yet");
@@ -361,6 +361,8 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             max_points: config.analytics.query.max_points,
             orders_window_secs: config.analytics.dashboard.orders_window.as_secs() as i64,
             strategy_timeout_us: config.analytics.dashboard.strategy_timeout.as_micros() as i64,
+            api_key_enabled: config.security.api_key_enabled,
+            api_key_cache_ttl: config.security.api_key_cache_ttl,
         }),
         pool: pool.clone(),
         partitions: Arc::clone(&partitions),

@@ -1,6 +1,7 @@
 //! The one error type of the API: logs details, answers clean JSON
 //! `{"error": "...", "details": ...}`; internals never reach clients.
 
+use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +15,12 @@ pub enum AppError {
     BadRequest { message: String, details: Value },
     #[error("not found")]
     NotFound,
+    /// No key, or a malformed, unknown or revoked one (401).
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// A valid key without the scope the route needs (403).
+    #[error("forbidden: needs scope {required}")]
+    Forbidden { required: &'static str },
     /// A dependency is down; the client may retry.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -53,6 +60,22 @@ impl IntoResponse for AppError {
             AppError::NotFound => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not found", "details": null}),
+            ),
+            AppError::Unauthorized(message) => {
+                let body = json!({
+                    "error": message,
+                    "details": {"hint": "send Authorization: Bearer <key> or X-API-Key: <key>"},
+                });
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(WWW_AUTHENTICATE, "Bearer realm=\"analytics\"")],
+                    Json(body),
+                )
+                    .into_response();
+            }
+            AppError::Forbidden { required } => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "api key lacks the required scope", "details": {"required_scope": required}}),
             ),
             AppError::Unavailable(detail) => {
                 error!(error = %detail, "dependency unavailable");

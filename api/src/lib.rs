@@ -6,6 +6,7 @@
 //! by the dataflow (read without locks through a `watch` channel) and carry
 //! its `as_of`; history comes from PostgreSQL through the `sink` crate.
 
+pub mod auth;
 pub mod cache;
 pub mod dashboard;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod params;
+pub mod request_id;
 pub mod series;
 pub mod state;
 pub mod stats;
@@ -20,6 +22,7 @@ pub mod stream;
 pub mod web;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -28,7 +31,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use error::AppError;
 pub use state::{ApiSettings, AppState};
@@ -51,13 +54,30 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+    // Inside the metrics, trace and timeout layers: refusals are counted,
+    // logged with the request id, and bounded in time like any request.
+    let api = if settings.api_key_enabled {
+        let auth = Arc::new(auth::Auth::new(
+            state.pool.clone(),
+            settings.api_key_cache_ttl,
+        ));
+        api.layer(axum::middleware::from_fn_with_state(auth, auth::require))
+    } else {
+        api
+    };
+    let api = api
         .layer(axum::middleware::from_fn(metrics::track))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_id::make_span)
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(request_id::assign));
     let api = if settings.cors_enabled {
         api.layer(cors(&settings))
     } else {

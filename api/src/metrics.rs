@@ -9,8 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dataflows::metrics::or_die;
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_gauge, Encoder, HistogramVec,
-    IntCounter, IntGauge, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, TextEncoder,
 };
 
 pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -49,6 +49,17 @@ pub static CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
             "History answers not found in Redis (or Redis unreachable)"
         ),
         "analytics_cache_misses_total",
+    )
+});
+
+pub static AUTH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_api_key_refused_total",
+            "API requests refused by the API key check, by reason (missing, invalid, forbidden)",
+            &["reason"]
+        ),
+        "analytics_api_key_refused_total",
     )
 });
 

@@ -32,6 +32,10 @@ pub struct ApiSettings {
     pub orders_window_secs: i64,
     /// A strategy silent for this long is not active.
     pub strategy_timeout_us: i64,
+    /// Require API keys on `/api/v1/*` (see [`crate::auth`]).
+    pub api_key_enabled: bool,
+    /// How long a key lookup is cached (revocations take this long).
+    pub api_key_cache_ttl: Duration,
 }
 
 impl Default for ApiSettings {
@@ -50,6 +54,8 @@ impl Default for ApiSettings {
             max_points: 10_000,
             orders_window_secs: 3_600,
             strategy_timeout_us: 900_000_000,
+            api_key_enabled: false,
+            api_key_cache_ttl: Duration::from_secs(30),
         }
     }
 }

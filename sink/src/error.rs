@@ -14,6 +14,11 @@ pub enum SinkError {
         name: String,
         source: tokio_postgres::Error,
     },
+    /// A key name or scope list that cannot be stored.
+    #[error("api key: {0}")]
+    ApiKey(String),
+    #[error("an active api key named {0:?} already exists")]
+    KeyNameTaken(String),
 }
 
 /// The server's message for database errors (tokio-postgres' own Display

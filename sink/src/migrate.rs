@@ -10,6 +10,11 @@ use crate::SinkError;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
+        2,
+        "api_keys",
+        include_str!("../../migrations/0002_api_keys.sql"),
+    ),
+    (
         4,
         "dashboard",
         include_str!("../../migrations/0004_dashboard.sql"),

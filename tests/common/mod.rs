@@ -248,6 +248,29 @@ security:
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
 
+    /// Requires API keys, cached for `cache_ttl` (humantime). Call after
+    /// `set_ports`, which rewrites the file.
+    pub fn enable_api_keys(&self, cache_ttl: &str) {
+        let yaml = std::fs::read_to_string(&self.config_path).expect("read config");
+        assert!(yaml.contains("api_key_enabled: false"), "{yaml}");
+        let yaml = yaml.replace(
+            "api_key_enabled: false",
+            &format!("api_key_enabled: true\n  api_key_cache_ttl: {cache_ttl}"),
+        );
+        std::fs::write(&self.config_path, yaml).expect("write config");
+    }
+
+    /// Runs `analytics --config <this test's config> ARGS` to completion.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_analytics"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run analytics")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.api_port, path)
     }

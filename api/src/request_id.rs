@@ -1,0 +1,134 @@
+//! Request ids: a client's `X-Request-ID` is kept when it is sane (1 to
+//! 128 visible ASCII characters, so it cannot forge log lines), otherwise
+//! a UUID v4 replaces it. The id is echoed in the response and is a field
+//! of the request's span ([`make_span`]), so every log line written while
+//! serving the request carries it.
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Span;
+use uuid::Uuid;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest id accepted from a client.
+pub const MAX_LEN: usize = 128;
+
+/// The id of the request being served (a request extension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub HeaderValue);
+
+/// 1 to [`MAX_LEN`] visible ASCII characters (`!` to `~`).
+pub fn is_sane(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+fn generate() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Middleware (outside the trace layer): fixes the request's id in its
+/// headers and extensions, and echoes it in the response.
+pub async fn assign(mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(&X_REQUEST_ID) {
+        Some(given) if is_sane(given) => given.clone(),
+        _ => generate(),
+    };
+    request.headers_mut().insert(X_REQUEST_ID, id.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(X_REQUEST_ID, id);
+    response
+}
+
+/// The span of one request (for `TraceLayer::make_span_with`), at INFO so
+/// that it shows with the default log level: method, uri, request id, and
+/// the name of the API key once it is verified.
+pub fn make_span<B>(request: &axum::http::Request<B>) -> Span {
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id = %id,
+        api_key = tracing::field::Empty,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    #[test]
+    fn sanity() {
+        let ok = |s: &str| is_sane(&HeaderValue::from_str(s).expect("header"));
+        assert!(ok("abc-123_XYZ.~!"));
+        assert!(ok(&"a".repeat(MAX_LEN)));
+        assert!(!ok(&"a".repeat(MAX_LEN + 1)));
+        assert!(!ok(""));
+        assert!(!ok("has space"));
+        assert!(!ok("tab\there"));
+        assert!(!is_sane(
+            &HeaderValue::from_bytes("caf\u{e9}".as_bytes()).expect("obs-text header")
+        ));
+    }
+
+    async fn id_of(given: Option<&str>) -> (String, String) {
+        let app = Router::new()
+            .route(
+                "/",
+                get(|request: Request| async move {
+                    request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.0.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                }),
+            )
+            .layer(axum::middleware::from_fn(assign));
+        let mut req = Request::builder().uri("/");
+        if let Some(g) = given {
+            req = req.header("x-request-id", g);
+        }
+        let response = app
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let echoed = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("echoed")
+            .to_string();
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        (echoed, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+    }
+
+    #[tokio::test]
+    async fn given_ids_are_kept_and_others_generated() {
+        let (echoed, seen) = id_of(Some("client-42")).await;
+        assert_eq!((echoed.as_str(), seen.as_str()), ("client-42", "client-42"));
+        for given in [None, Some("two words"), Some(&*"x".repeat(200))] {
+            let (echoed, seen) = id_of(given).await;
+            assert_eq!(echoed, seen);
+            let uuid = Uuid::parse_str(&echoed).expect("a uuid");
+            assert_eq!(uuid.get_version_num(), 4);
+        }
+    }
+}
