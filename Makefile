@@ -17,7 +17,7 @@ test: services
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p dataflows --tests
-	$(CARGO) test --test integration --test metrics -- --test-threads=2
+	$(CARGO) test --test integration --test metrics --test auth -- --test-threads=2
 
 ## Install what is missing and start PostgreSQL, Redis and Kafka on 127.0.0.1.
 services:
