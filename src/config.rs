@@ -203,6 +203,11 @@ section!(RateLimitConfig {
     enabled: bool = true,
     requests_per_minute: u32 = 1000,
     burst: u32 = 100,
+    /// Take the client address from `X-Forwarded-For` (its last hop): only
+    /// behind a proxy that sets it.
+    trust_forwarded_for: bool = false,
+    /// Most identities the local fallback limiter holds.
+    max_local_identities: usize = 100_000,
 });
 
 section!(CorsConfig {
@@ -442,6 +447,12 @@ impl Config {
             self.security.rate_limit.burst,
             1,
             10_000_000,
+        )?;
+        range(
+            "security.rate_limit.max_local_identities",
+            self.security.rate_limit.max_local_identities,
+            1,
+            100_000_000,
         )?;
         if self.kafka.brokers.is_empty() {
             return Err(invalid("kafka.brokers", "at least one broker is required"));

@@ -1,6 +1,7 @@
 //! The one error type of the API: logs details, answers clean JSON
 //! `{"error": "...", "details": ...}`; internals never reach clients.
 
+use axum::http::header::RETRY_AFTER;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +15,9 @@ pub enum AppError {
     BadRequest { message: String, details: Value },
     #[error("not found")]
     NotFound,
+    /// Over the rate limit; retry after this many seconds.
+    #[error("rate limited for {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     /// A dependency is down; the client may retry.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -54,6 +58,18 @@ impl IntoResponse for AppError {
                 StatusCode::NOT_FOUND,
                 json!({"error": "not found", "details": null}),
             ),
+            AppError::RateLimited { retry_after_s } => {
+                let body = json!({
+                    "error": "rate limit exceeded",
+                    "details": {"retry_after_seconds": retry_after_s},
+                });
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(RETRY_AFTER, retry_after_s.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
             AppError::Unavailable(detail) => {
                 error!(error = %detail, "dependency unavailable");
                 (

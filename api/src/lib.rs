@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod params;
+pub mod ratelimit;
 pub mod series;
 pub mod state;
 pub mod stats;
@@ -46,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.rate_limiter.clone(),
+            ratelimit::limit,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(
@@ -80,6 +85,12 @@ fn cors(settings: &ApiSettings) -> CorsLayer {
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods(methods)
         .allow_headers(headers)
+        .expose_headers([
+            axum::http::HeaderName::from_static(ratelimit::LIMIT_HEADER),
+            axum::http::HeaderName::from_static(ratelimit::REMAINING_HEADER),
+            axum::http::HeaderName::from_static(ratelimit::RESET_HEADER),
+            axum::http::header::RETRY_AFTER,
+        ])
         .max_age(Duration::from_secs(600))
 }
 

@@ -9,8 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dataflows::metrics::or_die;
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_gauge, Encoder, HistogramVec,
-    IntCounter, IntGauge, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, TextEncoder,
 };
 
 pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -49,6 +49,37 @@ pub static CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
             "History answers not found in Redis (or Redis unreachable)"
         ),
         "analytics_cache_misses_total",
+    )
+});
+
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_rate_limited_total",
+            "API requests refused with 429, by the store that refused them (redis or local)",
+            &["store"]
+        ),
+        "analytics_rate_limited_total",
+    )
+});
+
+pub static RATE_LIMIT_FALLBACKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_rate_limit_fallback_total",
+            "Switches of the rate limiter from Redis to the local in-process limiter"
+        ),
+        "analytics_rate_limit_fallback_total",
+    )
+});
+
+pub static RATE_LIMIT_LOCAL: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_rate_limit_local",
+            "1 while the rate limiter runs on the local in-process limiter (Redis unreachable)"
+        ),
+        "analytics_rate_limit_local",
     )
 });
 

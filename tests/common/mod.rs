@@ -75,6 +75,8 @@ pub struct TestEnv {
     pub redis_port: u16,
     /// Arguments before the `run` command (timely cluster flags).
     pub args: Vec<String>,
+    /// `security.rate_limit` as (requests_per_minute, burst); `None`: off.
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 impl TestEnv {
@@ -135,6 +137,7 @@ impl TestEnv {
             db_port: 5432,
             redis_port: 6379,
             args: Vec::new(),
+            rate_limit: None,
         };
         env.write_config();
         env
@@ -159,6 +162,7 @@ impl TestEnv {
             db_port: self.db_port,
             redis_port: self.redis_port,
             args: Vec::new(),
+            rate_limit: self.rate_limit,
         };
         env.write_config();
         env
@@ -168,6 +172,13 @@ impl TestEnv {
     pub fn set_ports(&mut self, db_port: u16, redis_port: u16) {
         self.db_port = db_port;
         self.redis_port = redis_port;
+        self.write_config();
+    }
+
+    /// Turns rate limiting on with these limits (before `start`); Redis is
+    /// the one of [`TestEnv::set_ports`].
+    pub fn set_rate_limit(&mut self, requests_per_minute: u32, burst: u32) {
+        self.rate_limit = Some((requests_per_minute, burst));
         self.write_config();
     }
 
@@ -213,7 +224,9 @@ health:
 security:
   api_key_enabled: false
   rate_limit:
-    enabled: false
+    enabled: {rl_enabled}
+    requests_per_minute: {rl_rpm}
+    burst: {rl_burst}
 "#,
             api = self.api_port,
             db = self.database,
@@ -222,6 +235,9 @@ security:
             health = self.health_port,
             db_port = self.db_port,
             redis_port = self.redis_port,
+            rl_enabled = self.rate_limit.is_some(),
+            rl_rpm = self.rate_limit.map_or(1000, |(rpm, _)| rpm),
+            rl_burst = self.rate_limit.map_or(100, |(_, burst)| burst),
         );
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
