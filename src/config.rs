@@ -599,6 +599,8 @@ mod tests {
         assert_eq!(c.analytics.query.cache_ttl, Duration::from_secs(60));
         assert!(c.security.api_key_enabled);
         assert_eq!(c.security.rate_limit.burst, 100);
+        assert!(c.security.rate_limit.enabled);
+        assert!(!c.security.rate_limit.trust_forwarded_for);
         assert_eq!(c.security.cors.allowed_origins.len(), 2);
     }
 
@@ -648,6 +650,14 @@ mod tests {
             (
                 "analytics:\n  ingestion:\n    workers: 0\n",
                 "analytics.ingestion.workers",
+            ),
+            (
+                "security:\n  rate_limit:\n    requests_per_minute: 0\n",
+                "security.rate_limit.requests_per_minute",
+            ),
+            (
+                "security:\n  rate_limit:\n    max_local_identities: 0\n",
+                "security.rate_limit.max_local_identities",
             ),
         ];
         for (yaml, key) in cases {
