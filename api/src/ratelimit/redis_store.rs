@@ -161,3 +161,96 @@ impl RedisStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs the Redis of `make services` on 127.0.0.1:6379.
+    async fn store() -> RedisStore {
+        let store = RedisStore::new("redis://127.0.0.1:6379/0");
+        store
+            .connect()
+            .await
+            .expect("redis is up: run `make services`");
+        store
+    }
+
+    fn bucket(name: &str) -> String {
+        format!(
+            "analytics:ratelimit:test:{name}:{}:{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        )
+    }
+
+    #[tokio::test]
+    async fn the_script_agrees_with_the_local_gcra() {
+        let store = store().await;
+        let gcra = Gcra::new(1, 3);
+        let key = bucket("agree");
+        for remaining in [2, 1, 0] {
+            let d = store.check(&gcra, &key).await.expect("decided");
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+            assert_eq!(d.limit, 3);
+        }
+        let refused = store.check(&gcra, &key).await.expect("decided");
+        assert!(!refused.allowed);
+        assert_eq!(refused.remaining, 0);
+        // About one emission interval (60 s) until the next token, three
+        // until full; the Redis clock moved a little meanwhile.
+        let retry = refused.retry_after.as_secs_f64();
+        assert!((59.0..=60.0).contains(&retry), "retry after {retry}");
+        let reset = refused.reset_after.as_secs_f64();
+        assert!((179.0..=180.0).contains(&reset), "reset after {reset}");
+        let mut conn = store.connection().expect("connected");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(
+            (179_000..=180_000).contains(&ttl),
+            "bucket expires when full: {ttl}"
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+
+    #[tokio::test]
+    async fn noscript_falls_back_to_eval() {
+        // A hash Redis has never seen stands for a flushed script cache.
+        let mut store = store().await;
+        store.hash = "0".repeat(40);
+        let gcra = Gcra::new(60, 2);
+        let key = bucket("noscript");
+        let first = store.check(&gcra, &key).await.expect("decided by EVAL");
+        assert!(first.allowed);
+        assert_eq!(first.remaining, 1);
+        let second = store.check(&gcra, &key).await.expect("decided by EVAL");
+        assert_eq!(second.remaining, 0);
+        assert!(!store.check(&gcra, &key).await.expect("decided").allowed);
+        let mut conn = store.connection().expect("connected");
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+
+    #[tokio::test]
+    async fn unreachable_fails_fast() {
+        let store = RedisStore::new("redis://127.0.0.1:1/0");
+        assert!(matches!(
+            store.check(&Gcra::new(60, 1), "x").await,
+            Err(StoreError::NotConnected)
+        ));
+        let started = std::time::Instant::now();
+        assert!(store.connect().await.is_err());
+        assert!(started.elapsed() < CONNECT_TIMEOUT + OP_TIMEOUT + Duration::from_millis(100));
+    }
+}
