@@ -216,6 +216,11 @@ section!(RateLimitConfig {
     enabled: bool = true,
     requests_per_minute: u32 = 1000,
     burst: u32 = 100,
+    /// Take the client address from `X-Forwarded-For` (its last hop): only
+    /// behind a proxy that sets it.
+    trust_forwarded_for: bool = false,
+    /// Most identities the local fallback limiter holds.
+    max_local_identities: usize = 100_000,
 });
 
 section!(CorsConfig {
@@ -466,6 +471,12 @@ impl Config {
             0,
             3600,
         )?;
+        range(
+            "security.rate_limit.max_local_identities",
+            self.security.rate_limit.max_local_identities,
+            1,
+            100_000_000,
+        )?;
         if self.kafka.brokers.is_empty() {
             return Err(invalid("kafka.brokers", "at least one broker is required"));
         }
@@ -612,6 +623,8 @@ mod tests {
         assert!(c.security.api_key_enabled);
         assert_eq!(c.security.api_key_cache_ttl, Duration::from_secs(30));
         assert_eq!(c.security.rate_limit.burst, 100);
+        assert!(c.security.rate_limit.enabled);
+        assert!(!c.security.rate_limit.trust_forwarded_for);
         assert_eq!(c.security.cors.allowed_origins.len(), 2);
     }
 
@@ -665,6 +678,14 @@ mod tests {
             (
                 "security:\n  api_key_cache_ttl: 2h\n",
                 "security.api_key_cache_ttl",
+            ),
+            (
+                "security:\n  rate_limit:\n    requests_per_minute: 0\n",
+                "security.rate_limit.requests_per_minute",
+            ),
+            (
+                "security:\n  rate_limit:\n    max_local_identities: 0\n",
+                "security.rate_limit.max_local_identities",
             ),
         ];
         for (yaml, key) in cases {

@@ -201,9 +201,6 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     if config.security.api_key_enabled {
         info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
     }
-    if config.security.rate_limit.enabled {
-        warn!("security.rate_limit is set, but rate limiting is not implemented yet");
-    }
     let rt = runtime()?;
     let timely_config = cluster.timely_config()?;
     let tick_ms = config.analytics.dataflow.tick.as_millis().max(1) as u64;
@@ -375,6 +372,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         cache: api::cache::Cache::new(&redis_url(&config), config.analytics.query.cache_ttl),
         stats,
         sink_degraded,
+        rate_limiter: rate_limiter(&config),
     };
 
     let result = rt.block_on(async {
@@ -488,6 +486,26 @@ fn window_spec(config: &Config, tick_ms: u64) -> WindowSpec {
         max_dimension_values: config.analytics.aggregation.max_dimension_values,
         tick_ms,
     }
+}
+
+fn rate_limiter(config: &Config) -> api::ratelimit::RateLimiter {
+    let limits = &config.security.rate_limit;
+    if !limits.enabled {
+        return api::ratelimit::RateLimiter::disabled();
+    }
+    info!(
+        requests_per_minute = limits.requests_per_minute,
+        burst = limits.burst,
+        trust_forwarded_for = limits.trust_forwarded_for,
+        "rate limiting /api/v1"
+    );
+    api::ratelimit::RateLimiter::new(&api::ratelimit::RateLimitSettings {
+        requests_per_minute: limits.requests_per_minute,
+        burst: limits.burst,
+        trust_forwarded_for: limits.trust_forwarded_for,
+        redis_url: redis_url(config),
+        max_local_identities: limits.max_local_identities,
+    })
 }
 
 fn redis_url(config: &Config) -> String {

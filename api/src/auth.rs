@@ -31,7 +31,9 @@ use tracing::info;
 use crate::AppError;
 
 /// Paths answered without a key.
-pub const OPEN_PATHS: &[&str] = &["/health", "/healthz", "/ready"];
+/// Paths served without a key: health, and the web page (it holds no data;
+/// its API calls need keys like any client's).
+pub const OPEN_PATHS: &[&str] = &["/", "/health", "/healthz", "/ready"];
 
 /// Most cached lookups; past it, expired entries are dropped first.
 const MAX_ENTRIES: usize = 10_000;

@@ -1,6 +1,7 @@
 //! The one error type of the API: logs details, answers clean JSON
 //! `{"error": "...", "details": ...}`; internals never reach clients.
 
+use axum::http::header::RETRY_AFTER;
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +22,9 @@ pub enum AppError {
     /// A valid key without the scope the route needs (403).
     #[error("forbidden: needs scope {required}")]
     Forbidden { required: &'static str },
+    /// Over the rate limit; retry after this many seconds.
+    #[error("rate limited for {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     /// A dependency is down; the client may retry.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -69,6 +73,18 @@ impl IntoResponse for AppError {
                 return (
                     StatusCode::UNAUTHORIZED,
                     [(WWW_AUTHENTICATE, "Bearer realm=\"analytics\"")],
+                    Json(body),
+                )
+                    .into_response();
+            }
+            AppError::RateLimited { retry_after_s } => {
+                let body = json!({
+                    "error": "rate limit exceeded",
+                    "details": {"retry_after_seconds": retry_after_s},
+                });
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(RETRY_AFTER, retry_after_s.to_string())],
                     Json(body),
                 )
                     .into_response();

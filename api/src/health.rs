@@ -13,15 +13,16 @@ use crate::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 async fn check(state: &AppState) -> (StatusCode, Value) {
-    let (db, cache) = tokio::join!(
+    let (db, cache, rate_limit) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, sink::queries::ping(&state.pool)),
-        state.cache.ping()
+        state.cache.ping(),
+        state.rate_limiter.health()
     );
     let db_ok = matches!(db, Ok(Ok(())));
     let sink_ok = !state.sink_degraded.load(Ordering::Relaxed);
     let status = if !db_ok {
         "unhealthy"
-    } else if !cache || !sink_ok {
+    } else if !cache || !sink_ok || rate_limit == "local" {
         "degraded"
     } else {
         "healthy"
@@ -39,6 +40,7 @@ async fn check(state: &AppState) -> (StatusCode, Value) {
             "database": if db_ok { "connected" } else { "disconnected" },
             "cache": if cache { "connected" } else { "disconnected" },
             "sink": if sink_ok { "ok" } else { "retrying" },
+            "rate_limit": rate_limit,
             "dataflow": if snapshot.as_of_ms > 0 { "running" } else { "starting" },
             "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "service": "analytics",

@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod params;
+pub mod ratelimit;
 pub mod request_id;
 pub mod series;
 pub mod state;
@@ -54,7 +55,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        // Inside the key check: with keys enabled, only verified keys name
+        // a bucket (random fake keys are refused before they get one).
+        .layer(axum::middleware::from_fn_with_state(
+            state.rate_limiter.clone(),
+            ratelimit::limit,
+        ));
     // Inside the metrics, trace and timeout layers: refusals are counted,
     // logged with the request id, and bounded in time like any request.
     let api = if settings.api_key_enabled {
@@ -106,6 +113,12 @@ fn cors(settings: &ApiSettings) -> CorsLayer {
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods(methods)
         .allow_headers(headers)
+        .expose_headers([
+            axum::http::HeaderName::from_static(ratelimit::LIMIT_HEADER),
+            axum::http::HeaderName::from_static(ratelimit::REMAINING_HEADER),
+            axum::http::HeaderName::from_static(ratelimit::RESET_HEADER),
+            axum::http::header::RETRY_AFTER,
+        ])
         .max_age(Duration::from_secs(600))
 }
 

@@ -63,6 +63,37 @@ pub static AUTH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    or_die(
+        register_int_counter_vec!(
+            "analytics_rate_limited_total",
+            "API requests refused with 429, by the store that refused them (redis or local)",
+            &["store"]
+        ),
+        "analytics_rate_limited_total",
+    )
+});
+
+pub static RATE_LIMIT_FALLBACKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_rate_limit_fallback_total",
+            "Switches of the rate limiter from Redis to the local in-process limiter"
+        ),
+        "analytics_rate_limit_fallback_total",
+    )
+});
+
+pub static RATE_LIMIT_LOCAL: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_rate_limit_local",
+            "1 while the rate limiter runs on the local in-process limiter (Redis unreachable)"
+        ),
+        "analytics_rate_limit_local",
+    )
+});
+
 /// Middleware: in-flight gauge and latency histogram per matched route.
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request

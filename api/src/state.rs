@@ -82,6 +82,8 @@ pub struct AppState {
     pub stats: Arc<IngestionStats>,
     /// Set by the sink writer while its commits fail.
     pub sink_degraded: Arc<AtomicBool>,
+    /// Rate limiting of `/api/v1/*` (Redis, local fallback, or disabled).
+    pub rate_limiter: crate::ratelimit::RateLimiter,
 }
 
 impl AppState {

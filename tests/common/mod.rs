@@ -81,6 +81,8 @@ pub struct TestEnv {
     pub active_users_window: String,
     /// `analytics.dashboard.strategy_timeout` (humantime).
     pub strategy_timeout: String,
+    /// `security.rate_limit` as (requests_per_minute, burst); `None`: off.
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 impl TestEnv {
@@ -143,6 +145,7 @@ impl TestEnv {
             args: Vec::new(),
             active_users_window: "5m".into(),
             strategy_timeout: "15m".into(),
+            rate_limit: None,
         };
         env.write_config();
         env
@@ -169,6 +172,7 @@ impl TestEnv {
             args: Vec::new(),
             active_users_window: "5m".into(),
             strategy_timeout: "15m".into(),
+            rate_limit: self.rate_limit,
         };
         env.write_config();
         env
@@ -185,6 +189,13 @@ impl TestEnv {
     pub fn set_ports(&mut self, db_port: u16, redis_port: u16) {
         self.db_port = db_port;
         self.redis_port = redis_port;
+        self.write_config();
+    }
+
+    /// Turns rate limiting on with these limits (before `start`); Redis is
+    /// the one of [`TestEnv::set_ports`].
+    pub fn set_rate_limit(&mut self, requests_per_minute: u32, burst: u32) {
+        self.rate_limit = Some((requests_per_minute, burst));
         self.write_config();
     }
 
@@ -233,7 +244,9 @@ health:
 security:
   api_key_enabled: false
   rate_limit:
-    enabled: false
+    enabled: {rl_enabled}
+    requests_per_minute: {rl_rpm}
+    burst: {rl_burst}
 "#,
             api = self.api_port,
             db = self.database,
@@ -244,6 +257,9 @@ security:
             redis_port = self.redis_port,
             active_users_window = self.active_users_window,
             strategy_timeout = self.strategy_timeout,
+            rl_enabled = self.rate_limit.is_some(),
+            rl_rpm = self.rate_limit.map_or(1000, |(rpm, _)| rpm),
+            rl_burst = self.rate_limit.map_or(100, |(_, burst)| burst),
         );
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
