@@ -116,6 +116,8 @@ pub enum DeadReason {
     InvalidField,
     BadTimestamp,
     TimestampOutOfRange,
+    /// The event violates the JSON Schema of its custom type.
+    SchemaViolation,
 }
 
 impl DeadReason {
@@ -129,6 +131,7 @@ impl DeadReason {
         DeadReason::InvalidField,
         DeadReason::BadTimestamp,
         DeadReason::TimestampOutOfRange,
+        DeadReason::SchemaViolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,8 +145,22 @@ impl DeadReason {
             DeadReason::InvalidField => "invalid_field",
             DeadReason::BadTimestamp => "bad_timestamp",
             DeadReason::TimestampOutOfRange => "timestamp_out_of_range",
+            DeadReason::SchemaViolation => "schema_violation",
         }
     }
+
+    /// The reason named `s` (the inverse of [`DeadReason::as_str`]).
+    pub fn parse(s: &str) -> Option<DeadReason> {
+        DeadReason::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+/// One error found in an input: where (a JSON pointer into the event, `""`
+/// for the whole input) and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub message: String,
 }
 
 /// A refused input: why, and in words.
@@ -152,6 +169,8 @@ impl DeadReason {
 pub struct ParseError {
     pub reason: DeadReason,
     pub detail: String,
+    /// The JSON pointer of the offending field (`""`: the whole input).
+    pub pointer: &'static str,
 }
 
 impl ParseError {
@@ -159,6 +178,20 @@ impl ParseError {
         ParseError {
             reason,
             detail: detail.into(),
+            pointer: "",
+        }
+    }
+
+    fn at(mut self, pointer: &'static str) -> Self {
+        self.pointer = pointer;
+        self
+    }
+
+    /// The error as the one entry of a dead letter's `errors`.
+    pub fn field_error(&self) -> FieldError {
+        FieldError {
+            pointer: self.pointer.to_string(),
+            message: self.detail.clone(),
         }
     }
 }
@@ -168,9 +201,45 @@ impl ParseError {
 pub struct DeadLetter {
     pub reason: DeadReason,
     pub detail: String,
+    /// Every error found, with its JSON pointer (stored in the `errors` column).
+    #[serde(default)]
+    pub errors: Vec<FieldError>,
     pub payload: Vec<u8>,
     pub source: EventSource,
     pub received_at_us: i64,
+}
+
+impl DeadLetter {
+    /// The dead letter of an input refused by the parser.
+    pub fn parse_failure(
+        err: ParseError,
+        payload: &[u8],
+        source: EventSource,
+        received_at_us: i64,
+    ) -> Self {
+        DeadLetter {
+            errors: vec![err.field_error()],
+            reason: err.reason,
+            detail: err.detail,
+            payload: payload.to_vec(),
+            source,
+            received_at_us,
+        }
+    }
+}
+
+/// The `event_type` of a refused payload, when it is a JSON object with a
+/// string `event_type` of at most 255 bytes (stored with the dead letter).
+pub fn extract_event_type(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(default, borrow)]
+        event_type: Option<&'a RawValue>,
+    }
+    let wire: TypeOnly<'_> = serde_json::from_slice(payload).ok()?;
+    let raw = wire.event_type?;
+    let t: String = serde_json::from_str(raw.get()).ok()?;
+    (!t.trim().is_empty() && t.len() <= 255).then_some(t)
 }
 
 /// What the Kafka source emits, per worker, at a tick.
@@ -210,9 +279,9 @@ impl Default for TimeBounds {
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    event_type: Option<Cow<'a, str>>,
+    event_type: Option<&'a RawValue>,
     #[serde(default, borrow)]
     user_id: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -220,7 +289,23 @@ struct Wire<'a> {
     #[serde(default, borrow)]
     properties: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    timestamp: Option<Cow<'a, str>>,
+    timestamp: Option<&'a RawValue>,
+}
+
+/// A string field, borrowed when it holds no escapes.
+fn string_field<'a>(raw: &'a RawValue, pointer: &'static str) -> Result<Cow<'a, str>, ParseError> {
+    if let Ok(s) = serde_json::from_str::<&'a str>(raw.get()) {
+        return Ok(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Cow::Owned)
+        .map_err(|_| {
+            ParseError::new(
+                DeadReason::InvalidField,
+                format!("{} must be a string", &pointer[1..]),
+            )
+            .at(pointer)
+        })
 }
 
 /// Parses one event from raw bytes.
@@ -270,34 +355,42 @@ pub fn parse_value(
     }
     let wire: Wire<'_> = serde_json::from_str(value.get())
         .map_err(|e| ParseError::new(DeadReason::InvalidField, e.to_string()))?;
-    let event_type = match wire.event_type {
+    let event_type = match wire
+        .event_type
+        .map(|raw| string_field(raw, "/event_type"))
+        .transpose()?
+    {
         Some(t) if !t.trim().is_empty() => t.into_owned(),
         Some(_) => {
             return Err(ParseError::new(
                 DeadReason::InvalidField,
                 "event_type must not be empty",
-            ))
+            )
+            .at("/event_type"))
         }
         None => {
             return Err(ParseError::new(
                 DeadReason::MissingField,
                 "event_type is required",
-            ))
+            )
+            .at("/event_type"))
         }
     };
     if event_type.len() > 255 {
         return Err(ParseError::new(
             DeadReason::InvalidField,
             "event_type longer than 255 bytes",
-        ));
+        )
+        .at("/event_type"));
     }
-    let id = match wire.id {
+    let id = match wire.id.map(|raw| string_field(raw, "/id")).transpose()? {
         Some(s) => Uuid::parse_str(&s)
-            .map_err(|e| ParseError::new(DeadReason::InvalidField, format!("id: {e}")))?,
+            .map_err(|e| ParseError::new(DeadReason::InvalidField, format!("id: {e}")).at("/id"))?,
         None => default_id(),
     };
-    let user_id = optional_string("user_id", wire.user_id)?;
-    let session_id = optional_string("session_id", wire.session_id)?;
+    let user_id = optional_string("user_id", wire.user_id).map_err(|e| e.at("/user_id"))?;
+    let session_id =
+        optional_string("session_id", wire.session_id).map_err(|e| e.at("/session_id"))?;
     let properties = match wire.properties {
         None => "{}".to_string(),
         Some(raw) if raw.get() == "null" => "{}".to_string(),
@@ -306,14 +399,20 @@ pub fn parse_value(
             return Err(ParseError::new(
                 DeadReason::InvalidField,
                 "properties must be a JSON object",
-            ))
+            )
+            .at("/properties"))
         }
     };
-    let timestamp_us = match wire.timestamp {
+    let timestamp_us = match wire
+        .timestamp
+        .map(|raw| string_field(raw, "/timestamp"))
+        .transpose()?
+    {
         None => now_us,
         Some(s) => {
             let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
                 ParseError::new(DeadReason::BadTimestamp, format!("timestamp {s:?}: {e}"))
+                    .at("/timestamp")
             })?;
             t.timestamp_micros()
         }
@@ -325,7 +424,8 @@ pub fn parse_value(
                 "timestamp {} outside the accepted range",
                 format_us(timestamp_us)
             ),
-        ));
+        )
+        .at("/timestamp"));
     }
     Ok(Event {
         id,
