@@ -7,6 +7,8 @@
 //! its `as_of`; history comes from PostgreSQL through the `sink` crate.
 
 pub mod cache;
+pub mod custom_events;
+pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -20,7 +22,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -38,6 +40,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/stats", get(stats::stats))
         .route("/api/v1/metrics", get(series::series))
         .route("/api/v1/metrics/names", get(series::names))
+        .route(
+            "/api/v1/custom-events",
+            get(custom_events::list).post(custom_events::create),
+        )
+        .route(
+            "/api/v1/custom-events/{name}",
+            get(custom_events::get)
+                .put(custom_events::update)
+                .delete(custom_events::deactivate),
+        )
+        .route("/api/v1/dead-letters", get(dead_letters::list))
+        .route("/api/v1/dead-letters/{id}", get(dead_letters::get))
+        .route(
+            "/api/v1/dead-letters/{id}/replay",
+            post(dead_letters::replay),
+        )
         .route(
             "/api/v1/internal/ingestion-metrics",
             get(health::ingestion_metrics),

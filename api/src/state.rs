@@ -68,6 +68,8 @@ pub struct AppState {
     pub stats: Arc<IngestionStats>,
     /// Set by the sink writer while its commits fail.
     pub sink_degraded: Arc<AtomicBool>,
+    /// The validators shared with the Kafka source, and how to refresh them.
+    pub schemas: Arc<sink::schema_sync::SchemaSync>,
 }
 
 impl AppState {

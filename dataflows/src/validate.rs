@@ -587,7 +587,10 @@ mod tests {
         assert!(!r.changed);
         assert_eq!(r.compiled, 0);
         assert_eq!(registry.version(), v1);
-        assert!(Arc::ptr_eq(&first, registry.snapshot().get("a").expect("a")));
+        assert!(Arc::ptr_eq(
+            &first,
+            registry.snapshot().get("a").expect("a")
+        ));
         let r = registry.replace(vec![spec("a", 2, json!({"type": "object"}))]);
         assert!(r.changed && r.compiled == 1);
         let r = registry.replace(vec![spec("b", 1, json!({"type": 7}))]);
@@ -610,9 +613,15 @@ mod tests {
     #[test]
     fn builtin_checks() {
         let ok = [
-            ("order.placed", json!({"symbol": "BTCUSDT", "side": "BUY", "price": 50000, "quantity": "0.1", "order_id": "o1", "strategy_id": "s1"})),
+            (
+                "order.placed",
+                json!({"symbol": "BTCUSDT", "side": "BUY", "price": 50000, "quantity": "0.1", "order_id": "o1", "strategy_id": "s1"}),
+            ),
             ("order.canceled", json!({"symbol": "ETHUSDT", "side": null})),
-            ("market.data.update", json!({"symbol": "BTCUSDT", "price": "50000.5"})),
+            (
+                "market.data.update",
+                json!({"symbol": "BTCUSDT", "price": "50000.5"}),
+            ),
             ("page.view", json!({})),
             ("position.opened", json!({"side": "SELL", "quantity": 1e-3})),
         ];
@@ -621,8 +630,16 @@ mod tests {
         }
         let bad = [
             ("order.placed", json!({}), vec!["/properties/symbol"]),
-            ("order.filled", json!({"symbol": 7}), vec!["/properties/symbol"]),
-            ("order.placed", json!({"symbol": "X", "side": "buy"}), vec!["/properties/side"]),
+            (
+                "order.filled",
+                json!({"symbol": 7}),
+                vec!["/properties/symbol"],
+            ),
+            (
+                "order.placed",
+                json!({"symbol": "X", "side": "buy"}),
+                vec!["/properties/side"],
+            ),
             (
                 "order.placed",
                 json!({"symbol": "X", "price": "cheap", "quantity": true}),
@@ -633,7 +650,11 @@ mod tests {
                 json!({"strategy_id": 5, "order_id": ["x"]}),
                 vec!["/properties/order_id", "/properties/strategy_id"],
             ),
-            ("market.data.update", json!({"price": "NaN"}), vec!["/properties/price"]),
+            (
+                "market.data.update",
+                json!({"price": "NaN"}),
+                vec!["/properties/price"],
+            ),
         ];
         for (t, p, pointers) in bad {
             let err = builtin_check(t, &p.to_string()).expect_err("refused");

@@ -7,8 +7,14 @@ use tracing::info;
 use crate::SinkError;
 
 /// `(version, name, sql)` of every migration, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        3,
+        "custom_events",
+        include_str!("../../migrations/0003_custom_events.sql"),
+    ),
+];
 
 const LOCK_KEY: i64 = 0x616e_616c_7974_6963; // "analytic"
 
