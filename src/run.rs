@@ -23,9 +23,13 @@ use sink::partitions::Partitions;
 use sink::{DbSettings, Pool};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::config::Config;
+
+/// How often the custom event schemas are re-read from PostgreSQL besides
+/// the `NOTIFY` of every change (a safety net for a lost notification).
+const SCHEMA_REFRESH: Duration = Duration::from_secs(5);
 
 /// Where this process sits in the timely cluster.
 #[derive(Debug, Clone)]
@@ -212,8 +216,15 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
     };
 
-    let (pool, partitions, restored) = rt.block_on(async {
+    let validators = Arc::new(dataflows::validate::Registry::default());
+    let (pool, partitions, restored, schemas) = rt.block_on(async {
         let pool = prepare_database(&config).await?;
+        // Custom event schemas are in force before the first message is read.
+        let schemas = Arc::new(sink::schema_sync::SchemaSync::new(
+            pool.clone(),
+            Arc::clone(&validators),
+        ));
+        schemas.reload().await.context("custom event definitions")?;
         let partitions = Arc::new(Partitions::default());
         let client = pool.get().await?;
         partitions
@@ -243,8 +254,13 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         } else {
             Restored::default()
         };
-        anyhow::Ok((pool, partitions, restored))
+        anyhow::Ok((pool, partitions, restored, schemas))
     })?;
+    rt.spawn(
+        Arc::clone(&schemas)
+            .run(db_settings(&config), SCHEMA_REFRESH)
+            .instrument(tracing::info_span!("schema_sync")),
+    );
 
     let kafka = KafkaSettings {
         brokers: config.kafka_brokers(),
@@ -315,6 +331,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         snapshots: Arc::new(snap_tx),
         restored: Mutex::new(Some(restored)),
         shutdown: Arc::clone(&shutdown),
+        validators,
     });
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(timely_config, move |worker| {
@@ -373,6 +390,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         stats,
         sink_degraded,
         rate_limiter: rate_limiter(&config),
+        schemas,
     };
 
     let result = rt.block_on(async {

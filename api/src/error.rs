@@ -14,6 +14,19 @@ pub enum AppError {
     /// A parameter or body is wrong; `details` says which and why.
     #[error("{message}")]
     BadRequest { message: String, details: Value },
+    /// Refused events (400: malformed, 422: valid JSON that breaks the
+    /// rules of its type); `details` lists every error, `dead_letters` how
+    /// many rows were stored for them (when any were).
+    #[error("{message}")]
+    Rejected {
+        status: StatusCode,
+        message: String,
+        details: Value,
+        dead_letters: Option<usize>,
+    },
+    /// The resource exists already.
+    #[error("{0}")]
+    Conflict(String),
     #[error("not found")]
     NotFound,
     /// No key, or a malformed, unknown or revoked one (401).
@@ -60,6 +73,22 @@ impl IntoResponse for AppError {
             AppError::BadRequest { message, details } => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": message, "details": details}),
+            ),
+            AppError::Rejected {
+                status,
+                message,
+                details,
+                dead_letters,
+            } => {
+                let mut body = json!({"error": message, "details": details});
+                if let Some(n) = dead_letters {
+                    body["dead_letters"] = json!(n);
+                }
+                (*status, body)
+            }
+            AppError::Conflict(message) => (
+                StatusCode::CONFLICT,
+                json!({"error": message, "details": null}),
             ),
             AppError::NotFound => (
                 StatusCode::NOT_FOUND,

@@ -1,4 +1,5 @@
-//! `POST /api/v1/events` and `GET /api/v1/events`.
+//! `POST /api/v1/events` (parse, validate, commit or refuse into dead
+//! letters) and `GET /api/v1/events`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use dataflows::event::{parse_value, DeadLetter, DeadReason, EventSource, ParseError};
+use dataflows::event::{parse_value, DeadLetter, DeadReason, Event, EventSource, FieldError};
 use dataflows::windows::contribute;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -17,42 +18,49 @@ use uuid::Uuid;
 use crate::params::TimeRange;
 use crate::{AppError, AppState};
 
+/// Most error entries in one refusal; every dead letter keeps its own.
+const MAX_ERROR_ENTRIES: usize = 10_000;
+
 /// Accepts one event or an array of events. Answers 201 only after the
-/// rows are committed in PostgreSQL; a batch is all or nothing.
+/// rows are committed in PostgreSQL; a batch is all or nothing. A refusal
+/// lists every error with the item's `index` and a JSON `pointer` into it:
+/// 400 when an item is malformed (not JSON, missing or mistyped fields),
+/// 422 when every refused item is well-formed but breaks the rules of its
+/// type (its custom JSON Schema, or the built-in checks of a known type).
+/// Each refused item is stored as a dead letter before the answer.
 pub async fn ingest(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let now_us = dataflows::time::now_ms() as i64 * 1000;
-    let dead_letter = |reason: DeadReason, detail: String, payload: &[u8]| DeadLetter {
-        reason,
-        detail,
-        payload: payload.to_vec(),
-        source: EventSource::Rest,
-        received_at_us: now_us,
+    let whole = |reason: DeadReason, detail: String| {
+        let entry =
+            json!([{"index": null, "reason": reason.as_str(), "pointer": "", "error": detail}]);
+        let dead = DeadLetter {
+            reason,
+            detail: detail.clone(),
+            errors: vec![FieldError {
+                pointer: String::new(),
+                message: detail,
+            }],
+            payload: body.to_vec(),
+            source: EventSource::Rest,
+            received_at_us: now_us,
+        };
+        (vec![dead], entry)
     };
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
         Err(e) => {
-            let dl = dead_letter(DeadReason::InvalidUtf8, e.to_string(), &body);
-            return Err(refuse(
-                &state,
-                vec![dl],
-                json!([{"index": null, "reason": "invalid_utf8", "error": e.to_string()}]),
-            )
-            .await);
+            let (dead, details) = whole(DeadReason::InvalidUtf8, e.to_string());
+            return Err(refuse(&state, dead, details, true).await);
         }
     };
     let (items, batch): (Vec<&RawValue>, bool) = match parse_body(text) {
         Ok(parsed) => parsed,
         Err(e) => {
-            let dl = dead_letter(DeadReason::MalformedJson, e.clone(), &body);
-            return Err(refuse(
-                &state,
-                vec![dl],
-                json!([{"index": null, "reason": "malformed_json", "error": e}]),
-            )
-            .await);
+            let (dead, details) = whole(DeadReason::MalformedJson, e);
+            return Err(refuse(&state, dead, details, true).await);
         }
     };
     if items.is_empty() {
@@ -67,10 +75,13 @@ pub async fn ingest(
             ),
         ));
     }
+    let validators = state.schemas.registry().snapshot();
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     let mut dead = Vec::new();
+    let mut malformed = false;
     for (index, raw) in items.iter().enumerate() {
+        let payload = raw.get().as_bytes();
         match parse_value(
             raw,
             EventSource::Rest,
@@ -78,19 +89,64 @@ pub async fn ingest(
             now_us,
             state.settings.time_bounds,
         ) {
-            Ok(e) => events.push(e),
-            Err(ParseError { reason, detail }) => {
-                errors.push(json!({"index": index, "reason": reason.as_str(), "error": detail}));
-                dead.push(dead_letter(reason, detail, raw.get().as_bytes()));
+            Ok(event) => match validators.validate(&event) {
+                Ok(()) => events.push(event),
+                Err(rejection) => {
+                    for e in &rejection.errors {
+                        errors.push(json!({
+                            "index": index,
+                            "reason": rejection.reason.as_str(),
+                            "pointer": e.pointer,
+                            "error": e.message,
+                        }));
+                    }
+                    dead.push(rejection.into_dead_letter(payload, EventSource::Rest, now_us));
+                }
+            },
+            Err(err) => {
+                malformed = true;
+                errors.push(json!({
+                    "index": index,
+                    "reason": err.reason.as_str(),
+                    "pointer": err.pointer,
+                    "error": err.detail,
+                }));
+                dead.push(DeadLetter::parse_failure(
+                    err,
+                    payload,
+                    EventSource::Rest,
+                    now_us,
+                ));
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(refuse(&state, dead, Value::Array(errors)).await);
+    if !dead.is_empty() {
+        if errors.len() > MAX_ERROR_ENTRIES {
+            let more = errors.len() - MAX_ERROR_ENTRIES;
+            errors.truncate(MAX_ERROR_ENTRIES);
+            errors.push(json!({"index": null, "reason": null, "pointer": "", "error": format!("{more} more errors not listed")}));
+        }
+        return Err(refuse(&state, dead, Value::Array(errors), malformed).await);
     }
+    commit_events(&state, &events).await?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let body = if batch {
+        json!({"success": true, "event_ids": ids, "count": ids.len()})
+    } else {
+        json!({"success": true, "event_id": ids[0]})
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Commits valid events through the REST write path and hands the new
+/// ones (not stored before under the same id) to the live state; returns them.
+pub(crate) async fn commit_events(
+    state: &AppState,
+    events: &[Event],
+) -> Result<Vec<Event>, AppError> {
     let spec = Arc::clone(&state.windows);
     let guard = Arc::clone(&state.guard);
-    let committed = sink::rest::commit_rest(&state.pool, &state.partitions, &events, &[], |new| {
+    let committed = sink::rest::commit_rest(&state.pool, &state.partitions, events, &[], |new| {
         let mut partials = HashMap::new();
         if let Ok(mut guard) = guard.lock() {
             for event in new {
@@ -102,14 +158,9 @@ pub async fn ingest(
     .await?;
     state.committed_windows.push(committed.windows);
     sink::writer::publish_committed(&state.feed, &committed.events);
+    let new = committed.events.clone();
     state.committed.push(committed.events);
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let body = if batch {
-        json!({"success": true, "event_ids": ids, "count": ids.len()})
-    } else {
-        json!({"success": true, "event_id": ids[0]})
-    };
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok(new)
 }
 
 fn parse_body(text: &str) -> Result<(Vec<&RawValue>, bool), String> {
@@ -124,16 +175,31 @@ fn parse_body(text: &str) -> Result<(Vec<&RawValue>, bool), String> {
     }
 }
 
-/// Records refused inputs as dead letters and builds the 400 answer.
-async fn refuse(state: &AppState, dead: Vec<DeadLetter>, details: Value) -> AppError {
+/// Stores refused inputs as dead letters, then builds the 400 (malformed)
+/// or 422 (rules of the type) answer; 503 when they cannot be stored.
+async fn refuse(
+    state: &AppState,
+    dead: Vec<DeadLetter>,
+    details: Value,
+    malformed: bool,
+) -> AppError {
     if let Err(e) =
         sink::rest::commit_rest(&state.pool, &state.partitions, &[], &dead, |_| Vec::new()).await
     {
         tracing::warn!(error = %e, "cannot store rest dead letters");
+        return AppError::from(e);
     }
-    AppError::BadRequest {
-        message: "invalid event".into(),
+    let schema = dead.iter().any(|d| d.reason == DeadReason::SchemaViolation);
+    let (status, message) = match (malformed, schema) {
+        (true, _) => (StatusCode::BAD_REQUEST, "invalid event"),
+        (false, true) => (StatusCode::UNPROCESSABLE_ENTITY, "schema violation"),
+        (false, false) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid event fields"),
+    };
+    AppError::Rejected {
+        status,
+        message: message.into(),
         details,
+        dead_letters: Some(dead.len()),
     }
 }
 

@@ -8,7 +8,9 @@
 
 pub mod auth;
 pub mod cache;
+pub mod custom_events;
 pub mod dashboard;
+pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -48,6 +50,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/metrics", get(series::series))
         .route("/api/v1/metrics/names", get(series::names))
+        .route(
+            "/api/v1/custom-events",
+            get(custom_events::list).post(custom_events::create),
+        )
+        .route(
+            "/api/v1/custom-events/{name}",
+            get(custom_events::get)
+                .put(custom_events::update)
+                .delete(custom_events::deactivate),
+        )
+        .route("/api/v1/dead-letters", get(dead_letters::list))
+        .route("/api/v1/dead-letters/{id}", get(dead_letters::get))
+        .route(
+            "/api/v1/dead-letters/{id}/replay",
+            post(dead_letters::replay),
+        )
         .route(
             "/api/v1/internal/ingestion-metrics",
             get(health::ingestion_metrics),

@@ -84,6 +84,8 @@ pub struct AppState {
     pub sink_degraded: Arc<AtomicBool>,
     /// Rate limiting of `/api/v1/*` (Redis, local fallback, or disabled).
     pub rate_limiter: crate::ratelimit::RateLimiter,
+    /// The validators shared with the Kafka source, and how to refresh them.
+    pub schemas: Arc<sink::schema_sync::SchemaSync>,
 }
 
 impl AppState {

@@ -17,6 +17,10 @@ use uuid::Uuid;
 /// (UUID v5 of `topic/partition/offset`).
 pub const KAFKA_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_4c0e_93d2_4b7a_8e51_c0ff_ee00_2025);
 
+/// Namespace of the ids of events replayed from dead letters (UUID v5 of
+/// `dead-letter/<id>`), so that replaying twice stores the event once.
+pub const REPLAY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x2f0c_7d61_5b3e_4e8a_a1d4_dead_1e77_2025);
+
 /// Largest accepted payload, in bytes; larger messages are dead letters.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
@@ -116,6 +120,8 @@ pub enum DeadReason {
     InvalidField,
     BadTimestamp,
     TimestampOutOfRange,
+    /// The event violates the JSON Schema of its custom type.
+    SchemaViolation,
 }
 
 impl DeadReason {
@@ -129,6 +135,7 @@ impl DeadReason {
         DeadReason::InvalidField,
         DeadReason::BadTimestamp,
         DeadReason::TimestampOutOfRange,
+        DeadReason::SchemaViolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,8 +149,22 @@ impl DeadReason {
             DeadReason::InvalidField => "invalid_field",
             DeadReason::BadTimestamp => "bad_timestamp",
             DeadReason::TimestampOutOfRange => "timestamp_out_of_range",
+            DeadReason::SchemaViolation => "schema_violation",
         }
     }
+
+    /// The reason named `s` (the inverse of [`DeadReason::as_str`]).
+    pub fn parse(s: &str) -> Option<DeadReason> {
+        DeadReason::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+/// One error found in an input: where (a JSON pointer into the event, `""`
+/// for the whole input) and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub message: String,
 }
 
 /// A refused input: why, and in words.
@@ -152,6 +173,8 @@ impl DeadReason {
 pub struct ParseError {
     pub reason: DeadReason,
     pub detail: String,
+    /// The JSON pointer of the offending field (`""`: the whole input).
+    pub pointer: &'static str,
 }
 
 impl ParseError {
@@ -159,6 +182,20 @@ impl ParseError {
         ParseError {
             reason,
             detail: detail.into(),
+            pointer: "",
+        }
+    }
+
+    fn at(mut self, pointer: &'static str) -> Self {
+        self.pointer = pointer;
+        self
+    }
+
+    /// The error as the one entry of a dead letter's `errors`.
+    pub fn field_error(&self) -> FieldError {
+        FieldError {
+            pointer: self.pointer.to_string(),
+            message: self.detail.clone(),
         }
     }
 }
@@ -168,9 +205,45 @@ impl ParseError {
 pub struct DeadLetter {
     pub reason: DeadReason,
     pub detail: String,
+    /// Every error found, with its JSON pointer (stored in the `errors` column).
+    #[serde(default)]
+    pub errors: Vec<FieldError>,
     pub payload: Vec<u8>,
     pub source: EventSource,
     pub received_at_us: i64,
+}
+
+impl DeadLetter {
+    /// The dead letter of an input refused by the parser.
+    pub fn parse_failure(
+        err: ParseError,
+        payload: &[u8],
+        source: EventSource,
+        received_at_us: i64,
+    ) -> Self {
+        DeadLetter {
+            errors: vec![err.field_error()],
+            reason: err.reason,
+            detail: err.detail,
+            payload: payload.to_vec(),
+            source,
+            received_at_us,
+        }
+    }
+}
+
+/// The `event_type` of a refused payload, when it is a JSON object with a
+/// string `event_type` of at most 255 bytes (stored with the dead letter).
+pub fn extract_event_type(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(default, borrow)]
+        event_type: Option<&'a RawValue>,
+    }
+    let wire: TypeOnly<'_> = serde_json::from_slice(payload).ok()?;
+    let raw = wire.event_type?;
+    let t: String = serde_json::from_str(raw.get()).ok()?;
+    (!t.trim().is_empty() && t.len() <= 255 && !t.contains('\0')).then_some(t)
 }
 
 /// What the Kafka source emits, per worker, at a tick.
@@ -198,6 +271,19 @@ pub struct TimeBounds {
     pub max_future_us: i64,
 }
 
+impl TimeBounds {
+    /// No bounds at all (for re-reading an input whose bounds are checked later).
+    pub const UNBOUNDED: TimeBounds = TimeBounds {
+        max_age_us: i64::MAX / 4,
+        max_future_us: i64::MAX / 4,
+    };
+
+    /// Whether an event time is acceptable at `now_us`.
+    pub fn admits(&self, now_us: i64, timestamp_us: i64) -> bool {
+        timestamp_us >= now_us - self.max_age_us && timestamp_us <= now_us + self.max_future_us
+    }
+}
+
 impl Default for TimeBounds {
     fn default() -> Self {
         TimeBounds {
@@ -210,9 +296,9 @@ impl Default for TimeBounds {
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    event_type: Option<Cow<'a, str>>,
+    event_type: Option<&'a RawValue>,
     #[serde(default, borrow)]
     user_id: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -220,7 +306,23 @@ struct Wire<'a> {
     #[serde(default, borrow)]
     properties: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    timestamp: Option<Cow<'a, str>>,
+    timestamp: Option<&'a RawValue>,
+}
+
+/// A string field, borrowed when it holds no escapes.
+fn string_field<'a>(raw: &'a RawValue, pointer: &'static str) -> Result<Cow<'a, str>, ParseError> {
+    if let Ok(s) = serde_json::from_str::<&'a str>(raw.get()) {
+        return Ok(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Cow::Owned)
+        .map_err(|_| {
+            ParseError::new(
+                DeadReason::InvalidField,
+                format!("{} must be a string", &pointer[1..]),
+            )
+            .at(pointer)
+        })
 }
 
 /// Parses one event from raw bytes.
@@ -270,34 +372,39 @@ pub fn parse_value(
     }
     let wire: Wire<'_> = serde_json::from_str(value.get())
         .map_err(|e| ParseError::new(DeadReason::InvalidField, e.to_string()))?;
-    let event_type = match wire.event_type {
+    let event_type = match wire
+        .event_type
+        .map(|raw| string_field(raw, "/event_type"))
+        .transpose()?
+    {
         Some(t) if !t.trim().is_empty() => t.into_owned(),
         Some(_) => {
-            return Err(ParseError::new(
-                DeadReason::InvalidField,
-                "event_type must not be empty",
-            ))
+            return Err(
+                ParseError::new(DeadReason::InvalidField, "event_type must not be empty")
+                    .at("/event_type"),
+            )
         }
         None => {
-            return Err(ParseError::new(
-                DeadReason::MissingField,
-                "event_type is required",
-            ))
+            return Err(
+                ParseError::new(DeadReason::MissingField, "event_type is required")
+                    .at("/event_type"),
+            )
         }
     };
     if event_type.len() > 255 {
-        return Err(ParseError::new(
-            DeadReason::InvalidField,
-            "event_type longer than 255 bytes",
-        ));
+        return Err(
+            ParseError::new(DeadReason::InvalidField, "event_type longer than 255 bytes")
+                .at("/event_type"),
+        );
     }
-    let id = match wire.id {
+    let id = match wire.id.map(|raw| string_field(raw, "/id")).transpose()? {
         Some(s) => Uuid::parse_str(&s)
-            .map_err(|e| ParseError::new(DeadReason::InvalidField, format!("id: {e}")))?,
+            .map_err(|e| ParseError::new(DeadReason::InvalidField, format!("id: {e}")).at("/id"))?,
         None => default_id(),
     };
-    let user_id = optional_string("user_id", wire.user_id)?;
-    let session_id = optional_string("session_id", wire.session_id)?;
+    let user_id = optional_string("user_id", wire.user_id).map_err(|e| e.at("/user_id"))?;
+    let session_id =
+        optional_string("session_id", wire.session_id).map_err(|e| e.at("/session_id"))?;
     let properties = match wire.properties {
         None => "{}".to_string(),
         Some(raw) if raw.get() == "null" => "{}".to_string(),
@@ -306,26 +413,49 @@ pub fn parse_value(
             return Err(ParseError::new(
                 DeadReason::InvalidField,
                 "properties must be a JSON object",
-            ))
+            )
+            .at("/properties"))
         }
     };
-    let timestamp_us = match wire.timestamp {
+    check_storable_json(&properties).map_err(|e| {
+        ParseError::new(DeadReason::InvalidField, format!("properties: {e}")).at("/properties")
+    })?;
+    for (pointer, text) in [
+        ("/event_type", Some(event_type.as_str())),
+        ("/user_id", user_id.as_deref()),
+        ("/session_id", session_id.as_deref()),
+    ] {
+        if text.is_some_and(|t| t.contains('\0')) {
+            return Err(ParseError::new(
+                DeadReason::InvalidField,
+                format!("{} must not contain NUL characters", &pointer[1..]),
+            )
+            .at(pointer));
+        }
+    }
+    let timestamp_us = match wire
+        .timestamp
+        .map(|raw| string_field(raw, "/timestamp"))
+        .transpose()?
+    {
         None => now_us,
         Some(s) => {
             let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
                 ParseError::new(DeadReason::BadTimestamp, format!("timestamp {s:?}: {e}"))
+                    .at("/timestamp")
             })?;
             t.timestamp_micros()
         }
     };
-    if timestamp_us < now_us - bounds.max_age_us || timestamp_us > now_us + bounds.max_future_us {
+    if !bounds.admits(now_us, timestamp_us) {
         return Err(ParseError::new(
             DeadReason::TimestampOutOfRange,
             format!(
                 "timestamp {} outside the accepted range",
                 format_us(timestamp_us)
             ),
-        ));
+        )
+        .at("/timestamp"));
     }
     Ok(Event {
         id,
@@ -358,6 +488,96 @@ fn optional_string(field: &str, raw: Option<&RawValue>) -> Result<Option<String>
         DeadReason::InvalidField,
         format!("{field} must be a string"),
     ))
+}
+
+/// Largest exponent, in absolute value, of a number in `properties`.
+pub const MAX_JSON_EXPONENT: i64 = 400;
+
+/// Most digits in the mantissa of a number in `properties`.
+pub const MAX_JSON_DIGITS: usize = 1000;
+
+/// Checks that valid JSON text can be stored as PostgreSQL `jsonb`, which
+/// refuses what JSON allows: `\u0000`, unpaired surrogate escapes, and
+/// numbers beyond `numeric` (which `jsonb` also expands to all their
+/// digits, so exponents and mantissas are bounded well below that). One
+/// such row would otherwise fail every retry of the transaction carrying it.
+pub fn check_storable_json(text: &str) -> Result<(), &'static str> {
+    let b = text.as_bytes();
+    let hex4 = |at: usize| -> Option<u32> {
+        let h = b.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let Some(off) = b[i..].iter().position(|&c| c == b'"' || c == b'\\') else {
+                        return Ok(());
+                    };
+                    i += off;
+                    if b[i] == b'"' {
+                        i += 1;
+                        break;
+                    }
+                    if b.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    let cp = hex4(i + 2).ok_or("bad unicode escape")?;
+                    i += 6;
+                    if cp == 0 {
+                        return Err("\\u0000 cannot be stored");
+                    }
+                    if (0xDC00..0xE000).contains(&cp) {
+                        return Err("unpaired surrogate escape");
+                    }
+                    if (0xD800..0xDC00).contains(&cp) {
+                        let low = (b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u'))
+                            .then(|| hex4(i + 2))
+                            .flatten();
+                        match low {
+                            Some(lo) if (0xDC00..0xE000).contains(&lo) => i += 6,
+                            _ => return Err("unpaired surrogate escape"),
+                        }
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                let (mantissa, exponent) = match number.find(['e', 'E']) {
+                    Some(p) => (&number[..p], Some(&number[p + 1..])),
+                    None => (number, None),
+                };
+                if mantissa.bytes().filter(u8::is_ascii_digit).count() > MAX_JSON_DIGITS {
+                    return Err("number has too many digits");
+                }
+                if let Some(e) = exponent {
+                    if e.parse::<i64>()
+                        .map_or(true, |e| e.abs() > MAX_JSON_EXPONENT)
+                    {
+                        return Err("number exponent out of range");
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The id of the event replayed from dead letter `dead_letter_id`.
+pub fn replay_event_id(dead_letter_id: i64) -> Uuid {
+    Uuid::new_v5(
+        &REPLAY_ID_NAMESPACE,
+        format!("dead-letter/{dead_letter_id}").as_bytes(),
+    )
 }
 
 /// The deterministic id of a Kafka message without an `id`.
@@ -449,6 +669,71 @@ mod tests {
             parse(&big).expect_err("oversize").reason,
             DeadReason::Oversize
         );
+    }
+
+    #[test]
+    fn pointers_and_field_errors() {
+        let cases: &[(&[u8], &str)] = &[
+            (br#"{"user_id":"u"}"#, "/event_type"),
+            (br#"{"event_type":7}"#, "/event_type"),
+            (br#"{"event_type":"a","id":"nope"}"#, "/id"),
+            (br#"{"event_type":"a","timestamp":5}"#, "/timestamp"),
+            (
+                br#"{"event_type":"a","timestamp":"yesterday"}"#,
+                "/timestamp",
+            ),
+            (br#"{"event_type":"a","session_id":[1]}"#, "/session_id"),
+            (br#"{"event_type":"a","properties":"x"}"#, "/properties"),
+            (b"[1]", ""),
+        ];
+        for (input, pointer) in cases {
+            let err = parse(input).expect_err("refused");
+            assert_eq!(err.pointer, *pointer, "{}", String::from_utf8_lossy(input));
+            assert_eq!(err.field_error().pointer, *pointer);
+        }
+    }
+
+    #[test]
+    fn what_postgres_cannot_store_is_refused() {
+        for bad in [
+            r#"{"event_type":"a","properties":{"x":"\u0000"}}"#,
+            r#"{"event_type":"a","properties":{"\u0000":1}}"#,
+            r#"{"event_type":"a","properties":{"x":"\ud800"}}"#,
+            r#"{"event_type":"a","properties":{"x":"\udc00 "}}"#,
+            r#"{"event_type":"a","properties":{"x":1e401}}"#,
+            r#"{"event_type":"a","properties":{"x":[1E-100000]}}"#,
+            r#"{"event_type":"a\u0000"}"#,
+            r#"{"event_type":"a","user_id":"\u0000"}"#,
+        ] {
+            let err = parse(bad.as_bytes()).expect_err(bad);
+            assert_eq!(err.reason, DeadReason::InvalidField, "{bad}");
+        }
+        let long = format!(
+            r#"{{"event_type":"a","properties":{{"x":{}}}}}"#,
+            "9".repeat(1001)
+        );
+        assert!(parse(long.as_bytes()).is_err());
+        for good in [
+            r#"{"event_type":"a","properties":{"x":"\\u0000","y":"\ud83d\ude00","z":1e308,"w":-5e-324,"v":"1e999"}}"#,
+            r#"{"event_type":"a","properties":{"x":"\"","y":"\\"}}"#,
+        ] {
+            parse(good.as_bytes()).expect(good);
+        }
+    }
+
+    #[test]
+    fn event_type_of_refused_payloads() {
+        assert_eq!(
+            extract_event_type(br#"{"event_type":"deposit","x":"#).as_deref(),
+            None
+        );
+        assert_eq!(
+            extract_event_type(br#"{"event_type":"deposit","properties":{"a":[1]}}"#).as_deref(),
+            Some("deposit")
+        );
+        assert_eq!(extract_event_type(br#"{"event_type":7}"#), None);
+        assert_eq!(extract_event_type(b"\xff"), None);
+        assert_eq!(extract_event_type(br#"{"event_type":"a\u0000"}"#), None);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! workers which partitions exist, so that new partitions are picked up.
 //!
 //! The operator emits [`Record`]s at the current processing-time tick: valid
-//! events, dead letters, and one `Progress` mark per partition that moved,
+//! events (parsed, then checked by [`crate::validate`] against the built-in
+//! checks and the custom schemas in force), dead letters, and one `Progress` mark per partition that moved,
 //! so that the sink can store each partition's next offset in the same
 //! transaction as the rows. It never blocks: it polls with a zero timeout,
 //! and pauses polling while too many rows wait for PostgreSQL.
@@ -31,6 +32,7 @@ use crate::event::{
 };
 use crate::metrics;
 use crate::time::{current_tick, now_ms};
+use crate::validate::{CachedValidators, Registry};
 
 /// How to reach Kafka, and how to read from it.
 #[derive(Clone, Debug)]
@@ -185,6 +187,8 @@ pub struct SourceContext {
     pub ack: Arc<WorkerAck>,
     pub shutdown: Arc<AtomicBool>,
     pub tick_ms: u64,
+    /// Built-in checks and the custom schemas in force, refreshed off the worker.
+    pub validators: Arc<Registry>,
 }
 
 /// Builds the Kafka source of this worker.
@@ -210,6 +214,7 @@ pub fn kafka_source<'s>(
         let mut next: BTreeMap<Partition, i64> = BTreeMap::new();
         let mut moved: HashMap<Partition, i64> = HashMap::new();
         let tick_ms = ctx.tick_ms;
+        let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
                 for (topic, partition, offset) in data.drain(..) {
@@ -327,14 +332,15 @@ pub fn kafka_source<'s>(
                         now_us,
                         ctx.settings.time_bounds,
                     ) {
-                        Ok(event) => session.give(Record::Event(event)),
-                        Err(err) => session.give(Record::Dead(DeadLetter {
-                            reason: err.reason,
-                            detail: err.detail,
-                            payload: payload.to_vec(),
-                            source,
-                            received_at_us: now_us,
-                        })),
+                        Ok(event) => match validators.current().validate(&event) {
+                            Ok(()) => session.give(Record::Event(event)),
+                            Err(rejection) => session.give(Record::Dead(
+                                rejection.into_dead_letter(payload, source, now_us),
+                            )),
+                        },
+                        Err(err) => session.give(Record::Dead(DeadLetter::parse_failure(
+                            err, payload, source, now_us,
+                        ))),
                     }
                     moved.insert((topic_arc, partition), offset + 1);
                 }

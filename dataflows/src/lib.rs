@@ -2,7 +2,8 @@
 //! wire and the live state: the event model and its parser
 //! ([`event`]), the Kafka source ([`kafka_source`]), the timely/differential
 //! operators that count events and gate them on durability ([`counts`],
-//! [`durable`]), and the publish operator that hands an immutable snapshot
+//! [`durable`]), validation against built-in checks and custom JSON
+//! Schemas ([`validate`]), and the publish operator that hands an immutable snapshot
 //! of live state to tokio ([`publish`], [`live`]).
 //!
 //! Timestamps everywhere in the dataflow are processing-time ticks: `u64`
@@ -23,6 +24,7 @@ pub mod publish;
 pub mod route;
 pub mod sketch;
 pub mod time;
+pub mod validate;
 pub mod windows;
 
 pub use event::{DeadLetter, DeadReason, Event, EventSource, ParseError, Record};

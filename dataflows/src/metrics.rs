@@ -142,3 +142,23 @@ pub static WINDOWS_HELD: LazyLock<IntGauge> = LazyLock::new(|| {
         "analytics_live_windows",
     )
 });
+
+pub static SCHEMA_COMPILATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_schema_compilations_total",
+            "JSON Schemas of custom event definitions compiled (once per definition version)"
+        ),
+        "analytics_schema_compilations_total",
+    )
+});
+
+pub static CUSTOM_SCHEMAS: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_custom_schemas_active",
+            "Active custom event definitions whose compiled schema is in force"
+        ),
+        "analytics_custom_schemas_active",
+    )
+});

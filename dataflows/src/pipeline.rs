@@ -74,6 +74,8 @@ pub struct ProcessContext {
     pub snapshots: Arc<watch::Sender<Arc<LiveSnapshot>>>,
     pub restored: Mutex<Option<Restored>>,
     pub shutdown: Arc<AtomicBool>,
+    /// Validators shared with the REST path, refreshed from PostgreSQL.
+    pub validators: Arc<crate::validate::Registry>,
 }
 
 type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
@@ -164,6 +166,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
                 ack: Arc::clone(&ack),
                 shutdown: Arc::clone(&ctx.shutdown),
                 tick_ms: ctx.tick_ms,
+                validators: Arc::clone(&ctx.validators),
             },
         );
         let spec = Arc::clone(&ctx.windows);

@@ -262,6 +262,7 @@ fn dead(tag: u8, source: EventSource) -> DeadLetter {
     DeadLetter {
         reason: DeadReason::MalformedJson,
         detail: format!("bad payload {tag}"),
+        errors: Vec::new(),
         payload: vec![b'{', tag],
         source,
         received_at_us: T0 as i64 * 1_000,

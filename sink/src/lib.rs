@@ -1,15 +1,19 @@
 //! PostgreSQL access for the service: the migrations runner
 //! ([`migrate`]), partition management ([`partitions`]), the group-commit
 //! writer that makes dataflow ticks durable ([`writer`]), the REST write
-//! path ([`rest`]), restore and history queries ([`queries`]), and API
-//! keys ([`api_keys`]).
+//! path ([`rest`]), restore and history queries ([`queries`]), API keys
+//! ([`api_keys`]), custom event definitions ([`custom_events`]) and the
+//! task that keeps the validators current ([`schema_sync`]), dead-letter
+//! reads ([`dead_letters`]).
 //!
 //! Raw rows go in with binary COPY; offsets, dead letters and per-second
 //! counts with multi-row statements over `unnest`, all in one transaction
 //! per group of ticks. No row-at-a-time INSERT on the hot path.
 
 pub mod api_keys;
+pub mod custom_events;
 pub mod dashboard;
+pub mod dead_letters;
 pub mod encode;
 pub mod error;
 pub mod metrics;
@@ -19,6 +23,7 @@ pub mod pool;
 pub mod queries;
 pub mod rest;
 pub mod rollups;
+pub mod schema_sync;
 pub mod writer;
 
 pub use error::SinkError;

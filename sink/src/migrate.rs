@@ -15,6 +15,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0002_api_keys.sql"),
     ),
     (
+        3,
+        "custom_events",
+        include_str!("../../migrations/0003_custom_events.sql"),
+    ),
+    (
         4,
         "dashboard",
         include_str!("../../migrations/0004_dashboard.sql"),

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dataflows::durable::SinkBatch;
-use dataflows::event::{DeadLetter, Event, EventSource, Partition, PartitionOffset};
+use dataflows::event::{DeadLetter, Event, EventSource, FieldError, Partition, PartitionOffset};
 use dataflows::windows::{Agg, WindowKey};
 use futures::pin_mut;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -290,7 +290,17 @@ async fn upsert_offsets(
     Ok(())
 }
 
-/// Stores refused inputs.
+/// PostgreSQL text cannot hold NUL; error messages may quote the input.
+fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Stores refused inputs, with their errors (`jsonb`: `[{pointer, message}]`)
+/// and the `event_type` read from the payload when it has one.
 pub async fn insert_dead_letters(
     tx: &Transaction<'_>,
     dead: &[&DeadLetter],
@@ -306,7 +316,23 @@ pub async fn insert_dead_letters(
     let mut details = Vec::with_capacity(dead.len());
     let mut payloads = Vec::with_capacity(dead.len());
     let mut received = Vec::with_capacity(dead.len());
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(dead.len());
+    let mut event_types: Vec<Option<String>> = Vec::with_capacity(dead.len());
     for d in dead {
+        errors.push(if d.errors.is_empty() {
+            None
+        } else {
+            let clean: Vec<FieldError> = d
+                .errors
+                .iter()
+                .map(|e| FieldError {
+                    pointer: without_nul(&e.pointer).into_owned(),
+                    message: without_nul(&e.message).into_owned(),
+                })
+                .collect();
+            serde_json::to_string(&clean).ok()
+        });
+        event_types.push(dataflows::event::extract_event_type(&d.payload));
         match &d.source {
             EventSource::Kafka {
                 topic,
@@ -326,17 +352,17 @@ pub async fn insert_dead_letters(
             }
         }
         reasons.push(d.reason.as_str());
-        details.push(d.detail.as_str());
+        details.push(without_nul(&d.detail));
         payloads.push(d.payload.as_slice());
         received.push(d.received_at_us);
     }
     tx.execute(
-        "INSERT INTO dead_letters (received_at, source, kafka_topic, kafka_partition, kafka_offset, reason, detail, payload)
-         SELECT to_timestamp(r / 1000000.0), s, t, p, o, re, de, pa
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::bytea[])
-           AS u(r, s, t, p, o, re, de, pa)
+        "INSERT INTO dead_letters (received_at, source, kafka_topic, kafka_partition, kafka_offset, reason, detail, payload, errors, event_type)
+         SELECT to_timestamp(r / 1000000.0), s, t, p, o, re, de, pa, er::jsonb, et
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[])
+           AS u(r, s, t, p, o, re, de, pa, er, et)
          ON CONFLICT DO NOTHING",
-        &[&received, &sources, &topics, &partitions, &offsets, &reasons, &details, &payloads],
+        &[&received, &sources, &topics, &partitions, &offsets, &reasons, &details, &payloads, &errors, &event_types],
     )
     .await?;
     Ok(())
