@@ -376,8 +376,18 @@ struct TradingFields<'a> {
     strategy_id: Option<&'a RawValue>,
 }
 
-fn as_string(raw: &RawValue) -> Option<String> {
-    serde_json::from_str::<String>(raw.get()).ok()
+/// The string a JSON value holds, borrowed unless it has escapes.
+fn as_string(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(std::borrow::Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text)
+            .ok()
+            .map(std::borrow::Cow::Owned),
+    }
 }
 
 /// Built-in checks of a known type's `properties` (JSON object text):
