@@ -15,7 +15,6 @@ use std::sync::Arc;
 use differential_dataflow::difference::Abelian;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::{Scope, Stream};
 
@@ -99,21 +98,7 @@ pub fn restored_windows<'s>(
     scope: Scope<'s, u64>,
     rows: Vec<(WindowKey, Agg)>,
 ) -> Stream<'s, u64, Vec<WindowUpdate>> {
-    let mut rows = Some(rows);
-    source::<_, WindowBuilder, _, _>(scope, "RestoredWindows", move |capability, _info| {
-        let mut capability = Some(capability);
-        move |output| {
-            if let Some(cap) = capability.take() {
-                let time = *cap.time();
-                output.session(&cap).give_iterator(
-                    rows.take()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(move |(k, a)| (k, time, a)),
-                );
-            }
-        }
-    })
+    crate::dashboard_ops::restored(scope, "RestoredWindows", rows)
 }
 
 /// Counts, per topic and interval, an event whose window has already left

@@ -17,7 +17,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::windows::to_nano;
+use crate::windows::{number, to_nano};
 
 /// Σ price × quantity of `order.filled`.
 pub const VOLUME: &str = "order_volume";
@@ -78,15 +78,6 @@ pub struct Contribution {
     pub sums: Vec<(&'static str, f64)>,
     pub user: Option<String>,
     pub strategy: Option<(String, StrategyState)>,
-}
-
-fn number(v: &serde_json::Value) -> Option<f64> {
-    match v {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    }
-    .filter(|f| f.is_finite())
 }
 
 /// The dashboard contribution of `event`.

@@ -126,13 +126,19 @@ impl Pending {
     }
 }
 
-fn least(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
-    frontier
-        .frontier()
-        .iter()
-        .next()
-        .copied()
-        .unwrap_or(u64::MAX)
+/// The pending batch of the tick of `cap`, holding a capability for it.
+fn pending_at<'a>(
+    stash: &'a mut BTreeMap<u64, (Capability<u64>, Pending)>,
+    cap: &timely::dataflow::operators::InputCapability<u64>,
+) -> Option<&'a mut Pending> {
+    let time = cap.least().copied()?;
+    let retained = cap.retain_least(0)?;
+    Some(
+        &mut stash
+            .entry(time)
+            .or_insert_with(|| (retained, Pending::default()))
+            .1,
+    )
 }
 
 /// Hands completed ticks to the sink: the tick's records and the window
@@ -157,30 +163,21 @@ pub fn durable_sink<'s>(
             let mut inflight: Vec<(u64, Capability<u64>)> = Vec::new();
             move |(records, frontier1), (rollups, frontier2), _output| {
                 records.for_each(|cap, data| {
-                    let (Some(time), Some(retained)) = (cap.least().copied(), cap.retain_least(0))
-                    else {
-                        return;
-                    };
-                    let (_, pending) = stash
-                        .entry(time)
-                        .or_insert_with(|| (retained, Pending::default()));
-                    for record in data.drain(..) {
-                        pending.add_record(record);
+                    if let Some(pending) = pending_at(&mut stash, &cap) {
+                        for record in data.drain(..) {
+                            pending.add_record(record);
+                        }
                     }
                 });
                 rollups.for_each(|cap, data| {
-                    let (Some(time), Some(retained)) = (cap.least().copied(), cap.retain_least(0))
-                    else {
-                        return;
-                    };
-                    let (_, pending) = stash
-                        .entry(time)
-                        .or_insert_with(|| (retained, Pending::default()));
-                    for (key, _, agg) in data.drain(..) {
-                        pending.rollups.entry(key).or_default().plus_equals(&agg);
+                    if let Some(pending) = pending_at(&mut stash, &cap) {
+                        for (key, _, agg) in data.drain(..) {
+                            pending.rollups.entry(key).or_default().plus_equals(&agg);
+                        }
                     }
                 });
-                let complete = least(frontier1).min(least(frontier2));
+                let complete =
+                    crate::time::frontier_min(frontier1).min(crate::time::frontier_min(frontier2));
                 while let Some(entry) = stash.first_entry() {
                     let tick = *entry.key();
                     if tick >= complete {

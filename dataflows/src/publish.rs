@@ -40,15 +40,6 @@ pub enum LiveUpdate {
     Strategy(String, StrategyState),
 }
 
-fn frontier_time(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
-    frontier
-        .frontier()
-        .iter()
-        .next()
-        .copied()
-        .unwrap_or(u64::MAX)
-}
-
 /// Publishes snapshots from `updates` (`(tick, update)`) gated by `durable`.
 pub fn publish<'s>(
     updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
@@ -80,7 +71,8 @@ pub fn publish<'s>(
                         stash.clear();
                         return;
                     };
-                    let bound = frontier_time(frontier1).min(frontier_time(frontier2));
+                    let bound = crate::time::frontier_min(frontier1)
+                        .min(crate::time::frontier_min(frontier2));
                     // Empty frontiers mean shutdown: the future-dated
                     // retractions flushed then must not blank the last snapshot.
                     if bound <= as_of || bound == u64::MAX {

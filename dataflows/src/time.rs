@@ -25,6 +25,16 @@ pub fn tick_ceil(ms: u64, tick_ms: u64) -> u64 {
     ms.div_ceil(tick) * tick
 }
 
+/// The least time of a `u64` frontier; `u64::MAX` once it is empty.
+pub fn frontier_min(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
+    frontier
+        .frontier()
+        .iter()
+        .next()
+        .copied()
+        .unwrap_or(u64::MAX)
+}
+
 /// The current tick.
 pub fn current_tick(tick_ms: u64) -> u64 {
     tick_floor(now_ms(), tick_ms)

@@ -354,7 +354,8 @@ impl DimensionGuard {
     }
 }
 
-fn number(v: &serde_json::Value) -> Option<f64> {
+/// A finite number from a JSON number or a numeric string.
+pub fn number(v: &serde_json::Value) -> Option<f64> {
     match v {
         serde_json::Value::Number(n) => n.as_f64(),
         serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),

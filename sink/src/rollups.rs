@@ -43,6 +43,18 @@ fn row_key(row: &tokio_postgres::Row) -> Option<WindowKey> {
     })
 }
 
+/// Rows of `metric_name, interval, dimensions, start, sketch` as windows;
+/// rows whose state cannot be read are skipped.
+fn stored_windows(rows: &[tokio_postgres::Row]) -> Vec<StoredWindow> {
+    rows.iter()
+        .filter_map(|row| {
+            let key = row_key(row)?;
+            let agg = Agg::from_bytes(row.get::<_, Option<&[u8]>>(4)?)?;
+            Some(StoredWindow { key, agg })
+        })
+        .collect()
+}
+
 /// Merges `deltas` into the stored rows (locked `FOR UPDATE`, keys in a
 /// fixed order so that concurrent writers cannot deadlock).
 pub async fn merge(
@@ -134,14 +146,7 @@ pub async fn load<C: GenericClient>(
             &[&interval.name(), &(from_start as f64)],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| {
-            let key = row_key(row)?;
-            let agg = Agg::from_bytes(row.get::<_, Option<&[u8]>>(4)?)?;
-            Some(StoredWindow { key, agg })
-        })
-        .collect())
+    Ok(stored_windows(&rows))
 }
 
 /// Stored windows of one metric and interval with starts in `[from, to)`;
@@ -187,14 +192,7 @@ pub async fn series<C: GenericClient>(
             )
             .await?
     };
-    Ok(rows
-        .iter()
-        .filter_map(|row| {
-            let key = row_key(row)?;
-            let agg = Agg::from_bytes(row.get::<_, Option<&[u8]>>(4)?)?;
-            Some(StoredWindow { key, agg })
-        })
-        .collect())
+    Ok(stored_windows(&rows))
 }
 
 /// Distinct metric names stored.
