@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use differential_dataflow::difference::Abelian;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
@@ -65,32 +64,12 @@ pub fn expiring<'s>(
     partials: Stream<'s, u64, Vec<WindowUpdate>>,
     spec: Arc<WindowSpec>,
 ) -> Stream<'s, u64, Vec<WindowUpdate>> {
-    partials.unary::<WindowBuilder, _, _, _>(Pipeline, "ExpireWindows", move |_, _| {
-        move |input, output| {
-            input.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else {
-                    return;
-                };
-                let mut late = 0u64;
-                for (key, time, agg) in data.drain(..) {
-                    let expire = spec.expire_at(&key);
-                    if expire <= time {
-                        late += 1;
-                        continue;
-                    }
-                    let mut retraction = agg.clone();
-                    retraction.negate();
-                    output.session(&cap).give((key.clone(), time, agg));
-                    output
-                        .session(&cap.delayed(&expire))
-                        .give((key, expire, retraction));
-                }
-                if late > 0 {
-                    metrics::LATE_WINDOW_UPDATES.inc_by(late);
-                }
-            });
-        }
-    })
+    crate::dashboard_ops::expire(
+        partials,
+        "ExpireWindows",
+        move |key| spec.expire_at(key),
+        |late| metrics::LATE_WINDOW_UPDATES.inc_by(late),
+    )
 }
 
 /// Windows restored from PostgreSQL, emitted by worker 0 at time 0.

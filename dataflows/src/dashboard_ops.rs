@@ -118,11 +118,12 @@ pub fn strategies<'s>(
 }
 
 /// Each update, and its negation at `expire_at(key)`; updates already
-/// expired at their time are dropped.
+/// expired at their time are dropped, and their number handed to `late`.
 pub fn expire<'s, K, R>(
     updates: Stream<'s, u64, Vec<(K, u64, R)>>,
     name: &str,
     expire_at: impl Fn(&K) -> u64 + 'static,
+    late: impl Fn(u64) + 'static,
 ) -> Stream<'s, u64, Vec<(K, u64, R)>>
 where
     K: Clone + 'static,
@@ -137,9 +138,11 @@ where
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
+                    let mut dropped = 0u64;
                     for (key, time, diff) in data.drain(..) {
                         let at = expire_at(&key);
                         if at <= time {
+                            dropped += 1;
                             continue;
                         }
                         let mut retraction = diff.clone();
@@ -148,6 +151,9 @@ where
                         output
                             .session(&cap.delayed(&at))
                             .give((key, at, retraction));
+                    }
+                    if dropped > 0 {
+                        late(dropped);
                     }
                 });
             }

@@ -198,6 +198,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             )),
             "ExpireSums",
             move |(_, second): &(String, i64)| horizon.expire_at(*second),
+            |_| {},
         )
         .as_collection()
         .arrange_by_self_named("DashboardSums");
@@ -213,6 +214,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             move |(_, second): &(String, i64)| {
                 tick_ceil(((second + 1).max(0) as u64) * 1000 + users_ms, tick_ms)
             },
+            |_| {},
         )
         .as_collection()
         .arrange_by_self_named("ActiveUsers");
