@@ -64,7 +64,7 @@ pub fn expiring<'s>(
     partials: Stream<'s, u64, Vec<WindowUpdate>>,
     spec: Arc<WindowSpec>,
 ) -> Stream<'s, u64, Vec<WindowUpdate>> {
-    crate::dashboard_ops::expire(
+    crate::expiry::expire(
         partials,
         "ExpireWindows",
         move |key| spec.expire_at(key),
@@ -77,7 +77,7 @@ pub fn restored_windows<'s>(
     scope: Scope<'s, u64>,
     rows: Vec<(WindowKey, Agg)>,
 ) -> Stream<'s, u64, Vec<WindowUpdate>> {
-    crate::dashboard_ops::restored(scope, "RestoredWindows", rows)
+    crate::expiry::restored(scope, "RestoredWindows", rows)
 }
 
 /// Counts, per topic and interval, an event whose window has already left

@@ -1,16 +1,15 @@
 //! Dashboard collections in the dataflow (see [`crate::dashboard`]):
 //! contributions are computed once per event, then split into per-second
-//! sums, active users and strategies; [`expire`] adds the future-dated
+//! sums, active users and strategies; `expiry::expire` adds the future-dated
 //! retractions that bound the first two.
 
 use std::collections::HashMap;
 
-use differential_dataflow::difference::{Abelian, Semigroup};
+use differential_dataflow::difference::Semigroup;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::Operator;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Stream;
 
 use crate::dashboard::{contribution, count_sum, Contribution, CountSum, StrategyState};
 use crate::event::Record;
@@ -115,79 +114,4 @@ pub fn strategies<'s>(
             emit(id.clone(), *state);
         }
     })
-}
-
-/// Each update, and its negation at `expire_at(key)`; updates already
-/// expired at their time are dropped, and their number handed to `late`.
-pub fn expire<'s, K, R>(
-    updates: Stream<'s, u64, Vec<(K, u64, R)>>,
-    name: &str,
-    expire_at: impl Fn(&K) -> u64 + 'static,
-    late: impl Fn(u64) + 'static,
-) -> Stream<'s, u64, Vec<(K, u64, R)>>
-where
-    K: Clone + 'static,
-    R: Abelian + 'static,
-{
-    updates.unary::<CapacityContainerBuilder<Vec<(K, u64, R)>>, _, _, _>(
-        Pipeline,
-        name,
-        move |_, _| {
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    let Some(cap) = cap.retain_least(0) else {
-                        return;
-                    };
-                    let mut dropped = 0u64;
-                    for (key, time, diff) in data.drain(..) {
-                        let at = expire_at(&key);
-                        if at <= time {
-                            dropped += 1;
-                            continue;
-                        }
-                        let mut retraction = diff.clone();
-                        retraction.negate();
-                        output.session(&cap).give((key.clone(), time, diff));
-                        output
-                            .session(&cap.delayed(&at))
-                            .give((key, at, retraction));
-                    }
-                    if dropped > 0 {
-                        late(dropped);
-                    }
-                });
-            }
-        },
-    )
-}
-
-/// Rows restored from PostgreSQL, emitted by worker 0 at time 0.
-pub fn restored<'s, K, R>(
-    scope: Scope<'s, u64>,
-    name: &str,
-    rows: Vec<(K, R)>,
-) -> Stream<'s, u64, Vec<(K, u64, R)>>
-where
-    K: Clone + 'static,
-    R: Clone + 'static,
-{
-    let mut rows = Some(rows);
-    source::<_, CapacityContainerBuilder<Vec<(K, u64, R)>>, _, _>(
-        scope,
-        name,
-        move |capability, _info| {
-            let mut capability = Some(capability);
-            move |output| {
-                if let Some(cap) = capability.take() {
-                    let time = *cap.time();
-                    output.session(&cap).give_iterator(
-                        rows.take()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(move |(k, r)| (k, time, r)),
-                    );
-                }
-            }
-        },
-    )
 }

@@ -16,6 +16,7 @@ pub mod dashboard;
 pub mod dashboard_ops;
 pub mod durable;
 pub mod event;
+pub mod expiry;
 pub mod kafka_source;
 pub mod live;
 pub mod metrics;

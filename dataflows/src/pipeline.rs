@@ -27,9 +27,10 @@ use crate::counts::{
     committed, count_updates, restored_counts, start_offsets, CommittedQueue, Horizon,
 };
 use crate::dashboard::{CountSum, StrategyState};
-use crate::dashboard_ops::{self, contributions, expire};
+use crate::dashboard_ops::{self, contributions};
 use crate::durable::{durable_sink, SinkBatch, WorkerAck};
 use crate::event::{Event, PartitionOffset, Record};
+use crate::expiry::expire;
 use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, SourceContext};
 use crate::live::LiveSnapshot;
 use crate::metrics;
@@ -191,7 +192,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         let all_records = records.clone().concat(committed_events);
         let contributed = contributions(all_records.clone());
         let sums = expire(
-            dashboard_ops::sums(contributed.clone()).concat(dashboard_ops::restored(
+            dashboard_ops::sums(contributed.clone()).concat(crate::expiry::restored(
                 scope,
                 "RestoredSums",
                 restored.sums,
@@ -205,7 +206,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         let users_ms = ctx.active_users_ms;
         let tick_ms = ctx.tick_ms;
         let users = expire(
-            dashboard_ops::users(contributed.clone()).concat(dashboard_ops::restored(
+            dashboard_ops::users(contributed.clone()).concat(crate::expiry::restored(
                 scope,
                 "RestoredUsers",
                 restored.users,
@@ -219,7 +220,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         .as_collection()
         .arrange_by_self_named("ActiveUsers");
         let strategies = dashboard_ops::strategies(contributed)
-            .concat(dashboard_ops::restored(
+            .concat(crate::expiry::restored(
                 scope,
                 "RestoredStrategies",
                 restored.strategies,
