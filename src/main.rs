@@ -56,6 +56,8 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, print it, and exit.
     CheckConfig,
+    /// Apply the retention policy once (the service also does it hourly).
+    Retention,
     /// Manage API keys (stored hashed in PostgreSQL).
     #[command(subcommand)]
     ApiKey(keys::KeyCommand),
@@ -86,6 +88,7 @@ fn main() -> anyhow::Result<()> {
     }) {
         Command::Run { demo, demo_rate } => run::run(config, cluster, demo.then_some(demo_rate)),
         Command::Migrate => run::migrate_only(&config),
+        Command::Retention => run::retention_once(&config),
         Command::ApiKey(command) => keys::run(&config, command),
         Command::CheckConfig => {
             println!("{config:#?}");

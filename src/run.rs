@@ -133,6 +133,59 @@ pub fn migrate_only(config: &Config) -> anyhow::Result<()> {
     })
 }
 
+fn retention_policy(config: &Config) -> sink::retention::Policy {
+    let r = &config.analytics.retention;
+    sink::retention::Policy {
+        raw_events: r.raw_events,
+        minute_aggregates: r.minute_aggregates,
+        hour_aggregates: r.hour_aggregates,
+        daily_aggregates: r.daily_aggregates,
+    }
+}
+
+/// `analytics retention`: one pass, printed.
+pub fn retention_once(config: &Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let pool = prepare_database(config).await?;
+        let report = sink::retention::apply(
+            &pool,
+            &Partitions::default(),
+            retention_policy(config),
+            dataflows::time::now_ms() as i64 * 1000,
+        )
+        .await?;
+        println!(
+            "dropped partitions: {:?}; deleted rows: {}",
+            report.dropped_partitions, report.deleted_rows
+        );
+        Ok(())
+    })
+}
+
+/// Applies retention every hour (the first pass a minute after start).
+async fn retention_loop(pool: Pool, partitions: Arc<Partitions>, policy: sink::retention::Policy) {
+    let mut next = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep_until(next).await;
+        next += Duration::from_secs(3600);
+        match sink::retention::apply(
+            &pool,
+            &partitions,
+            policy,
+            dataflows::time::now_ms() as i64 * 1000,
+        )
+        .await
+        {
+            Ok(report) => info!(
+                dropped = report.dropped_partitions.len(),
+                deleted_rows = report.deleted_rows,
+                "retention pass"
+            ),
+            Err(e) => warn!(error = %e, "retention pass failed; retried in an hour"),
+        }
+    }
+}
+
 /// Commits consumer-group offsets to Kafka (for lag monitoring only) on a
 /// thread of its own, coalescing to the newest offsets.
 fn spawn_group_committer(
@@ -260,6 +313,15 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         Arc::clone(&schemas)
             .run(db_settings(&config), SCHEMA_REFRESH)
             .instrument(tracing::info_span!("schema_sync")),
+    );
+
+    rt.spawn(
+        retention_loop(
+            pool.clone(),
+            Arc::clone(&partitions),
+            retention_policy(&config),
+        )
+        .instrument(tracing::info_span!("retention")),
     );
 
     let kafka = KafkaSettings {

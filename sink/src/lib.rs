@@ -22,6 +22,7 @@ pub mod partitions;
 pub mod pool;
 pub mod queries;
 pub mod rest;
+pub mod retention;
 pub mod rollups;
 pub mod schema_sync;
 pub mod writer;

@@ -77,6 +77,13 @@ impl Partitions {
         Ok(())
     }
 
+    /// Forgets a partition that was dropped.
+    pub fn forget(&self, table: &'static str, day: i64) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(&(table, day));
+        }
+    }
+
     /// Creates partitions from yesterday to `ahead` days from now for every
     /// partitioned table.
     pub async fn ensure_ahead<C: GenericClient>(

@@ -1,0 +1,124 @@
+//! Retention: whole daily partitions of `events` are dropped once every
+//! event time in them is older than `raw_events`; rollups are deleted per
+//! interval class (minute, hour, day) and their partitions dropped once
+//! older than the longest policy; per-second state and dead letters follow
+//! `raw_events`.
+
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::partitions::{day_of, Partitions};
+use crate::{Pool, SinkError};
+
+/// How long each kind of row is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub raw_events: Duration,
+    pub minute_aggregates: Duration,
+    pub hour_aggregates: Duration,
+    pub daily_aggregates: Duration,
+}
+
+/// What one pass removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub dropped_partitions: Vec<String>,
+    pub deleted_rows: u64,
+}
+
+fn cutoff_us(now_us: i64, keep: Duration) -> i64 {
+    now_us - keep.as_micros() as i64
+}
+
+/// Daily partitions of `table` whose whole day lies before `before_us`.
+async fn old_partitions(
+    client: &tokio_postgres::Client,
+    table: &str,
+    before_us: i64,
+) -> Result<Vec<(String, i64)>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT c.relname FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_class p ON p.oid = i.inhparent
+             WHERE p.relname = $1",
+            &[&table],
+        )
+        .await?;
+    let prefix = format!("{table}_");
+    let last_whole_day = day_of(before_us) - 1;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            let suffix = name.strip_prefix(&prefix)?;
+            let date = chrono::NaiveDate::parse_from_str(suffix, "%Y%m%d").ok()?;
+            let day = date
+                .and_hms_opt(0, 0, 0)?
+                .and_utc()
+                .timestamp()
+                .div_euclid(86_400);
+            (day <= last_whole_day).then_some((name, day))
+        })
+        .collect())
+}
+
+/// One retention pass at `now_us`.
+pub async fn apply(
+    pool: &Pool,
+    partitions: &Partitions,
+    policy: Policy,
+    now_us: i64,
+) -> Result<Report, SinkError> {
+    let client = pool.get().await?;
+    let mut report = Report::default();
+    let raw_cutoff = cutoff_us(now_us, policy.raw_events);
+    let longest = policy
+        .minute_aggregates
+        .max(policy.hour_aggregates)
+        .max(policy.daily_aggregates);
+    for (table, before_us) in [
+        ("events", raw_cutoff),
+        ("metric_aggregations", cutoff_us(now_us, longest)),
+    ] {
+        for (name, day) in old_partitions(&client, table, before_us).await? {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock(hashtext('partition:{table}'));
+                     DROP TABLE IF EXISTS {name}; COMMIT;"
+                ))
+                .await?;
+            partitions.forget(table, day);
+            info!(table, partition = %name, "dropped partition past retention");
+            report.dropped_partitions.push(name);
+        }
+    }
+    let seconds = |us: i64| us as f64 / 1e6;
+    let deletes: [(&str, f64); 5] = [
+        (
+            "DELETE FROM metric_aggregations WHERE \"interval\" IN ('1m', '5m', '15m', '30m') AND time_bucket < to_timestamp($1)",
+            seconds(cutoff_us(now_us, policy.minute_aggregates)),
+        ),
+        (
+            "DELETE FROM metric_aggregations WHERE \"interval\" IN ('1h', '4h') AND time_bucket < to_timestamp($1)",
+            seconds(cutoff_us(now_us, policy.hour_aggregates)),
+        ),
+        (
+            "DELETE FROM metric_aggregations WHERE \"interval\" = '1d' AND time_bucket < to_timestamp($1)",
+            seconds(cutoff_us(now_us, policy.daily_aggregates)),
+        ),
+        ("DELETE FROM event_counts WHERE second < to_timestamp($1)", seconds(raw_cutoff)),
+        ("DELETE FROM second_sums WHERE second < to_timestamp($1)", seconds(raw_cutoff)),
+    ];
+    for (sql, cutoff) in deletes {
+        report.deleted_rows += client.execute(sql, &[&cutoff]).await?;
+    }
+    report.deleted_rows += client
+        .execute(
+            "DELETE FROM dead_letters WHERE received_at < to_timestamp($1)",
+            &[&seconds(raw_cutoff)],
+        )
+        .await?;
+    Ok(report)
+}
