@@ -97,6 +97,21 @@ async fn record_version(
     Ok(())
 }
 
+/// Records the version of the definition `row` returned (if any) and
+/// commits; `None` when no row was written.
+async fn commit_version(
+    tx: deadpool_postgres::Transaction<'_>,
+    row: Option<tokio_postgres::Row>,
+) -> Result<Option<Definition>, SinkError> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let definition = Definition::from_row(&row);
+    record_version(&tx, &definition).await?;
+    tx.commit().await?;
+    Ok(Some(definition))
+}
+
 /// Stores a new definition at version 1; `None` when the name exists.
 pub async fn create(pool: &Pool, new: &NewDefinition) -> Result<Option<Definition>, SinkError> {
     let mut client = pool.get().await?;
@@ -120,13 +135,7 @@ pub async fn create(pool: &Pool, new: &NewDefinition) -> Result<Option<Definitio
             ],
         )
         .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let definition = Definition::from_row(&row);
-    record_version(&tx, &definition).await?;
-    tx.commit().await?;
-    Ok(Some(definition))
+    commit_version(tx, row).await
 }
 
 /// The definition named `name`.
@@ -184,13 +193,7 @@ pub async fn update(
             ],
         )
         .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let definition = Definition::from_row(&row);
-    record_version(&tx, &definition).await?;
-    tx.commit().await?;
-    Ok(Some(definition))
+    commit_version(tx, row).await
 }
 
 /// Deactivates `name` (events of that type are no longer validated against
