@@ -394,6 +394,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         restored: Mutex::new(Some(restored)),
         shutdown: Arc::clone(&shutdown),
         validators,
+        feed: None,
     });
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(timely_config, move |worker| {

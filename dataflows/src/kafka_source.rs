@@ -325,23 +325,13 @@ pub fn kafka_source<'s>(
                         offset,
                     };
                     let payload = message.payload().unwrap_or(&[]);
-                    match parse_event(
+                    session.give(decode(
                         payload,
-                        source.clone(),
-                        || kafka_event_id(topic, partition, offset),
+                        source,
                         now_us,
                         ctx.settings.time_bounds,
-                    ) {
-                        Ok(event) => match validators.current().validate(&event) {
-                            Ok(()) => session.give(Record::Event(event)),
-                            Err(rejection) => session.give(Record::Dead(
-                                rejection.into_dead_letter(payload, source, now_us),
-                            )),
-                        },
-                        Err(err) => session.give(Record::Dead(DeadLetter::parse_failure(
-                            err, payload, source, now_us,
-                        ))),
-                    }
+                        &mut validators,
+                    ));
                     moved.insert((topic_arc, partition), offset + 1);
                 }
                 for ((topic, partition), next_offset) in moved.drain() {
@@ -361,6 +351,31 @@ pub fn kafka_source<'s>(
             }
         }
     })
+}
+
+/// Parses and validates one message: an event, or a dead letter saying why not.
+pub(crate) fn decode(
+    payload: &[u8],
+    source: EventSource,
+    now_us: i64,
+    bounds: TimeBounds,
+    validators: &mut CachedValidators,
+) -> Record {
+    let id = || match &source {
+        EventSource::Kafka {
+            topic,
+            partition,
+            offset,
+        } => kafka_event_id(topic, *partition, *offset),
+        _ => uuid::Uuid::new_v4(),
+    };
+    match parse_event(payload, source.clone(), id, now_us, bounds) {
+        Ok(event) => match validators.current().validate(&event) {
+            Ok(()) => Record::Event(event),
+            Err(rejection) => Record::Dead(rejection.into_dead_letter(payload, source, now_us)),
+        },
+        Err(err) => Record::Dead(DeadLetter::parse_failure(err, payload, source, now_us)),
+    }
 }
 
 #[cfg(test)]

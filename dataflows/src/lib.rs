@@ -19,6 +19,7 @@ pub mod event;
 pub mod expiry;
 pub mod kafka_source;
 pub mod live;
+pub mod memory_source;
 pub mod metrics;
 pub mod pipeline;
 pub mod publish;

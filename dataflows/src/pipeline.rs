@@ -33,6 +33,7 @@ use crate::event::{Event, PartitionOffset, Record};
 use crate::expiry::expire;
 use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, SourceContext};
 use crate::live::LiveSnapshot;
+use crate::memory_source::{memory_source, PayloadFeed};
 use crate::metrics;
 use crate::publish::LiveUpdate;
 use crate::time::tick_ceil;
@@ -77,6 +78,8 @@ pub struct ProcessContext {
     pub shutdown: Arc<AtomicBool>,
     /// Validators shared with the REST path, refreshed from PostgreSQL.
     pub validators: Arc<crate::validate::Registry>,
+    /// Read payloads from memory instead of Kafka (the dataflow-core benchmark).
+    pub feed: Option<Arc<dyn PayloadFeed>>,
 }
 
 type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
@@ -159,17 +162,18 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
     let ack = Arc::clone(&ctx.acks[local]);
     worker.dataflow::<u64, _, _>(|scope| {
         let offsets = start_offsets(scope, restored.offsets);
-        let records = kafka_source(
-            offsets,
-            SourceContext {
-                settings: ctx.kafka.clone(),
-                directory: Arc::clone(&ctx.directory),
-                ack: Arc::clone(&ack),
-                shutdown: Arc::clone(&ctx.shutdown),
-                tick_ms: ctx.tick_ms,
-                validators: Arc::clone(&ctx.validators),
-            },
-        );
+        let source = SourceContext {
+            settings: ctx.kafka.clone(),
+            directory: Arc::clone(&ctx.directory),
+            ack: Arc::clone(&ack),
+            shutdown: Arc::clone(&ctx.shutdown),
+            tick_ms: ctx.tick_ms,
+            validators: Arc::clone(&ctx.validators),
+        };
+        let records = match &ctx.feed {
+            Some(feed) => memory_source(offsets, source, Arc::clone(feed)),
+            None => kafka_source(offsets, source),
+        };
         let spec = Arc::clone(&ctx.windows);
         let partials = window_partials(records.clone(), Arc::clone(&spec));
         let durable = durable_sink(records.clone(), partials.clone(), ctx.sink.clone(), ack);
