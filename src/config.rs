@@ -183,6 +183,9 @@ section!(DashboardConfig {
     /// A started strategy with no event for this long no longer counts as active.
     #[serde(with = "humantime_serde")]
     strategy_timeout: Duration = Duration::from_secs(900),
+    /// A user session with no event for this long has ended.
+    #[serde(with = "humantime_serde")]
+    session_timeout: Duration = Duration::from_secs(1800),
 });
 
 section!(AnalyticsConfig {

@@ -438,6 +438,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             max_points: config.analytics.query.max_points,
             orders_window_secs: config.analytics.dashboard.orders_window.as_secs() as i64,
             strategy_timeout_us: config.analytics.dashboard.strategy_timeout.as_micros() as i64,
+            session_timeout: config.analytics.dashboard.session_timeout,
             api_key_enabled: config.security.api_key_enabled,
             api_key_cache_ttl: config.security.api_key_cache_ttl,
         }),

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sink::dead_letters::{DeadLetterFilter, Page, StoredDeadLetter};
 
-use crate::params::parse_time;
+use crate::params::{non_empty, parse_int, parse_time};
 use crate::{AppError, AppState};
 
 fn time(t: &DateTime<Utc>) -> String {
@@ -73,30 +73,6 @@ pub struct ListParams {
     limit: Option<String>,
     cursor: Option<String>,
     offset: Option<String>,
-}
-
-fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.is_empty())
-}
-
-fn parse_int(
-    param: &str,
-    value: Option<&str>,
-    min: i64,
-    max: i64,
-) -> Result<Option<i64>, AppError> {
-    let Some(s) = value else { return Ok(None) };
-    match s.parse::<i64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-        Ok(_) => Err(AppError::bad_param(
-            param,
-            format!("must be between {min} and {max}"),
-        )),
-        Err(_) => Err(AppError::bad_param(
-            param,
-            format!("{s:?} is not an integer"),
-        )),
-    }
 }
 
 /// `GET /api/v1/dead-letters`: newest first; filters `start_time`,

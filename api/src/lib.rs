@@ -22,6 +22,7 @@ pub mod series;
 pub mod state;
 pub mod stats;
 pub mod stream;
+pub mod trading;
 pub mod web;
 
 use std::future::Future;
@@ -60,6 +61,10 @@ pub fn router(state: AppState) -> Router {
                 .put(custom_events::update)
                 .delete(custom_events::deactivate),
         )
+        .route("/api/v1/trading/orders/{order_id}", get(trading::order))
+        .route("/api/v1/trading/strategies", get(trading::strategies))
+        .route("/api/v1/trading/market/{symbol}", get(trading::market))
+        .route("/api/v1/users/{user_id}/sessions", get(trading::sessions))
         .route("/api/v1/dead-letters", get(dead_letters::list))
         .route("/api/v1/dead-letters/{id}", get(dead_letters::get))
         .route(

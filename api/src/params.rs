@@ -65,6 +65,32 @@ pub fn parse_range(
     Ok((start_us, end_us))
 }
 
+/// The value of an optional parameter, `None` when empty.
+pub fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// An optional integer parameter within `[min, max]`.
+pub fn parse_int(
+    param: &str,
+    value: Option<&str>,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, AppError> {
+    let Some(s) = value else { return Ok(None) };
+    match s.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        Ok(_) => Err(AppError::bad_param(
+            param,
+            format!("must be between {min} and {max}"),
+        )),
+        Err(_) => Err(AppError::bad_param(
+            param,
+            format!("{s:?} is not an integer"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,8 @@ pub struct ApiSettings {
     pub orders_window_secs: i64,
     /// A strategy silent for this long is not active.
     pub strategy_timeout_us: i64,
+    /// A session with no event for this long has ended.
+    pub session_timeout: Duration,
     /// Require API keys on `/api/v1/*` (see [`crate::auth`]).
     pub api_key_enabled: bool,
     /// How long a key lookup is cached (revocations take this long).
@@ -54,6 +56,7 @@ impl Default for ApiSettings {
             max_points: 10_000,
             orders_window_secs: 3_600,
             strategy_timeout_us: 900_000_000,
+            session_timeout: Duration::from_secs(1800),
             api_key_enabled: false,
             api_key_cache_ttl: Duration::from_secs(30),
         }

@@ -26,6 +26,7 @@ pub mod publish;
 pub mod route;
 pub mod sketch;
 pub mod time;
+pub mod trading;
 pub mod validate;
 pub mod windows;
 

@@ -25,6 +25,7 @@ pub mod rest;
 pub mod retention;
 pub mod rollups;
 pub mod schema_sync;
+pub mod trading;
 pub mod writer;
 
 pub use error::SinkError;

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dashboard",
         include_str!("../../migrations/0004_dashboard.sql"),
     ),
+    (
+        5,
+        "trading",
+        include_str!("../../migrations/0005_trading.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x616e_616c_7974_6963; // "analytic"

@@ -166,6 +166,7 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     insert_dead_letters(&tx, &dead).await?;
     upsert_counts(&tx, &events).await?;
     crate::dashboard::merge(&tx, &events).await?;
+    crate::trading::merge(&tx, &events).await?;
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for batch in group {
         for (t, p, o) in &batch.offsets {

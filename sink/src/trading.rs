@@ -1,0 +1,456 @@
+//! The trading tables (`order_analytics`, `strategy_performance`,
+//! `market_analytics`, `user_behavior`): the contributions of a batch
+//! ([`TradingBatch`]) are merged into the stored states inside the
+//! transaction that stores the batch's raw rows and Kafka offsets, so every
+//! row always equals the fold of its committed events, exactly once.
+//!
+//! One generic path serves the four tables: the stored states of the
+//! batch's keys are read `FOR UPDATE` (the keys travel as one JSON array),
+//! merged with the batch's in Rust, and written back with one multi-row
+//! upsert whose rows are JSON objects named like the table's columns.
+
+use std::collections::BTreeMap;
+
+use dataflows::event::format_us;
+use dataflows::trading::{
+    from_bytes, nano_decimal, to_bytes, BucketKey, Ohlcv, OrderState, SessionState, StrategyPerf,
+    TradingBatch,
+};
+use differential_dataflow::difference::Semigroup;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio_postgres::Transaction;
+
+use crate::encode::PgMicros;
+use crate::{Pool, SinkError};
+
+/// How one state type maps to its table.
+pub trait TradingRow: Semigroup + Serialize + DeserializeOwned + Clone {
+    type Key: Ord;
+    const TABLE: &'static str;
+    /// Primary-key columns.
+    const KEY: &'static [&'static str];
+    /// Derived columns written from the state (besides `state`).
+    const COLUMNS: &'static [&'static str];
+    /// Extra `SET` assignments on update.
+    const ON_UPDATE: &'static str = "";
+    fn key_json(key: &Self::Key) -> Map<String, Value>;
+    fn columns(&self, key: &Self::Key) -> Map<String, Value>;
+}
+
+fn dec(n: i128) -> Value {
+    Value::String(nano_decimal(n))
+}
+
+fn time(us: i64) -> Value {
+    Value::String(format_us(us))
+}
+
+fn bucket_key(key: &BucketKey, id: &str, start: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(id.into(), json!(key.0));
+    m.insert("interval".into(), json!(key.1.name()));
+    m.insert(start.into(), time(key.2 * 1_000_000));
+    m
+}
+
+impl TradingRow for OrderState {
+    type Key = String;
+    const TABLE: &'static str = "order_analytics";
+    const KEY: &'static [&'static str] = &["order_id"];
+    const COLUMNS: &'static [&'static str] = &[
+        "symbol",
+        "side",
+        "strategy_id",
+        "user_id",
+        "status",
+        "quantity",
+        "price",
+        "filled_quantity",
+        "fills",
+        "avg_fill_price",
+        "commission",
+        "pnl",
+        "is_maker",
+        "placed_at",
+        "closed_at",
+        "latency_ms",
+        "first_seen",
+    ];
+    const ON_UPDATE: &'static str = ", updated_at = now()";
+
+    fn key_json(key: &String) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("order_id".into(), json!(key));
+        m
+    }
+
+    fn columns(&self, _key: &String) -> Map<String, Value> {
+        let attrs = self
+            .attrs
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default();
+        let placed = self.placed;
+        let avg = (self.filled_qty != 0).then(|| {
+            // Exact to 9 decimals: notional and quantity are both nano-units.
+            self.notional * 1_000_000_000 / self.filled_qty
+        });
+        let obj = json!({
+            "symbol": attrs.symbol,
+            "side": attrs.side,
+            "strategy_id": attrs.strategy_id,
+            "user_id": attrs.user_id,
+            "status": self.status(),
+            "quantity": placed.and_then(|(_, q, _)| q).map(dec),
+            "price": placed.and_then(|(_, _, p)| p).map(dec),
+            "filled_quantity": dec(self.filled_qty),
+            "fills": self.fills,
+            "avg_fill_price": avg.map(dec),
+            "commission": dec(self.commission),
+            "pnl": dec(self.pnl),
+            "is_maker": self.maker.map(|(_, m)| m),
+            "placed_at": placed.map(|(t, _, _)| time(t)),
+            "closed_at": self.closed_at().map(time),
+            "latency_ms": self.latency_ms(),
+            "first_seen": self.attrs.as_ref().map(|(t, _)| time(*t)),
+        });
+        match obj {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+impl TradingRow for StrategyPerf {
+    type Key = BucketKey;
+    const TABLE: &'static str = "strategy_performance";
+    const KEY: &'static [&'static str] = &["strategy_id", "interval", "bucket_start"];
+    const COLUMNS: &'static [&'static str] = &[
+        "trades",
+        "winning_trades",
+        "losing_trades",
+        "total_pnl",
+        "gross_profit",
+        "gross_loss",
+        "win_rate",
+        "profit_factor",
+        "largest_win",
+        "largest_loss",
+        "avg_latency_ms",
+    ];
+
+    fn key_json(key: &BucketKey) -> Map<String, Value> {
+        bucket_key(key, "strategy_id", "bucket_start")
+    }
+
+    fn columns(&self, _key: &BucketKey) -> Map<String, Value> {
+        let obj = json!({
+            "trades": self.trades,
+            "winning_trades": self.wins,
+            "losing_trades": self.losses,
+            "total_pnl": dec(self.pnl),
+            "gross_profit": dec(self.gross_profit),
+            "gross_loss": dec(self.gross_loss),
+            "win_rate": self.win_rate(),
+            "profit_factor": self.profit_factor(),
+            "largest_win": self.largest_win.map(dec),
+            "largest_loss": self.largest_loss.map(dec),
+            "avg_latency_ms": self.avg_latency_ms(),
+        });
+        match obj {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+impl TradingRow for Ohlcv {
+    type Key = BucketKey;
+    const TABLE: &'static str = "market_analytics";
+    const KEY: &'static [&'static str] = &["symbol", "interval", "bucket_start"];
+    const COLUMNS: &'static [&'static str] = &[
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "trades_count",
+        "price_points",
+    ];
+
+    fn key_json(key: &BucketKey) -> Map<String, Value> {
+        bucket_key(key, "symbol", "bucket_start")
+    }
+
+    fn columns(&self, _key: &BucketKey) -> Map<String, Value> {
+        let obj = json!({
+            "open": self.open.map(|(_, p)| dec(p)),
+            "high": self.high.map(dec),
+            "low": self.low.map(dec),
+            "close": self.close.map(|(_, p)| dec(p)),
+            "volume": dec(self.volume),
+            "trades_count": self.trades,
+            "price_points": self.points,
+        });
+        match obj {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+impl TradingRow for SessionState {
+    type Key = String;
+    const TABLE: &'static str = "user_behavior";
+    const KEY: &'static [&'static str] = &["session_id"];
+    const COLUMNS: &'static [&'static str] = &[
+        "user_id",
+        "session_start",
+        "last_event",
+        "duration_seconds",
+        "page_views",
+        "events",
+        "distinct_event_types",
+        "event_types",
+    ];
+
+    fn key_json(key: &String) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("session_id".into(), json!(key));
+        m
+    }
+
+    fn columns(&self, _key: &String) -> Map<String, Value> {
+        let (start, end) = (self.start.unwrap_or(0), self.end.unwrap_or(0));
+        let obj = json!({
+            "user_id": self.user_id,
+            "session_start": time(start),
+            "last_event": time(end),
+            "duration_seconds": (end - start) as f64 / 1e6,
+            "page_views": self.page_views,
+            "events": self.events,
+            "distinct_event_types": self.event_types.len(),
+            "event_types": self.event_types,
+        });
+        match obj {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + bytes.len() * 2);
+    s.push_str("\\x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Merges `deltas` (sorted by key) into `S::TABLE`.
+pub async fn merge_table<S: TradingRow>(
+    tx: &Transaction<'_>,
+    deltas: &BTreeMap<S::Key, S>,
+) -> Result<(), SinkError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&S::Key> = deltas.keys().collect();
+    let key_json = Value::Array(keys.iter().map(|k| Value::Object(S::key_json(k))).collect());
+    let table = S::TABLE;
+    let on = S::KEY
+        .iter()
+        .map(|c| format!("t.{c} = k.{c}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT a.ord, t.state
+                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a(j, ord)
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, a.j) AS k
+                 JOIN {table} t ON {on}
+                 ORDER BY a.ord
+                 FOR UPDATE OF t"
+            ),
+            &[&key_json],
+        )
+        .await?;
+    let mut merged: Vec<S> = deltas.values().cloned().collect();
+    for row in rows {
+        let ord: i64 = row.get(0);
+        let Some(slot) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| merged.get_mut(i))
+        else {
+            continue;
+        };
+        // A state that cannot be decoded is replaced by the batch's (and
+        // logged): refusing the batch would stall ingestion forever.
+        match from_bytes::<S>(row.get::<_, &[u8]>(1)) {
+            Some(mut stored) => {
+                stored.plus_equals(slot);
+                *slot = stored;
+            }
+            None => tracing::error!(table, "undecodable trading state replaced"),
+        }
+    }
+    let out = Value::Array(
+        keys.iter()
+            .zip(&merged)
+            .map(|(k, s)| {
+                let mut row = S::key_json(k);
+                row.extend(s.columns(k));
+                row.insert("state".into(), Value::String(hex(&to_bytes(s))));
+                Value::Object(row)
+            })
+            .collect(),
+    );
+    let mut columns: Vec<&str> = S::KEY.to_vec();
+    columns.extend_from_slice(S::COLUMNS);
+    columns.push("state");
+    let list = columns.join(", ");
+    let set = S::COLUMNS
+        .iter()
+        .chain(std::iter::once(&"state"))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let conflict = S::KEY.join(", ");
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} ({list})
+             SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)
+             ON CONFLICT ({conflict}) DO UPDATE SET {set}{}",
+            S::ON_UPDATE
+        ),
+        &[&out],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Merges the trading contributions of `events` into the four tables.
+pub async fn merge(
+    tx: &Transaction<'_>,
+    events: &[&dataflows::event::Event],
+) -> Result<(), SinkError> {
+    let batch = TradingBatch::of(events.iter().copied());
+    if batch.is_empty() {
+        return Ok(());
+    }
+    merge_table(tx, &batch.orders).await?;
+    merge_table(tx, &batch.strategies).await?;
+    merge_table(tx, &batch.markets).await?;
+    merge_table(tx, &batch.sessions).await?;
+    Ok(())
+}
+
+/// One order's row as JSON (without its merge state).
+pub async fn order(pool: &Pool, order_id: &str) -> Result<Option<Value>, SinkError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT to_jsonb(t) - 'state' FROM order_analytics t WHERE order_id = $1",
+            &[&order_id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A bucketed read: `interval`, buckets starting in `[start, end)` (µs).
+#[derive(Clone, Debug)]
+pub struct BucketQuery<'a> {
+    pub interval: &'a str,
+    pub start_us: i64,
+    pub end_us: i64,
+    /// Only this strategy or symbol.
+    pub id: Option<&'a str>,
+    pub limit: i64,
+}
+
+async fn buckets(
+    pool: &Pool,
+    table: &str,
+    id_column: &str,
+    q: &BucketQuery<'_>,
+) -> Result<Vec<Value>, SinkError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT to_jsonb(t) - 'state' FROM {table} t
+                 WHERE interval = $1 AND bucket_start >= $2 AND bucket_start < $3
+                   AND ($4::text IS NULL OR {id_column} = $4)
+                 ORDER BY bucket_start, {id_column}
+                 LIMIT $5"
+            ),
+            &[
+                &q.interval,
+                &PgMicros(q.start_us),
+                &PgMicros(q.end_us),
+                &q.id,
+                &q.limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Rows of `strategy_performance`, oldest bucket first.
+pub async fn strategies(pool: &Pool, q: &BucketQuery<'_>) -> Result<Vec<Value>, SinkError> {
+    buckets(pool, "strategy_performance", "strategy_id", q).await
+}
+
+/// Candles of `market_analytics`, oldest first.
+pub async fn market(pool: &Pool, q: &BucketQuery<'_>) -> Result<Vec<Value>, SinkError> {
+    buckets(pool, "market_analytics", "symbol", q).await
+}
+
+/// A user's sessions, latest first; `active` while the last event is less
+/// than `timeout_secs` old (wall clock).
+pub async fn sessions(
+    pool: &Pool,
+    user_id: &str,
+    timeout_secs: f64,
+    limit: i64,
+) -> Result<Vec<Value>, SinkError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT (to_jsonb(t) - 'state')
+                    || jsonb_build_object('active', t.last_event + make_interval(secs => $2) > now())
+             FROM user_behavior t WHERE user_id = $1
+             ORDER BY session_start DESC, session_id LIMIT $3",
+            &[&user_id, &timeout_secs, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_name_every_column_once() {
+        fn check<S: TradingRow + Default>(key: &S::Key) {
+            let cols = S::default().columns(key);
+            let mut names: Vec<&str> = cols.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            let mut expected = S::COLUMNS.to_vec();
+            expected.sort_unstable();
+            assert_eq!(names, expected, "{}", S::TABLE);
+            assert_eq!(S::key_json(key).len(), S::KEY.len());
+        }
+        check::<OrderState>(&"o".to_string());
+        let bucket = ("s".to_string(), dataflows::windows::Interval(0), 60);
+        check::<StrategyPerf>(&bucket);
+        check::<Ohlcv>(&bucket);
+        check::<SessionState>(&"x".to_string());
+        assert_eq!(hex(&[0, 255]), "\\x00ff");
+    }
+}
