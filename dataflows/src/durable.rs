@@ -24,6 +24,7 @@ use tracing::warn;
 
 use crate::aggregates::WindowUpdate;
 use crate::event::{DeadLetter, Event, Partition, PartitionOffset, Record};
+use crate::trading::TradingBatch;
 use crate::windows::{Agg, WindowKey};
 
 /// The rows of one worker for one or more ticks, handed to the sink.
@@ -39,6 +40,8 @@ pub struct SinkBatch {
     pub offsets: Vec<PartitionOffset>,
     /// Window contributions of `events`, to merge into the stored rollups.
     pub rollups: Vec<(WindowKey, Agg)>,
+    /// Trading-table contributions of `events`, merged in the same transaction.
+    pub trading: TradingBatch,
     /// Where to report the commit.
     pub ack: Arc<WorkerAck>,
 }
@@ -104,12 +107,16 @@ struct Pending {
     dead: Vec<DeadLetter>,
     offsets: BTreeMap<Partition, i64>,
     rollups: HashMap<WindowKey, Agg>,
+    trading: TradingBatch,
 }
 
 impl Pending {
     fn add_record(&mut self, record: Record) {
         match record {
-            Record::Event(e) => self.events.push(e),
+            Record::Event(e) => {
+                self.trading.add(&e);
+                self.events.push(e);
+            }
             Record::Dead(d) => self.dead.push(d),
             Record::Progress {
                 topic,
@@ -141,9 +148,10 @@ fn pending_at<'a>(
     )
 }
 
-/// Hands completed ticks to the sink: the tick's records and the window
+/// Hands completed ticks to the sink: the tick's records, the window
 /// partials computed from them (`rollups`, merged into `metric_aggregations`
-/// in the same transaction). The output frontier is the durability frontier.
+/// in the same transaction) and their trading contributions, folded here
+/// per tick on the worker. The output frontier is the durability frontier.
 pub fn durable_sink<'s>(
     records: Stream<'s, u64, Vec<Record>>,
     rollups: Stream<'s, u64, Vec<WindowUpdate>>,
@@ -195,6 +203,7 @@ pub fn durable_sink<'s>(
                             .map(|((t, p), o)| (t, p, o))
                             .collect(),
                         rollups: pending.rollups.into_iter().collect(),
+                        trading: pending.trading,
                         ack: Arc::clone(&ack),
                     };
                     if batch.rows() == 0 && batch.offsets.is_empty() && batch.rollups.is_empty() {

@@ -477,6 +477,22 @@ impl TradingBatch {
         }
     }
 
+    /// Merges `other` into this batch.
+    pub fn absorb(&mut self, other: &TradingBatch) {
+        for (k, s) in &other.orders {
+            merge_into(&mut self.orders, k.clone(), s.clone());
+        }
+        for (k, s) in &other.strategies {
+            merge_into(&mut self.strategies, k.clone(), s.clone());
+        }
+        for (k, s) in &other.markets {
+            merge_into(&mut self.markets, k.clone(), s.clone());
+        }
+        for (k, s) in &other.sessions {
+            merge_into(&mut self.sessions, k.clone(), s.clone());
+        }
+    }
+
     pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>) -> TradingBatch {
         let mut batch = TradingBatch::default();
         for e in events {
@@ -653,10 +669,7 @@ mod tests {
             let (a, b) = events.split_at(cut);
             let (a, b) = (TradingBatch::of(a), TradingBatch::of(b));
             let mut merged = b.clone();
-            for (k, s) in a.orders { merge_into(&mut merged.orders, k, s); }
-            for (k, s) in a.strategies { merge_into(&mut merged.strategies, k, s); }
-            for (k, s) in a.markets { merge_into(&mut merged.markets, k, s); }
-            for (k, s) in a.sessions { merge_into(&mut merged.sessions, k, s); }
+            merged.absorb(&a);
             prop_assert_eq!(&merged, &whole);
             prop_assert_eq!(&TradingBatch::of(reversed), &whole);
         }

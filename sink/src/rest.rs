@@ -59,7 +59,8 @@ pub async fn commit_rest(
     copy_events(&tx, &new).await?;
     upsert_counts(&tx, &new).await?;
     crate::dashboard::merge(&tx, &new).await?;
-    crate::trading::merge(&tx, &new).await?;
+    let trading = dataflows::trading::TradingBatch::of(new.iter().copied());
+    crate::trading::merge(&tx, &trading).await?;
     let contributions = windows(&new);
     let refs: Vec<(&WindowKey, &Agg)> = contributions.iter().map(|(k, a)| (k, a)).collect();
     crate::rollups::merge(&tx, partitions, &refs).await?;

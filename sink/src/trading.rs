@@ -1,6 +1,7 @@
 //! The trading tables (`order_analytics`, `strategy_performance`,
 //! `market_analytics`, `user_behavior`): the contributions of a batch
-//! ([`TradingBatch`]) are merged into the stored states inside the
+//! ([`TradingBatch`], folded per tick on the dataflow's workers by the
+//! durable sink, or by the REST path for its events) are merged into the stored states inside the
 //! transaction that stores the batch's raw rows and Kafka offsets, so every
 //! row always equals the fold of its committed events, exactly once.
 //!
@@ -333,12 +334,8 @@ pub async fn merge_table<S: TradingRow>(
     Ok(())
 }
 
-/// Merges the trading contributions of `events` into the four tables.
-pub async fn merge(
-    tx: &Transaction<'_>,
-    events: &[&dataflows::event::Event],
-) -> Result<(), SinkError> {
-    let batch = TradingBatch::of(events.iter().copied());
+/// Merges trading contributions into the four tables.
+pub async fn merge(tx: &Transaction<'_>, batch: &TradingBatch) -> Result<(), SinkError> {
     if batch.is_empty() {
         return Ok(());
     }

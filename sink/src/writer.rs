@@ -8,6 +8,7 @@
 //! with backoff and the same rows, so a PostgreSQL outage pauses ingestion
 //! (the sources stop polling when too many rows wait) without loss.
 
+use dataflows::trading::TradingBatch;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -166,7 +167,11 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     insert_dead_letters(&tx, &dead).await?;
     upsert_counts(&tx, &events).await?;
     crate::dashboard::merge(&tx, &events).await?;
-    crate::trading::merge(&tx, &events).await?;
+    let mut trading = TradingBatch::default();
+    for batch in group {
+        trading.absorb(&batch.trading);
+    }
+    crate::trading::merge(&tx, &trading).await?;
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for batch in group {
         for (t, p, o) in &batch.offsets {
