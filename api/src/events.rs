@@ -1,7 +1,6 @@
 //! `POST /api/v1/events` (parse, validate, commit or refuse into dead
 //! letters) and `GET /api/v1/events`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -9,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use dataflows::event::{parse_value, DeadLetter, DeadReason, Event, EventSource, FieldError};
-use dataflows::windows::contribute;
+use dataflows::windows::{contribute, Partials};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -147,13 +146,13 @@ pub(crate) async fn commit_events(
     let spec = Arc::clone(&state.windows);
     let guard = Arc::clone(&state.guard);
     let committed = sink::rest::commit_rest(&state.pool, &state.partitions, events, &[], |new| {
-        let mut partials = HashMap::new();
+        let mut partials = Partials::default();
         if let Ok(mut guard) = guard.lock() {
             for event in new {
                 contribute(event, &spec, &mut guard, &mut partials);
             }
         }
-        partials.into_iter().collect()
+        partials.drain().collect()
     })
     .await?;
     state.committed_windows.push(committed.windows);

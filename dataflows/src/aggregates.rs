@@ -9,7 +9,6 @@
 //! windows already beyond the horizon (late events) are not held in memory
 //! at all: they only reach PostgreSQL, and are counted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
@@ -19,7 +18,7 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::event::{EventSource, Record};
 use crate::metrics;
-use crate::windows::{contribute, Agg, DimensionGuard, WindowKey, WindowSpec};
+use crate::windows::{contribute, Agg, DimensionGuard, Partials, WindowKey, WindowSpec};
 
 /// A window update: `(key, tick, diff)`.
 pub type WindowUpdate = (WindowKey, u64, Agg);
@@ -33,7 +32,7 @@ pub fn window_partials<'s>(
 ) -> Stream<'s, u64, Vec<WindowUpdate>> {
     records.unary::<WindowBuilder, _, _, _>(Pipeline, "WindowPartials", move |_, _| {
         let mut guard = DimensionGuard::default();
-        let mut partials: HashMap<WindowKey, Agg> = HashMap::new();
+        let mut partials = Partials::default();
         move |input, output| {
             input.for_each(|cap, data| {
                 let Some(time) = cap.least().copied() else {

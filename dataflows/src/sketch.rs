@@ -187,8 +187,14 @@ impl Sketch {
         let Some(id) = Self::bucket_of(v) else {
             return false;
         };
+        self.add_to_bucket(id, n);
+        true
+    }
+
+    /// Adds `n` (possibly negative) to bucket `id` (from [`Sketch::bucket_of`]).
+    pub fn add_to_bucket(&mut self, id: i32, n: i64) {
         if n == 0 {
-            return true;
+            return;
         }
         match self.buckets.binary_search_by_key(&id, |&(b, _)| b) {
             Ok(i) => {
@@ -200,7 +206,6 @@ impl Sketch {
             }
             Err(i) => self.buckets.insert(i, (id, n)),
         }
-        true
     }
 
     /// Adds `other`'s counts to this sketch, dropping buckets that reach

@@ -184,6 +184,17 @@ impl Agg {
         }
     }
 
+    /// Adds one value, given in nano-units and as its sketch bucket.
+    pub fn add_value(&mut self, nano: i128, bucket: Option<i32>) {
+        self.count += 1;
+        self.sum += nano;
+        self.min = self.min.min(nano);
+        self.max = self.max.max(nano);
+        if let Some(id) = bucket {
+            self.sketch.add_to_bucket(id, 1);
+        }
+    }
+
     pub fn has_values(&self) -> bool {
         self.min <= self.max
     }
@@ -399,6 +410,51 @@ pub fn metrics_of(event: &Event, numeric: &[String]) -> (Vec<(String, Option<f64
     (out, dims)
 }
 
+/// Window contributions of a batch of events, merged per key. Grouped by
+/// `(metric, dimensions)`, so that adding an event builds each of those
+/// once, not once per interval.
+#[derive(Clone, Debug, Default)]
+pub struct Partials {
+    groups: HashMap<(String, Dims), HashMap<(Interval, i64), Agg>>,
+}
+
+impl Partials {
+    /// Windows held.
+    pub fn len(&self) -> usize {
+        self.groups.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The merged contributions, emptying this batch.
+    pub fn drain(&mut self) -> impl Iterator<Item = (WindowKey, Agg)> + '_ {
+        self.groups.drain().flat_map(|((metric, dims), windows)| {
+            windows.into_iter().map(move |((interval, start), agg)| {
+                (
+                    WindowKey {
+                        metric: metric.clone(),
+                        interval,
+                        dims: dims.clone(),
+                        start,
+                    },
+                    agg,
+                )
+            })
+        })
+    }
+
+    /// The merged contributions as a map (tests, small batches).
+    pub fn into_map(mut self) -> HashMap<WindowKey, Agg> {
+        self.drain().collect()
+    }
+
+    fn windows(&mut self, key: (String, Dims)) -> &mut HashMap<(Interval, i64), Agg> {
+        self.groups.entry(key).or_default()
+    }
+}
+
 /// Adds the contributions of `event` to `into`: for every metric and
 /// interval, the total row and, when the event has dimensions admitted by
 /// the guard, the row of its dimension combination.
@@ -406,15 +462,12 @@ pub fn contribute(
     event: &Event,
     spec: &WindowSpec,
     guard: &mut DimensionGuard,
-    into: &mut HashMap<WindowKey, Agg>,
+    into: &mut Partials,
 ) {
     let (metrics, dims) = metrics_of(event, &spec.numeric);
     let second = event.second();
     for (metric, value) in metrics {
-        let agg = match value {
-            Some(v) => Agg::of_value(v),
-            None => Agg::one(),
-        };
+        let value = value.map(|v| (to_nano(v), Sketch::bucket_of(v)));
         let split = !dims.is_total()
             && guard.admit(
                 &metric,
@@ -423,22 +476,21 @@ pub fn contribute(
                 second,
                 spec.memory_span_secs(),
             );
-        for (interval, _) in &spec.intervals {
-            let start = interval.window_of(second);
-            let mut add = |dims: Dims| {
-                let key = WindowKey {
-                    metric: metric.clone(),
-                    interval: *interval,
-                    dims,
-                    start,
-                };
-                into.entry(key).or_default().plus_equals(&agg);
-            };
-            add(Dims::default());
-            if split {
-                add(dims.clone());
+        let add = |windows: &mut HashMap<(Interval, i64), Agg>| {
+            for (interval, _) in &spec.intervals {
+                let agg = windows
+                    .entry((*interval, interval.window_of(second)))
+                    .or_default();
+                match value {
+                    Some((nano, bucket)) => agg.add_value(nano, bucket),
+                    None => agg.count += 1,
+                }
             }
+        };
+        if split {
+            add(into.windows((metric.clone(), dims.clone())));
         }
+        add(into.windows((metric, Dims::default())));
     }
 }
 
@@ -471,7 +523,7 @@ mod tests {
 
     #[test]
     fn contributions_cover_metrics_intervals_and_dimensions() {
-        let mut into = HashMap::new();
+        let mut into = Partials::default();
         let mut guard = DimensionGuard::default();
         let e = event(
             "order.filled",
@@ -479,6 +531,7 @@ mod tests {
             3_725,
         );
         contribute(&e, &spec(), &mut guard, &mut into);
+        let into = into.into_map();
         // 4 metrics (count, price, quantity, notional) × 2 intervals × 2 rows.
         assert_eq!(into.len(), 16);
         let key = WindowKey {
@@ -507,13 +560,14 @@ mod tests {
 
     #[test]
     fn guard_caps_values_and_counts_refusals() {
-        let mut into = HashMap::new();
+        let mut into = Partials::default();
         let mut guard = DimensionGuard::default();
         for s in ["A", "B", "C", "A"] {
             let e = event("page.view", &format!(r#"{{"symbol":"{s}"}}"#), 10);
             contribute(&e, &spec(), &mut guard, &mut into);
         }
         assert_eq!(guard.refused, 1);
+        let into = into.into_map();
         let total = WindowKey {
             metric: "events.count.page.view".into(),
             interval: Interval(0),
@@ -529,7 +583,7 @@ mod tests {
 
     #[test]
     fn guard_forgets_values_not_seen_for_longer_than_memory() {
-        let mut into = HashMap::new();
+        let mut into = Partials::default();
         let mut guard = DimensionGuard::default();
         let s = spec();
         let span = s.memory_span_secs();
@@ -543,6 +597,7 @@ mod tests {
         contribute(&at("B", span), &s, &mut guard, &mut into);
         contribute(&at("C", span + 1), &s, &mut guard, &mut into);
         assert_eq!(guard.refused, 1, "A is forgotten, C takes its place");
+        let into = into.into_map();
         assert!(into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
     }
 
