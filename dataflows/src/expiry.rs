@@ -4,6 +4,8 @@
 //! rows read from PostgreSQL at time 0 (worker 0 only, by construction of
 //! what it is given).
 
+use std::collections::BTreeMap;
+
 use differential_dataflow::difference::Abelian;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -27,24 +29,36 @@ where
         Pipeline,
         name,
         move |_, _| {
+            // Retractions of one batch, grouped by their time, so that each
+            // time gets one session (one container), not one per update.
+            let mut later: BTreeMap<u64, Vec<(K, u64, R)>> = BTreeMap::new();
             move |input, output| {
                 input.for_each(|cap, data| {
                     let Some(cap) = cap.retain_least(0) else {
                         return;
                     };
                     let mut dropped = 0u64;
-                    for (key, time, diff) in data.drain(..) {
-                        let at = expire_at(&key);
-                        if at <= time {
-                            dropped += 1;
-                            continue;
+                    {
+                        let mut now = output.session(&cap);
+                        for (key, time, diff) in data.drain(..) {
+                            let at = expire_at(&key);
+                            if at <= time {
+                                dropped += 1;
+                                continue;
+                            }
+                            let mut retraction = diff.clone();
+                            retraction.negate();
+                            later
+                                .entry(at)
+                                .or_default()
+                                .push((key.clone(), at, retraction));
+                            now.give((key, time, diff));
                         }
-                        let mut retraction = diff.clone();
-                        retraction.negate();
-                        output.session(&cap).give((key.clone(), time, diff));
+                    }
+                    for (at, updates) in std::mem::take(&mut later) {
                         output
                             .session(&cap.delayed(&at))
-                            .give((key, at, retraction));
+                            .give_iterator(updates.into_iter());
                     }
                     if dropped > 0 {
                         late(dropped);
