@@ -304,6 +304,8 @@ pub struct ReadsResult {
     pub seconds: f64,
     pub endpoints: Vec<EndpointResult>,
     pub all: EndpointResult,
+    /// Per second of the schedule: (second, requests due, worst latency ms).
+    pub timeline: Vec<(u64, u64, f64)>,
 }
 
 /// The three live read paths, with the parameters a dashboard sends.
@@ -337,7 +339,7 @@ pub async fn reads(
     let handle = loadgen::spawn(load, None, Arc::new(AtomicBool::new(false)))?;
     // Let the load reach its rate before the first request.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, f64, bool)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64, f64, bool)>();
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut i: u32 = 0;
@@ -359,14 +361,19 @@ pub async fn reads(
                 Err(_) => false,
             };
             let latency = (tokio::time::Instant::now() - due).as_secs_f64() * 1e3;
-            let _ = tx.send((endpoint, latency, ok));
+            let second = (due - start).as_secs();
+            let _ = tx.send((endpoint, second, latency, ok));
         });
         i += 1;
     }
     drop(tx);
     let mut per: Vec<(Vec<f64>, u64, u64)> = vec![(Vec::new(), 0, 0); paths.len()];
     let mut all: (Vec<f64>, u64, u64) = (Vec::new(), 0, 0);
-    while let Some((endpoint, latency, ok)) = rx.recv().await {
+    let mut timeline: BTreeMap<u64, (u64, f64)> = BTreeMap::new();
+    while let Some((endpoint, second, latency, ok)) = rx.recv().await {
+        let slot = timeline.entry(second).or_default();
+        slot.0 += 1;
+        slot.1 = slot.1.max(latency);
         for slot in [&mut per[endpoint], &mut all] {
             slot.0.push(latency);
             if ok {
@@ -400,6 +407,10 @@ pub async fn reads(
         seconds,
         endpoints,
         all: result("all", all),
+        timeline: timeline
+            .into_iter()
+            .map(|(s, (n, max))| (s, n, max))
+            .collect(),
     })
 }
 

@@ -97,6 +97,15 @@ fn num(v: f64) -> String {
     }
 }
 
+/// Three significant digits, for ratios far from 1.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
+}
+
 struct Table {
     rows: Vec<String>,
 }
@@ -112,7 +121,7 @@ impl Table {
     ) {
         let cell = |v: Option<f64>| v.map_or("—".to_string(), num);
         let ratio = match (ours, baseline) {
-            (Some(o), Some(b)) if b > 0.0 => format!("{:.2}×", o / b),
+            (Some(o), Some(b)) if b > 0.0 => format!("{}×", significant(o / b)),
             _ => "—".to_string(),
         };
         let met = match met {
@@ -306,6 +315,10 @@ mod tests {
         assert_eq!(num(100.0), "100");
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(0.256), "0.26");
+        assert_eq!(significant(0.000577), "0.000577");
+        assert_eq!(significant(36.88), "36.9");
+        assert_eq!(significant(1.0), "1.00");
+        assert_eq!(significant(1234.6), "1235");
     }
 
     #[test]
