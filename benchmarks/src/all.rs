@@ -97,6 +97,9 @@ pub struct AllArgs {
     pub core_events: Option<u64>,
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub core_workers: Vec<usize>,
+    /// Longest wait for the core's snapshot to count everything [default: 300; quick 60].
+    #[arg(long)]
+    pub core_max_secs: Option<u64>,
     /// Seconds of producing in the ingest phase [default: 60; quick 10].
     #[arg(long)]
     pub ingest_secs: Option<u64>,
@@ -370,16 +373,24 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
         for &w in &args.core_workers {
             say(&format!("dataflow core -w {w}, {core_events} events"));
             let seed = args.seed;
+            let max_wait = args.pick(args.core_max_secs, 300, 60);
             let r = tokio::task::spawn_blocking(move || {
-                crate::core::run(w, core_events, seed, crate::core::TICK_MS)
+                crate::core::run(w, core_events, seed, crate::core::TICK_MS, max_wait)
             })
             .await
             .context("core benchmark thread")
             .and_then(|r| r);
             if let Some(c) = note(&mut errors, &format!("core -w {w}"), r) {
                 say(&format!(
-                    "  {:.0} events/s ({:.0} per worker) in {:.2} s; sink rows {} ({} dead)",
-                    c.events_per_s, c.events_per_s_per_worker, c.seconds, c.sink_rows, c.sink_dead
+                    "  {:.0} events/s ({:.0} per worker) in {:.2} s; snapshot counted {} of {} valid; sink rows {} ({} dead){}",
+                    c.events_per_s,
+                    c.events_per_s_per_worker,
+                    c.seconds,
+                    c.reflected,
+                    c.valid,
+                    c.sink_rows,
+                    c.sink_dead,
+                    if c.completed { "" } else { " INCOMPLETE" }
                 ));
                 results.core.push(c);
             }
@@ -543,9 +554,15 @@ async fn live_phases(
 }
 
 fn write_report(args: &AllArgs, results: &Results) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out_dir)?;
+    // Smoke runs go to a git-ignored folder of their own.
+    let dir = if args.quick {
+        args.out_dir.join("quick")
+    } else {
+        args.out_dir.clone()
+    };
+    std::fs::create_dir_all(&dir)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let json_path = args.out_dir.join(format!("{stamp}.json"));
+    let json_path = dir.join(format!("{stamp}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(results)?)?;
     let table = report::table(results);
     println!("\n{table}");

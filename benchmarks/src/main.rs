@@ -54,6 +54,9 @@ enum Command {
         /// Processing-time tick, ms (the service's default is 100).
         #[arg(long, default_value_t = benchmarks::core::TICK_MS)]
         tick_ms: u64,
+        /// Longest wait for the snapshot to count every event, seconds.
+        #[arg(long, default_value_t = 600)]
+        max_wait: u64,
         /// Print the result as one JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -126,21 +129,33 @@ fn main() -> anyhow::Result<()> {
             events,
             seed,
             tick_ms,
+            max_wait,
             json,
         } => {
-            let r = benchmarks::core::run(workers, events, seed, tick_ms)?;
+            let r = benchmarks::core::run(
+                workers,
+                events,
+                seed,
+                tick_ms,
+                Duration::from_secs(max_wait),
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "dataflow core -w {}: {} events ({} invalid) in {:.3} s: {:.0} events/s, {:.0} per worker (generation {:.1} s, not timed)",
+                    "dataflow core -w {}: {} events ({} invalid) in {:.3} s: {:.0} events/s, {:.0} per worker (generation {:.1} s, not timed){}",
                     r.workers,
                     r.events,
                     r.invalid,
                     r.seconds,
                     r.events_per_s,
                     r.events_per_s_per_worker,
-                    r.generate_s
+                    r.generate_s,
+                    if r.completed {
+                        String::new()
+                    } else {
+                        format!("; INCOMPLETE: {} of {} valid events counted", r.reflected, r.valid)
+                    }
                 );
             }
         }

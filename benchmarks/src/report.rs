@@ -143,14 +143,15 @@ pub fn table(r: &Results) -> String {
     for c in &r.core {
         t.row(
             &format!(
-                "dataflow core -w {}, events/s per worker (total {})",
+                "dataflow core -w {}, events/s per worker (total {}){}",
                 c.workers,
-                num(c.events_per_s)
+                num(c.events_per_s),
+                if c.completed { "" } else { " (NOT complete)" }
             ),
             Some(c.events_per_s_per_worker),
             None,
             "≥ 1,000,000",
-            Some(c.events_per_s_per_worker >= 1_000_000.0),
+            Some(c.events_per_s_per_worker >= 1_000_000.0 && c.completed),
         );
     }
     let base_ingest = r.baseline_ingest.as_ref().map(|b| b.events_per_s);
