@@ -306,7 +306,7 @@ fn ingest_line(i: &measure::IngestResult) -> String {
         i.seconds,
         i.drain_s,
         i.events_per_s,
-        if i.mismatches.is_empty() { String::new() } else { format!("; {:?}", i.mismatches) }
+        if i.mismatches.is_empty() || !i.completed { String::new() } else { format!("; {:?}", i.mismatches) }
     )
 }
 

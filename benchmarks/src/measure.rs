@@ -40,7 +40,7 @@ impl Target {
             label: label.into(),
             base_url,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .timeout(REQUEST_TIMEOUT)
                 .pool_max_idle_per_host(1_024)
                 .build()?,
             pid,
@@ -283,6 +283,12 @@ pub async fn freshness(
     })
 }
 
+/// A request that takes longer fails.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most read requests outstanding at once (file descriptors are finite);
+/// beyond it a request is counted as failed without being sent.
+const MAX_IN_FLIGHT: usize = 4_096;
+
 /// Read latency at a fixed request rate, open loop.
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointResult {
@@ -340,6 +346,7 @@ pub async fn reads(
     // Let the load reach its rate before the first request.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64, f64, bool)>();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut i: u32 = 0;
@@ -352,7 +359,16 @@ pub async fn reads(
         let endpoint = i as usize % paths.len();
         let url = format!("{}{}", target.base_url, paths[endpoint]);
         let (http, tx) = (target.http.clone(), tx.clone());
+        let second = (due - start).as_secs();
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            // Too many requests already waiting: the service has fallen
+            // over; count this one as failed at the timeout.
+            let _ = tx.send((endpoint, second, REQUEST_TIMEOUT.as_secs_f64() * 1e3, false));
+            i += 1;
+            continue;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let ok = match http.get(&url).send().await {
                 Ok(r) => {
                     let status = r.status();
@@ -361,7 +377,6 @@ pub async fn reads(
                 Err(_) => false,
             };
             let latency = (tokio::time::Instant::now() - due).as_secs_f64() * 1e3;
-            let second = (due - start).as_secs();
             let _ = tx.send((endpoint, second, latency, ok));
         });
         i += 1;
