@@ -566,6 +566,18 @@ fn write_report(args: &AllArgs, results: &Results) -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(results)?)?;
     let table = report::table(results);
     println!("\n{table}");
+    println!("command: {}", results.command);
+    println!("machine: {}", results.machine.describe());
+    println!(
+        "date: {} to {} (UTC){}",
+        results.started_at,
+        results.finished_at,
+        if args.quick {
+            "; --quick: a smoke run, not a measurement"
+        } else {
+            ""
+        }
+    );
     println!("results: {}", json_path.display());
     let complete = args.phases.len() == 6 && results.errors.is_empty();
     if !args.quick && !args.no_results_md && complete {
