@@ -39,5 +39,10 @@ build:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
-	@echo "benchmarks are not written yet (issue 6)" >&2; exit 1
+## Benchmarks (not part of `make test`; see benchmarks/README.md): about 25
+## minutes on fresh databases and topics; writes benchmarks/results/*.json
+## and benchmarks/RESULTS.md. `make bench BENCH_ARGS=--quick` is a smoke run.
+BENCH_ARGS ?=
+bench: services
+	$(CARGO) build --release -p analytics -p benchmarks
+	$${CARGO_TARGET_DIR:-target}/release/bench all --analytics $${CARGO_TARGET_DIR:-target}/release/analytics $(BENCH_ARGS)

@@ -1,0 +1,298 @@
+//! The dataflow-core benchmark: the service's real dataflow
+//! ([`dataflows::pipeline::build`]) on N timely worker threads of this
+//! process, fed from memory ([`dataflows::memory_source`]) instead of
+//! Kafka, with a sink that acknowledges every batch at once instead of
+//! writing PostgreSQL. Payloads are generated before the clock starts; the
+//! clock stops when the published [`LiveSnapshot`] counts every valid
+//! event. Parsing, validation, window partials, the durability gate, the
+//! arrangements, the dashboard state and the snapshot are all measured.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dataflows::counts::CommittedQueue;
+use dataflows::durable::{SinkBatch, WorkerAck};
+use dataflows::event::TimeBounds;
+use dataflows::kafka_source::{KafkaSettings, PartitionDirectory};
+use dataflows::memory_source::PayloadFeed;
+use dataflows::pipeline::{self, ProcessContext, Restored};
+use dataflows::windows::{Interval, WindowSpec, DEFAULT_NUMERIC, INTERVALS};
+use dataflows::LiveSnapshot;
+use tokio::sync::watch;
+
+use crate::gen::{Generator, Tally};
+
+/// The service's defaults (`config.rs`): tick, horizons, limits.
+pub const TICK_MS: u64 = 100;
+const LIVE_HORIZON_MS: u64 = 25 * 3_600_000;
+const ACTIVE_USERS_MS: u64 = 5 * 60_000;
+const MAX_DIMENSION_VALUES: usize = 1_000;
+const POLL_BUDGET: usize = 4_096;
+const MAX_PENDING_ROWS: i64 = 200_000;
+
+/// In-memory horizon per interval, as `config::default_horizon`.
+fn default_horizon_ms(interval: &str) -> u64 {
+    let hours = match interval {
+        "1m" => 2,
+        "5m" => 6,
+        "15m" => 12,
+        "30m" => 24,
+        "1h" => 48,
+        "4h" => 7 * 24,
+        _ => 31 * 24,
+    };
+    hours * 3_600_000
+}
+
+/// The window spec the service builds from its default configuration.
+pub fn default_window_spec(tick_ms: u64) -> WindowSpec {
+    WindowSpec {
+        intervals: INTERVALS
+            .iter()
+            .filter_map(|(name, _)| Interval::parse(name).map(|i| (i, default_horizon_ms(name))))
+            .collect(),
+        numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
+        max_dimension_values: MAX_DIMENSION_VALUES,
+        tick_ms,
+    }
+}
+
+/// Pre-generated payloads, one share per worker, handed out by moving.
+struct Feed {
+    shares: Vec<Mutex<std::vec::IntoIter<Vec<u8>>>>,
+}
+
+impl PayloadFeed for Feed {
+    fn topic(&self) -> &str {
+        "bench.core"
+    }
+
+    fn fill(&self, worker: usize, budget: usize, out: &mut Vec<Vec<u8>>) -> bool {
+        let Some(share) = self.shares.get(worker) else {
+            return false;
+        };
+        let Ok(mut share) = share.lock() else {
+            return false;
+        };
+        let before = out.len();
+        out.extend(share.by_ref().take(budget));
+        out.len() > before
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CoreResult {
+    pub workers: usize,
+    pub events: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    pub seconds: f64,
+    /// All events (valid and invalid) per second.
+    pub events_per_s: f64,
+    pub events_per_s_per_worker: f64,
+    /// Rows the sink received (events + dead letters); must equal `events`.
+    pub sink_rows: u64,
+    pub sink_dead: u64,
+    pub generate_s: f64,
+    /// False when `max_wait` passed before the snapshot counted every
+    /// event; the rate is then what it counted by then, per second.
+    pub completed: bool,
+    /// Valid events the last snapshot counted.
+    pub reflected: u64,
+}
+
+/// Runs `events` events through `workers` worker threads, waiting at most
+/// `max_wait` for the snapshot to count them all.
+pub fn run(
+    workers: usize,
+    events: u64,
+    seed: u64,
+    tick_ms: u64,
+    max_wait: Duration,
+) -> anyhow::Result<CoreResult> {
+    anyhow::ensure!(workers >= 1, "-w must be at least 1");
+    let gen_start = Instant::now();
+    let mut gen = Generator::new(seed);
+    let mut tally = Tally::default();
+    let base_us = chrono::Utc::now().timestamp_micros();
+    let mut shares: Vec<Vec<Vec<u8>>> = (0..workers)
+        .map(|_| Vec::with_capacity(events as usize / workers + 1))
+        .collect();
+    let (mut min_us, mut max_us) = (i64::MAX, i64::MIN);
+    for i in 0..events {
+        // Event times spread over the generation, 10 µs apart.
+        let now = base_us + i as i64 * 10;
+        let meta = gen.next(now);
+        tally.add(&meta);
+        min_us = min_us.min(now - 600_000_000);
+        max_us = max_us.max(now);
+        shares[(i % workers as u64) as usize].push(gen.payload().to_vec());
+    }
+    let generate_s = gen_start.elapsed().as_secs_f64();
+    let from_second = min_us.div_euclid(1_000_000) - 2;
+    let to_second = max_us.div_euclid(1_000_000) + 2;
+    let feed = Arc::new(Feed {
+        shares: shares
+            .into_iter()
+            .map(|s| Mutex::new(s.into_iter()))
+            .collect(),
+    });
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (sink_tx, mut sink_rx) = tokio::sync::mpsc::unbounded_channel::<SinkBatch>();
+    let (snap_tx, mut snap_rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let sink_rows = Arc::new(AtomicU64::new(0));
+    let sink_dead = Arc::new(AtomicU64::new(0));
+    let acker = {
+        let (rows, dead) = (Arc::clone(&sink_rows), Arc::clone(&sink_dead));
+        std::thread::Builder::new()
+            .name("bench-ack".into())
+            .spawn(move || {
+                while let Some(batch) = sink_rx.blocking_recv() {
+                    rows.fetch_add(batch.rows() as u64, Ordering::Relaxed);
+                    dead.fetch_add(batch.dead.len() as u64, Ordering::Relaxed);
+                    batch.ack.acknowledge(batch.tick, batch.rows());
+                }
+            })?
+    };
+    let ctx = Arc::new(ProcessContext {
+        kafka: KafkaSettings {
+            brokers: String::new(),
+            group_id: "bench-core".into(),
+            topics: Vec::new(),
+            session_timeout_ms: 30_000,
+            poll_budget: POLL_BUDGET,
+            max_pending_rows: MAX_PENDING_ROWS,
+            time_bounds: TimeBounds {
+                max_age_us: 90 * 86_400 * 1_000_000,
+                max_future_us: 86_400 * 1_000_000,
+            },
+        },
+        tick_ms,
+        horizon_ms: LIVE_HORIZON_MS,
+        active_users_ms: ACTIVE_USERS_MS,
+        windows: Arc::new(default_window_spec(tick_ms)),
+        workers_per_process: workers,
+        directory: Arc::new(PartitionDirectory::default()),
+        sink: sink_tx,
+        acks: (0..workers)
+            .map(|_| Arc::new(WorkerAck::default()))
+            .collect(),
+        committed: Arc::new(CommittedQueue::default()),
+        committed_windows: Arc::new(CommittedQueue::default()),
+        snapshots: Arc::new(snap_tx),
+        restored: Mutex::new(Some(Restored::default())),
+        shutdown: Arc::clone(&shutdown),
+        validators: Arc::new(dataflows::validate::Registry::default()),
+        feed: Some(feed),
+    });
+    let config = if workers > 1 {
+        timely::Config::process(workers)
+    } else {
+        timely::Config::thread()
+    };
+    let start = Instant::now();
+    let worker_ctx = Arc::clone(&ctx);
+    let guards = timely::execute(config, move |worker| {
+        let ctx = Arc::clone(&worker_ctx);
+        let mut dataflow = pipeline::build(worker, &ctx);
+        let park = Duration::from_millis(ctx.tick_ms);
+        let mut last_maintenance = Instant::now();
+        loop {
+            worker.step_or_park(Some(park));
+            if last_maintenance.elapsed() >= Duration::from_secs(1) {
+                dataflow.maintain();
+                last_maintenance = Instant::now();
+            }
+            if ctx.shutdown.load(Ordering::Relaxed) && dataflow.probe.done() {
+                break;
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
+    drop(ctx);
+
+    // Wait for the snapshot that counts every valid event.
+    let expected = tally.valid as i64;
+    let count = |snapshot: &LiveSnapshot| -> i64 {
+        snapshot
+            .counts
+            .by_type(from_second, to_second)
+            .values()
+            .sum()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let waited = rt.block_on(async {
+        tokio::time::timeout(max_wait, async {
+            loop {
+                if count(&snap_rx.borrow_and_update()) >= expected {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                snap_rx.changed().await.context("dataflow stopped")?;
+            }
+        })
+        .await
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let completed = match waited {
+        Ok(r) => {
+            r?;
+            true
+        }
+        Err(_) => false,
+    };
+    let counted = count(&snap_rx.borrow());
+    shutdown.store(true, Ordering::SeqCst);
+    for r in guards.join() {
+        r.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
+    }
+    let _ = acker.join();
+    let rows = sink_rows.load(Ordering::Relaxed);
+    let dead = sink_dead.load(Ordering::Relaxed);
+    if completed {
+        anyhow::ensure!(
+            counted == expected,
+            "snapshot counts {counted} events, {expected} were valid"
+        );
+        let snapshot_types: HashMap<String, i64> = snap_rx
+            .borrow()
+            .counts
+            .by_type(from_second, to_second)
+            .into_iter()
+            .collect();
+        for (t, n) in &tally.by_type {
+            let got = snapshot_types.get(t).copied().unwrap_or(0);
+            anyhow::ensure!(got == *n as i64, "{t}: snapshot {got}, generated {n}");
+        }
+        anyhow::ensure!(
+            rows == events && dead == tally.invalid,
+            "sink saw {rows} rows ({dead} dead), generated {events} ({} invalid)",
+            tally.invalid
+        );
+    }
+    let events_per_s = if completed {
+        events as f64 / seconds
+    } else {
+        counted as f64 / seconds
+    };
+    Ok(CoreResult {
+        workers,
+        events,
+        valid: tally.valid,
+        invalid: tally.invalid,
+        seconds,
+        events_per_s,
+        events_per_s_per_worker: events_per_s / workers as f64,
+        sink_rows: rows,
+        sink_dead: dead,
+        generate_s,
+        completed,
+        reflected: counted.max(0) as u64,
+    })
+}

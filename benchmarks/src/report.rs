@@ -1,0 +1,330 @@
+//! What a run reports: every result as JSON (`benchmarks/results/<UTC
+//! timestamp>.json`) and a markdown table (figure, ours, baseline, ours /
+//! baseline, the target of `DESIGN.md`, met?), printed and, for a full run,
+//! written to `benchmarks/RESULTS.md` with the machine, date and command.
+
+use serde::Serialize;
+
+use crate::core::CoreResult;
+use crate::measure::{FreshnessResult, IngestResult, MemoryResult, ReadsResult};
+
+/// The machine a run was made on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Machine {
+    pub hostname: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let meminfo = read("/proc/meminfo");
+        Machine {
+            hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .unwrap_or("unknown")
+                .trim()
+                .to_string(),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1_048_576.0),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} CPUs: {}, {:.1} GiB, Linux {})",
+            self.hostname, self.cpus, self.cpu_model, self.memory_gib, self.kernel
+        )
+    }
+}
+
+/// One ingest run of ours.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestRun {
+    pub workers: usize,
+    pub result: IngestResult,
+}
+
+/// Everything one `bench all` measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Results {
+    pub started_at: String,
+    pub finished_at: String,
+    pub command: String,
+    pub quick: bool,
+    pub machine: Machine,
+    pub options: serde_json::Value,
+    pub core: Vec<CoreResult>,
+    pub ingest: Vec<IngestRun>,
+    pub freshness: Option<FreshnessResult>,
+    pub reads: Option<ReadsResult>,
+    pub memory: Option<MemoryResult>,
+    pub baseline_ingest: Option<IngestResult>,
+    pub baseline_freshness: Option<FreshnessResult>,
+    pub baseline_reads: Option<ReadsResult>,
+    /// Phases that failed, with the error.
+    pub errors: Vec<String>,
+}
+
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        let s = format!("{:.0}", v);
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Three significant digits, for ratios far from 1.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.digits$}")
+}
+
+struct Table {
+    rows: Vec<String>,
+}
+
+impl Table {
+    fn row(
+        &mut self,
+        figure: &str,
+        ours: Option<f64>,
+        baseline: Option<f64>,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        let cell = |v: Option<f64>| v.map_or("—".to_string(), num);
+        let ratio = match (ours, baseline) {
+            (Some(o), Some(b)) if b > 0.0 => format!("{}×", significant(o / b)),
+            _ => "—".to_string(),
+        };
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        self.rows.push(format!(
+            "| {figure} | {} | {} | {ratio} | {target} | {met} |",
+            cell(ours),
+            cell(baseline)
+        ));
+    }
+}
+
+/// The markdown table of a run.
+pub fn table(r: &Results) -> String {
+    let mut t = Table { rows: Vec::new() };
+    for c in &r.core {
+        t.row(
+            &format!(
+                "dataflow core -w {}, events/s per worker (total {}){}",
+                c.workers,
+                num(c.events_per_s),
+                if c.completed { "" } else { " (NOT complete)" }
+            ),
+            Some(c.events_per_s_per_worker),
+            None,
+            "≥ 1,000,000",
+            Some(c.events_per_s_per_worker >= 1_000_000.0 && c.completed),
+        );
+    }
+    let base_ingest = r.baseline_ingest.as_ref().map(|b| b.events_per_s);
+    for run in &r.ingest {
+        let i = &run.result;
+        let flag = if i.completed && i.exact {
+            ""
+        } else if !i.completed {
+            " (NOT drained)"
+        } else {
+            " (counts differ)"
+        };
+        t.row(
+            &format!(
+                "end to end -w {}, events/s, Kafka → PostgreSQL + stats{flag}",
+                run.workers
+            ),
+            Some(i.events_per_s),
+            base_ingest,
+            "≥ 100,000",
+            Some(i.events_per_s >= 100_000.0 && i.completed && i.exact),
+        );
+    }
+    if let (Some(best), Some(b)) = (
+        r.ingest
+            .iter()
+            .map(|run| run.result.events_per_s)
+            .reduce(f64::max),
+        base_ingest,
+    ) {
+        if b > 0.0 {
+            t.row(
+                "end to end, best ours / baseline",
+                Some(best / b),
+                None,
+                "≥ 10×",
+                Some(best / b >= 10.0),
+            );
+        }
+    }
+    let bf = r.baseline_freshness.as_ref();
+    if let Some(f) = &r.freshness {
+        t.row(
+            &format!(
+                "freshness p50, ms, produce → dashboard at {} events/s",
+                num(f.load.rate)
+            ),
+            Some(f.latency_ms.p50),
+            bf.map(|b| b.latency_ms.p50),
+            "—",
+            None,
+        );
+        t.row(
+            &format!(
+                "freshness p99, ms ({} of {} markers seen)",
+                f.markers_seen, f.markers_sent
+            ),
+            Some(f.latency_ms.p99),
+            bf.map(|b| b.latency_ms.p99),
+            "≤ 300",
+            Some(f.latency_ms.p99 <= 300.0 && f.markers_seen == f.markers_sent),
+        );
+    }
+    if let Some(reads) = &r.reads {
+        let base = r.baseline_reads.as_ref();
+        for (i, e) in reads.endpoints.iter().enumerate() {
+            let b = base.and_then(|b| b.endpoints.get(i));
+            t.row(
+                &format!("{} p50, ms", e.path),
+                Some(e.latency_ms.p50),
+                b.map(|b| b.latency_ms.p50),
+                "—",
+                None,
+            );
+            t.row(
+                &format!("{} p99, ms ({} errors)", e.path, e.errors),
+                Some(e.latency_ms.p99),
+                b.map(|b| b.latency_ms.p99),
+                "≤ 5",
+                Some(e.latency_ms.p99 <= 5.0 && e.errors == 0),
+            );
+        }
+        t.row(
+            &format!(
+                "reads answered/s (asked {} req/s, ingest {} events/s)",
+                num(reads.rate),
+                num(reads.load.rate)
+            ),
+            Some(reads.all.throughput),
+            base.map(|b| b.all.throughput),
+            &num(reads.rate),
+            Some(reads.all.throughput >= 0.99 * reads.rate),
+        );
+    }
+    if let Some(m) = &r.memory {
+        let mib = |k: u64| k as f64 / 1024.0;
+        t.row(
+            &format!("RSS MiB after {:.0} s warm-up", m.warmup_s),
+            Some(mib(m.warm_kib)),
+            None,
+            "—",
+            None,
+        );
+        t.row(
+            &format!(
+                "RSS MiB at the end ({:.0} s at {} events/s)",
+                m.samples.last().map_or(0.0, |s| s.0),
+                num(m.load.rate)
+            ),
+            Some(mib(m.last_kib)),
+            None,
+            "—",
+            None,
+        );
+        t.row(
+            "RSS max deviation from warm-up, %",
+            Some(m.max_deviation_pct),
+            None,
+            "≤ 10",
+            Some(m.max_deviation_pct <= 10.0),
+        );
+    }
+    let mut out = String::from(
+        "| figure | ours | baseline | ours / baseline | target | met? |\n|---|---|---|---|---|---|\n",
+    );
+    for row in t.rows {
+        out.push_str(&row);
+        out.push('\n');
+    }
+    for e in &r.errors {
+        out.push_str(&format!("\nFAILED: {e}\n"));
+    }
+    out
+}
+
+/// The `RESULTS.md` of a full run.
+pub fn results_md(r: &Results, json_path: &str) -> String {
+    format!(
+        "# Benchmark results\n\n\
+         The latest full run of `make bench` (see `README.md` for what each figure means).\n\n\
+         - date: {} to {} (UTC)\n\
+         - machine: {}\n\
+         - command: `{}`\n\
+         - every figure: `{}`\n\n\
+         {}",
+        r.started_at,
+        r.finished_at,
+        r.machine.describe(),
+        r.command,
+        json_path,
+        table(r)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(num(1_234_567.8), "1,234,568");
+        assert_eq!(num(100.0), "100");
+        assert_eq!(num(12.34), "12.3");
+        assert_eq!(num(0.256), "0.26");
+        assert_eq!(significant(0.000577), "0.000577");
+        assert_eq!(significant(36.88), "36.9");
+        assert_eq!(significant(1.0), "1.00");
+        assert_eq!(significant(1234.6), "1235");
+    }
+
+    #[test]
+    fn empty_table_has_a_header() {
+        let t = table(&Results::default());
+        assert!(t.starts_with("| figure | ours | baseline |"));
+    }
+}
