@@ -7,7 +7,7 @@
 //! bounded by the horizon, not by the number of events seen. Updates are
 //! pre-aggregated per tick and worker before they are exchanged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,24 +49,46 @@ impl Horizon {
     }
 }
 
-/// Emits `((key, second), n)` at `cap` and its retraction at expiry.
-/// Returns false, emitting nothing, when the second is already expired.
-fn emit_expiring(
-    session: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, CountBuilder>,
-    cap: &Capability<u64>,
-    horizon: Horizon,
-    key: (String, i64),
-    n: isize,
-) -> bool {
-    let now = *cap.time();
-    let expire = horizon.expire_at(key.1);
-    if expire <= now {
-        return false;
+/// Count updates of one batch and their retractions, grouped by time so
+/// that each time is given in one session.
+#[derive(Default)]
+struct Expiring {
+    now: Vec<CountUpdate>,
+    later: BTreeMap<u64, Vec<CountUpdate>>,
+}
+
+impl Expiring {
+    /// Adds `((key, second), n)` at `now` and its retraction at expiry.
+    /// Returns false, adding nothing, when the second is already expired.
+    fn push(&mut self, now: u64, horizon: Horizon, key: (String, i64), n: isize) -> bool {
+        let expire = horizon.expire_at(key.1);
+        if expire <= now {
+            return false;
+        }
+        self.later
+            .entry(expire)
+            .or_default()
+            .push((key.clone(), expire, -n));
+        self.now.push((key, now, n));
+        true
     }
-    session.session(cap).give((key.clone(), now, n));
-    let later = cap.delayed(&expire);
-    session.session(&later).give((key, expire, -n));
-    true
+
+    fn emit(
+        self,
+        output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+            '_,
+            u64,
+            CountBuilder,
+        >,
+        cap: &Capability<u64>,
+    ) {
+        output.session(cap).give_iterator(self.now.into_iter());
+        for (at, updates) in self.later {
+            output
+                .session(&cap.delayed(&at))
+                .give_iterator(updates.into_iter());
+        }
+    }
 }
 
 /// Counts a worker's records by `(event_type, second)`, pre-aggregated per
@@ -90,8 +112,9 @@ pub fn count_updates<'s>(
                             .or_insert(0) += 1;
                     }
                 }
+                let mut out = Expiring::default();
                 for ((event_type, second), n) in counts {
-                    if !emit_expiring(output, &cap, horizon, (event_type.to_string(), second), n) {
+                    if !out.push(*cap.time(), horizon, (event_type.to_string(), second), n) {
                         // Outside the live horizon: stored raw and in the
                         // per-second table, counted here as late.
                         for record in data.iter() {
@@ -105,6 +128,7 @@ pub fn count_updates<'s>(
                         }
                     }
                 }
+                out.emit(output, &cap);
                 for (topic, n) in late.drain() {
                     metrics::LATE_EVENTS.with_label_values(&[&topic]).inc_by(n);
                 }
@@ -214,9 +238,11 @@ pub fn restored_counts<'s>(
         let mut capability = Some(capability);
         move |output| {
             if let Some(cap) = capability.take() {
+                let mut out = Expiring::default();
                 for (key, n) in restored.take().unwrap_or_default() {
-                    emit_expiring(output, &cap, horizon, key, n as isize);
+                    out.push(*cap.time(), horizon, key, n as isize);
                 }
+                out.emit(output, &cap);
             }
         }
     })
