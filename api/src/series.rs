@@ -165,9 +165,9 @@ pub async fn series(
         ));
     }
     let filter = Dims {
-        symbol: params.symbol.filter(|s| !s.is_empty()),
-        side: params.side.filter(|s| !s.is_empty()),
-        strategy_id: params.strategy_id.filter(|s| !s.is_empty()),
+        symbol: params.symbol.filter(|s| !s.is_empty()).map(Into::into),
+        side: params.side.filter(|s| !s.is_empty()).map(Into::into),
+        strategy_id: params.strategy_id.filter(|s| !s.is_empty()).map(Into::into),
     };
     let snapshot = state.snapshot();
     let stitch =

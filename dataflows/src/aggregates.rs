@@ -88,7 +88,7 @@ fn count_late(event: &crate::event::Event, spec: &WindowSpec, now: u64) {
     let second = event.second();
     for (interval, _) in &spec.intervals {
         let key = WindowKey {
-            metric: String::new(),
+            metric: Arc::from(""),
             interval: *interval,
             dims: Default::default(),
             start: interval.window_of(second),

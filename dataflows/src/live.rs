@@ -199,7 +199,7 @@ impl LiveWindows {
         to: i64,
     ) -> std::collections::BTreeMap<i64, Agg> {
         let key = |dims: Dims, start| WindowKey {
-            metric: metric.to_string(),
+            metric: Arc::from(metric),
             interval,
             dims,
             start,
@@ -218,7 +218,7 @@ impl LiveWindows {
             return out;
         }
         let end = WindowKey {
-            metric: metric.to_string(),
+            metric: Arc::from(metric),
             interval: Interval(interval.0 + 1),
             dims: Dims::default(),
             start: i64::MIN,
@@ -239,9 +239,9 @@ impl LiveWindows {
         let mut names = std::collections::BTreeSet::new();
         let mut last: Option<&str> = None;
         for (k, _) in self.windows.iter() {
-            if last != Some(k.metric.as_str()) {
-                names.insert(k.metric.clone());
-                last = Some(k.metric.as_str());
+            if last != Some(&*k.metric) {
+                names.insert(k.metric.to_string());
+                last = Some(&*k.metric);
             }
         }
         names

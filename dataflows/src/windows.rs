@@ -14,6 +14,7 @@
 //! the order in which contributions are added.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
@@ -68,9 +69,9 @@ impl Interval {
 /// Dimension values of a row; all `None` is the total over every value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dims {
-    pub symbol: Option<String>,
-    pub side: Option<String>,
-    pub strategy_id: Option<String>,
+    pub symbol: Option<Arc<str>>,
+    pub side: Option<Arc<str>>,
+    pub strategy_id: Option<Arc<str>>,
 }
 
 impl Dims {
@@ -99,7 +100,7 @@ impl Dims {
 
     /// Parses the stored JSON object.
     pub fn from_json(value: &serde_json::Value) -> Dims {
-        let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(Arc::from);
         Dims {
             symbol: get("symbol"),
             side: get("side"),
@@ -119,7 +120,8 @@ impl Dims {
 /// A window of one metric.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WindowKey {
-    pub metric: String,
+    /// Shared: a key is cloned for every update, retraction and snapshot.
+    pub metric: Arc<str>,
     pub interval: Interval,
     pub dims: Dims,
     /// Window start, seconds since the epoch.
@@ -403,19 +405,22 @@ pub fn metrics_of(event: &Event, numeric: &[String]) -> (Vec<(String, Option<f64
         }
     }
     let dims = Dims {
-        symbol: props.get("symbol").and_then(text),
-        side: props.get("side").and_then(text),
-        strategy_id: props.get("strategy_id").and_then(text),
+        symbol: props.get("symbol").and_then(text).map(Arc::from),
+        side: props.get("side").and_then(text).map(Arc::from),
+        strategy_id: props.get("strategy_id").and_then(text).map(Arc::from),
     };
     (out, dims)
 }
+
+/// The windows of one `(metric, dimensions)`: `(interval, start)` → aggregate.
+type WindowsOf = HashMap<(Interval, i64), Agg>;
 
 /// Window contributions of a batch of events, merged per key. Grouped by
 /// `(metric, dimensions)`, so that adding an event builds each of those
 /// once, not once per interval.
 #[derive(Clone, Debug, Default)]
 pub struct Partials {
-    groups: HashMap<(String, Dims), HashMap<(Interval, i64), Agg>>,
+    groups: HashMap<(Arc<str>, Dims), WindowsOf>,
 }
 
 impl Partials {
@@ -450,7 +455,7 @@ impl Partials {
         self.drain().collect()
     }
 
-    fn windows(&mut self, key: (String, Dims)) -> &mut HashMap<(Interval, i64), Agg> {
+    fn windows(&mut self, key: (Arc<str>, Dims)) -> &mut WindowsOf {
         self.groups.entry(key).or_default()
     }
 }
@@ -467,6 +472,7 @@ pub fn contribute(
     let (metrics, dims) = metrics_of(event, &spec.numeric);
     let second = event.second();
     for (metric, value) in metrics {
+        let metric: Arc<str> = Arc::from(metric);
         let value = value.map(|v| (to_nano(v), Sketch::bucket_of(v)));
         let split = !dims.is_total()
             && guard.admit(
@@ -476,7 +482,7 @@ pub fn contribute(
                 second,
                 spec.memory_span_secs(),
             );
-        let add = |windows: &mut HashMap<(Interval, i64), Agg>| {
+        let add = |windows: &mut WindowsOf| {
             for (interval, _) in &spec.intervals {
                 let agg = windows
                     .entry((*interval, interval.window_of(second)))

@@ -453,9 +453,9 @@ impl Gen {
             second,
             metrics,
             dims: Dims {
-                symbol: self.symbol.value(),
-                side: self.side.value(),
-                strategy_id: self.strategy.value(),
+                symbol: self.symbol.value().map(Into::into),
+                side: self.side.value().map(Into::into),
+                strategy_id: self.strategy.value().map(Into::into),
             },
         };
         (event, fed)
@@ -536,7 +536,7 @@ fn contributions(fed: &Fed) -> Vec<(WindowKey, Option<f64>)> {
             }
             for dims in rows {
                 let key = WindowKey {
-                    metric: metric.clone(),
+                    metric: metric.as_str().into(),
                     interval,
                     dims,
                     start,
@@ -651,17 +651,17 @@ fn check_series(snapshot: &LiveSnapshot, fed: &[Fed], step: usize) {
     let mut filters: Vec<Dims> = vec![Dims::default()];
     for s in SYMBOLS {
         filters.push(Dims {
-            symbol: Some(s.to_string()),
+            symbol: Some(s.into()),
             ..Dims::default()
         });
     }
     filters.push(Dims {
-        side: Some("BUY".to_string()),
+        side: Some("BUY".into()),
         ..Dims::default()
     });
     filters.push(Dims {
-        symbol: Some("ETHUSDT".to_string()),
-        side: Some("SELL".to_string()),
+        symbol: Some("ETHUSDT".into()),
+        side: Some("SELL".into()),
         ..Dims::default()
     });
     for filter in &filters {

@@ -25,7 +25,7 @@ pub struct StoredWindow {
 
 fn key_arrays(keys: &[&WindowKey]) -> (Vec<String>, Vec<&'static str>, Vec<String>, Vec<i64>) {
     (
-        keys.iter().map(|k| k.metric.clone()).collect(),
+        keys.iter().map(|k| k.metric.to_string()).collect(),
         keys.iter().map(|k| k.interval.name()).collect(),
         keys.iter().map(|k| k.dims.to_json().to_string()).collect(),
         keys.iter().map(|k| k.start).collect(),
@@ -36,7 +36,7 @@ fn row_key(row: &tokio_postgres::Row) -> Option<WindowKey> {
     let interval = Interval::parse(row.get::<_, &str>(1))?;
     let dims: serde_json::Value = serde_json::from_str(row.get::<_, &str>(2)).ok()?;
     Some(WindowKey {
-        metric: row.get(0),
+        metric: row.get::<_, &str>(0).into(),
         interval,
         dims: Dims::from_json(&dims),
         start: row.get(3),
