@@ -113,21 +113,10 @@ section!(AggregationConfig {
     max_dimension_values: usize = 1_000,
 });
 
-/// The in-memory horizon of an interval when the configuration sets none:
-/// enough closed windows for a dashboard's usual look-back (two hours of
-/// minutes, a day of half hours, a month of days) while memory stays
-/// bounded by about 40–120 windows per key and interval.
+/// The in-memory horizon of an interval when the configuration sets none
+/// (see [`dataflows::windows::default_horizon_hours`]).
 pub fn default_horizon(interval: &str) -> Duration {
-    let hours = match interval {
-        "1m" => 2,
-        "5m" => 6,
-        "15m" => 12,
-        "30m" => 24,
-        "1h" => 48,
-        "4h" => 7 * 24,
-        _ => 31 * 24,
-    };
-    Duration::from_secs(hours * 3600)
+    Duration::from_secs(dataflows::windows::default_horizon_hours(interval) * 3600)
 }
 
 section!(RetentionConfig {

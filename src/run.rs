@@ -398,20 +398,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     });
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(timely_config, move |worker| {
-        let ctx = Arc::clone(&worker_ctx);
-        let mut dataflow = pipeline::build(worker, &ctx);
-        let park = Duration::from_millis(ctx.tick_ms);
-        let mut last_maintenance = Instant::now();
-        loop {
-            worker.step_or_park(Some(park));
-            if last_maintenance.elapsed() >= Duration::from_secs(1) {
-                dataflow.maintain();
-                last_maintenance = Instant::now();
-            }
-            if ctx.shutdown.load(Ordering::Relaxed) && dataflow.probe.done() {
-                break;
-            }
-        }
+        pipeline::run_worker(worker, &worker_ctx);
         info!(worker = worker.index(), "worker finished");
     })
     .map_err(|e| anyhow::anyhow!("timely: {e}"))?;

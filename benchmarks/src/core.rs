@@ -33,18 +33,9 @@ const MAX_DIMENSION_VALUES: usize = 1_000;
 const POLL_BUDGET: usize = 4_096;
 const MAX_PENDING_ROWS: i64 = 200_000;
 
-/// In-memory horizon per interval, as `config::default_horizon`.
+/// In-memory horizon per interval, as the service's default.
 fn default_horizon_ms(interval: &str) -> u64 {
-    let hours = match interval {
-        "1m" => 2,
-        "5m" => 6,
-        "15m" => 12,
-        "30m" => 24,
-        "1h" => 48,
-        "4h" => 7 * 24,
-        _ => 31 * 24,
-    };
-    hours * 3_600_000
+    dataflows::windows::default_horizon_hours(interval) * 3_600_000
 }
 
 /// The window spec the service builds from its default configuration.
@@ -198,20 +189,7 @@ pub fn run(
     let start = Instant::now();
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(config, move |worker| {
-        let ctx = Arc::clone(&worker_ctx);
-        let mut dataflow = pipeline::build(worker, &ctx);
-        let park = Duration::from_millis(ctx.tick_ms);
-        let mut last_maintenance = Instant::now();
-        loop {
-            worker.step_or_park(Some(park));
-            if last_maintenance.elapsed() >= Duration::from_secs(1) {
-                dataflow.maintain();
-                last_maintenance = Instant::now();
-            }
-            if ctx.shutdown.load(Ordering::Relaxed) && dataflow.probe.done() {
-                break;
-            }
-        }
+        pipeline::run_worker(worker, &worker_ctx);
     })
     .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
     drop(ctx);

@@ -138,6 +138,24 @@ where
     records
 }
 
+/// Builds this worker's dataflow and steps it until shutdown: parks at
+/// most a tick when idle, lets the arrangements compact once a second.
+pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
+    let mut dataflow = build(worker, ctx);
+    let park = std::time::Duration::from_millis(ctx.tick_ms);
+    let mut last_maintenance = std::time::Instant::now();
+    loop {
+        worker.step_or_park(Some(park));
+        if last_maintenance.elapsed() >= std::time::Duration::from_secs(1) {
+            dataflow.maintain();
+            last_maintenance = std::time::Instant::now();
+        }
+        if ctx.shutdown.load(std::sync::atomic::Ordering::Relaxed) && dataflow.probe.done() {
+            break;
+        }
+    }
+}
+
 /// Builds this worker's dataflow.
 pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
     let index = worker.index();

@@ -34,6 +34,22 @@ pub const INTERVALS: [(&str, i64); 7] = [
     ("1d", 86_400),
 ];
 
+/// The in-memory horizon of an interval when the configuration sets none,
+/// in hours: enough closed windows for a dashboard's usual look-back (two
+/// hours of minutes, a day of half hours, a month of days) while memory
+/// stays bounded by about 40–120 windows per key and interval.
+pub fn default_horizon_hours(interval: &str) -> u64 {
+    match interval {
+        "1m" => 2,
+        "5m" => 6,
+        "15m" => 12,
+        "30m" => 24,
+        "1h" => 48,
+        "4h" => 7 * 24,
+        _ => 31 * 24,
+    }
+}
+
 /// Numeric properties aggregated for every event type that carries them.
 pub const DEFAULT_NUMERIC: &[&str] = &["price", "quantity", "latency_ms", "pnl", "commission"];
 

@@ -117,10 +117,7 @@ impl TradingRow for OrderState {
             "latency_ms": self.latency_ms(),
             "first_seen": self.attrs.as_ref().map(|(t, _)| time(*t)),
         });
-        match obj {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+        object(obj)
     }
 }
 
@@ -160,10 +157,7 @@ impl TradingRow for StrategyPerf {
             "largest_loss": self.largest_loss.map(dec),
             "avg_latency_ms": self.avg_latency_ms(),
         });
-        match obj {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+        object(obj)
     }
 }
 
@@ -195,10 +189,7 @@ impl TradingRow for Ohlcv {
             "trades_count": self.trades,
             "price_points": self.points,
         });
-        match obj {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+        object(obj)
     }
 }
 
@@ -235,10 +226,15 @@ impl TradingRow for SessionState {
             "distinct_event_types": self.event_types.len(),
             "event_types": self.event_types,
         });
-        match obj {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+        object(obj)
+    }
+}
+
+/// The fields of a `json!({...})` literal.
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(m) => m,
+        _ => Map::new(),
     }
 }
 
