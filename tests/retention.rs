@@ -48,6 +48,27 @@ async fn retention_drops_old_partitions_and_rows_and_keeps_the_rest() {
         .await
         .expect("old rollups");
     }
+    // Trading rows: old and new of each table.
+    pg.batch_execute(&format!(
+        "INSERT INTO strategy_performance (strategy_id, \"interval\", bucket_start, trades, winning_trades,
+           losing_trades, total_pnl, gross_profit, gross_loss, win_rate, state) VALUES
+           ('old', '1m', now() - interval '400 days', 1, 0, 0, 0, 0, 0, 0, ''),
+           ('old', '1d', now() - interval '400 days', 1, 0, 0, 0, 0, 0, 0, ''),
+           ('new', '1m', now(), 1, 0, 0, 0, 0, 0, 0, '');
+         INSERT INTO market_analytics (symbol, \"interval\", bucket_start, volume, trades_count, price_points, state) VALUES
+           ('OLD', '1h', now() - interval '800 days', 0, 0, 0, ''),
+           ('NEW', '1h', now(), 0, 0, 0, '');
+         INSERT INTO order_analytics (order_id, status, filled_quantity, fills, commission, pnl, first_seen, closed_at, state) VALUES
+           ('old', 'filled', 0, 0, 0, 0, '{from}', '{from}', ''),
+           ('old-open-closed-now', 'filled', 0, 0, 0, 0, '{from}', now(), ''),
+           ('new', 'placed', 0, 0, 0, 0, now(), NULL, '');
+         INSERT INTO user_behavior (session_id, session_start, last_event, duration_seconds, page_views, events,
+           distinct_event_types, event_types, state) VALUES
+           ('old', '{from}', '{from}', 0, 0, 1, 1, '{{x}}', ''),
+           ('new', now(), now(), 0, 0, 1, 1, '{{x}}', '');",
+    ))
+    .await
+    .expect("trading rows");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_analytics"))
         .arg("--config")
         .arg(&env.config_path)
@@ -108,4 +129,34 @@ async fn retention_drops_old_partitions_and_rows_and_keeps_the_rest() {
         1,
         "daily rollups are kept for 3,650 days"
     );
+    let ids = |sql: &'static str| {
+        let pg = &pg;
+        async move {
+            let mut ids: Vec<String> = pg
+                .query(sql, &[])
+                .await
+                .expect(sql)
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        ids("SELECT strategy_id || ':' || \"interval\" FROM strategy_performance").await,
+        ["new:1m", "old:1d"],
+        "minute buckets go after 365 days, daily ones stay"
+    );
+    assert_eq!(
+        ids("SELECT symbol FROM market_analytics").await,
+        ["NEW"],
+        "hour buckets go after 730 days"
+    );
+    assert_eq!(
+        ids("SELECT order_id FROM order_analytics").await,
+        ["new", "old-open-closed-now"],
+        "orders follow their close"
+    );
+    assert_eq!(ids("SELECT session_id FROM user_behavior").await, ["new"]);
 }

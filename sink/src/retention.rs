@@ -1,8 +1,10 @@
 //! Retention: whole daily partitions of `events` are dropped once every
 //! event time in them is older than `raw_events`; rollups are deleted per
 //! interval class (minute, hour, day) and their partitions dropped once
-//! older than the longest policy; per-second state and dead letters follow
-//! `raw_events`.
+//! older than the longest policy, and so are the trading buckets
+//! (`strategy_performance`, `market_analytics`); per-second state, dead
+//! letters, orders (by close, else first event) and sessions (by last
+//! event) follow `raw_events`.
 
 use std::time::Duration;
 
@@ -95,24 +97,39 @@ pub async fn apply(
         }
     }
     let seconds = |us: i64| us as f64 / 1e6;
-    let deletes: [(&str, f64); 5] = [
-        (
-            "DELETE FROM metric_aggregations WHERE \"interval\" IN ('1m', '5m', '15m', '30m') AND time_bucket < to_timestamp($1)",
-            seconds(cutoff_us(now_us, policy.minute_aggregates)),
-        ),
-        (
-            "DELETE FROM metric_aggregations WHERE \"interval\" IN ('1h', '4h') AND time_bucket < to_timestamp($1)",
-            seconds(cutoff_us(now_us, policy.hour_aggregates)),
-        ),
-        (
-            "DELETE FROM metric_aggregations WHERE \"interval\" = '1d' AND time_bucket < to_timestamp($1)",
-            seconds(cutoff_us(now_us, policy.daily_aggregates)),
-        ),
-        ("DELETE FROM event_counts WHERE second < to_timestamp($1)", seconds(raw_cutoff)),
-        ("DELETE FROM second_sums WHERE second < to_timestamp($1)", seconds(raw_cutoff)),
-    ];
+    let mut deletes: Vec<(String, f64)> = Vec::new();
+    // Bucketed rows per interval class: rollups and the trading buckets.
+    for (table, bucket) in [
+        ("metric_aggregations", "time_bucket"),
+        ("strategy_performance", "bucket_start"),
+        ("market_analytics", "bucket_start"),
+    ] {
+        for (intervals, keep) in [
+            ("'1m', '5m', '15m', '30m'", policy.minute_aggregates),
+            ("'1h', '4h'", policy.hour_aggregates),
+            ("'1d'", policy.daily_aggregates),
+        ] {
+            deletes.push((
+                format!(
+                    "DELETE FROM {table} WHERE \"interval\" IN ({intervals}) AND {bucket} < to_timestamp($1)"
+                ),
+                seconds(cutoff_us(now_us, keep)),
+            ));
+        }
+    }
+    // Rows that follow the raw events: per-second state, orders last
+    // touched (closed, else first seen) and sessions last active before
+    // the cutoff.
+    for sql in [
+        "DELETE FROM event_counts WHERE second < to_timestamp($1)",
+        "DELETE FROM second_sums WHERE second < to_timestamp($1)",
+        "DELETE FROM order_analytics WHERE coalesce(closed_at, first_seen) < to_timestamp($1)",
+        "DELETE FROM user_behavior WHERE last_event < to_timestamp($1)",
+    ] {
+        deletes.push((sql.to_string(), seconds(raw_cutoff)));
+    }
     for (sql, cutoff) in deletes {
-        report.deleted_rows += client.execute(sql, &[&cutoff]).await?;
+        report.deleted_rows += client.execute(&sql, &[&cutoff]).await?;
     }
     report.deleted_rows += client
         .execute(
