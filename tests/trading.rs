@@ -491,3 +491,73 @@ async fn trading_tables_equal_a_from_scratch_computation() {
     assert_eq!(env.count("SELECT count(*) FROM user_behavior").await, 10);
     env.stop().await;
 }
+
+/// Two transactions merging the same NEW key at once (the sink writers of
+/// two processes, or the sink and the REST path): the second must wait
+/// for the first and merge into its row, not overwrite it. The first is
+/// held open until the second is seen waiting on a lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_merges_of_a_new_key_add_up() {
+    use dataflows::event::{Event, EventSource};
+    use dataflows::trading::TradingBatch;
+
+    let env = TestEnv::new("mergerace", 1).await;
+    let out = env.cli(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch = |t: i64| {
+        TradingBatch::of([&Event {
+            id: uuid::Uuid::new_v4(),
+            event_type: "page.view".into(),
+            user_id: Some("racer".into()),
+            session_id: Some("race".into()),
+            properties: format!(
+                r#"{{"order_id":"race-order","symbol":"RACE","quantity":1,"price":{t}}}"#
+            ),
+            timestamp_us: 1_700_000_000_000_000 + t,
+            created_at_us: 0,
+            source: EventSource::Rest,
+        }])
+    };
+    let mut a = env.pg().await;
+    let b = env.pg().await;
+    let b_pid: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let first = a.transaction().await.expect("begin a");
+    sink::trading::merge(&first, &batch(1))
+        .await
+        .expect("merge a");
+    let second = tokio::spawn(async move {
+        let mut b = b;
+        let tx = b.transaction().await.expect("begin b");
+        sink::trading::merge(&tx, &batch(2)).await.expect("merge b");
+        tx.commit().await.expect("commit b");
+    });
+    let watcher = env.pg().await;
+    wait_for("the second merge to wait on a lock", Duration::from_secs(30), || async {
+        let waiting: bool = watcher
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&b_pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        waiting.then_some(())
+    })
+    .await;
+    first.commit().await.expect("commit a");
+    second.await.expect("second merge");
+    assert_eq!(
+        env.count("SELECT events FROM user_behavior WHERE session_id = 'race'")
+            .await,
+        2,
+        "both merges count"
+    );
+}

@@ -29,4 +29,22 @@ pub mod trading;
 pub mod writer;
 
 pub use error::SinkError;
+
+/// Serialises read-merge-write merges into `table` across concurrent
+/// transactions (the sink writer of every process and the REST path) until
+/// this one ends. Without it, two transactions that both find no row for a
+/// new key would both insert their own part, and the later upsert would
+/// overwrite the earlier one. Callers take tables in one fixed order
+/// (trading tables, then rollups), so that they cannot deadlock.
+pub async fn lock_merges(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+) -> Result<(), SinkError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('merge:' || $1::text))",
+        &[&table],
+    )
+    .await?;
+    Ok(())
+}
 pub use pool::{connect_pool, DbSettings, Pool};

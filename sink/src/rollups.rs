@@ -65,6 +65,7 @@ pub async fn merge(
     if deltas.is_empty() {
         return Ok(());
     }
+    crate::lock_merges(tx, "metric_aggregations").await?;
     let mut merged: BTreeMap<&WindowKey, Agg> = BTreeMap::new();
     for (key, agg) in deltas {
         merged.entry(*key).or_default().plus_equals(agg);

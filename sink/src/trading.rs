@@ -255,6 +255,7 @@ pub async fn merge_table<S: TradingRow>(
     if deltas.is_empty() {
         return Ok(());
     }
+    crate::lock_merges(tx, S::TABLE).await?;
     let keys: Vec<&S::Key> = deltas.keys().collect();
     let key_json = Value::Array(keys.iter().map(|k| Value::Object(S::key_json(k))).collect());
     let table = S::TABLE;
