@@ -7,7 +7,7 @@
 //! bounded by the horizon, not by the number of events seen. Updates are
 //! pre-aggregated per tick and worker before they are exchanged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::operators::Operator;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
 
@@ -49,74 +49,36 @@ impl Horizon {
     }
 }
 
-/// Count updates of one batch and their retractions, grouped by time so
-/// that each time is given in one session.
-#[derive(Default)]
-struct Expiring {
-    now: Vec<CountUpdate>,
-    later: BTreeMap<u64, Vec<CountUpdate>>,
-}
-
-impl Expiring {
-    /// Adds `((key, second), n)` at `now` and its retraction at expiry.
-    /// Returns false, adding nothing, when the second is already expired.
-    fn push(&mut self, now: u64, horizon: Horizon, key: (String, i64), n: isize) -> bool {
-        let expire = horizon.expire_at(key.1);
-        if expire <= now {
-            return false;
-        }
-        self.later
-            .entry(expire)
-            .or_default()
-            .push((key.clone(), expire, -n));
-        self.now.push((key, now, n));
-        true
-    }
-
-    fn emit(
-        self,
-        output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-            '_,
-            u64,
-            CountBuilder,
-        >,
-        cap: &Capability<u64>,
-    ) {
-        output.session(cap).give_iterator(self.now.into_iter());
-        for (at, updates) in self.later {
-            output
-                .session(&cap.delayed(&at))
-                .give_iterator(updates.into_iter());
-        }
-    }
-}
-
 /// Counts a worker's records by `(event_type, second)`, pre-aggregated per
-/// input batch, with their future retractions.
+/// input batch, with their future retractions ([`crate::expiry::expire`]).
+/// Seconds already past the live horizon are not held: they are stored raw
+/// and in the per-second table, and counted here as late, per topic.
 pub fn count_updates<'s>(
     records: Stream<'s, u64, Vec<Record>>,
     horizon: Horizon,
 ) -> Stream<'s, u64, Vec<CountUpdate>> {
-    records.unary::<CountBuilder, _, _, _>(Pipeline, "CountByTypeSecond", move |_, _| {
-        let mut late: HashMap<Arc<str>, u64> = HashMap::new();
-        move |input, output| {
-            input.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else {
-                    return;
-                };
-                let mut counts: HashMap<(&str, i64), isize> = HashMap::new();
-                for record in data.iter() {
-                    if let Record::Event(event) = record {
-                        *counts
-                            .entry((event.event_type.as_str(), event.second()))
-                            .or_insert(0) += 1;
+    let counts =
+        records.unary::<CountBuilder, _, _, _>(Pipeline, "CountByTypeSecond", move |_, _| {
+            let mut late: HashMap<Arc<str>, u64> = HashMap::new();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(now) = cap.least().copied() else {
+                        return;
+                    };
+                    let mut counts: HashMap<(&str, i64), isize> = HashMap::new();
+                    for record in data.iter() {
+                        if let Record::Event(event) = record {
+                            *counts
+                                .entry((event.event_type.as_str(), event.second()))
+                                .or_insert(0) += 1;
+                        }
                     }
-                }
-                let mut out = Expiring::default();
-                for ((event_type, second), n) in counts {
-                    if !out.push(*cap.time(), horizon, (event_type.to_string(), second), n) {
-                        // Outside the live horizon: stored raw and in the
-                        // per-second table, counted here as late.
+                    let mut session = output.session(&cap);
+                    for ((event_type, second), n) in counts {
+                        if horizon.expire_at(second) > now {
+                            session.give(((event_type.to_string(), second), now, n));
+                            continue;
+                        }
                         for record in data.iter() {
                             if let Record::Event(e) = record {
                                 if e.event_type == event_type && e.second() == second {
@@ -127,14 +89,26 @@ pub fn count_updates<'s>(
                             }
                         }
                     }
-                }
-                out.emit(output, &cap);
-                for (topic, n) in late.drain() {
-                    metrics::LATE_EVENTS.with_label_values(&[&topic]).inc_by(n);
-                }
-            });
-        }
-    })
+                    for (topic, n) in late.drain() {
+                        metrics::LATE_EVENTS.with_label_values(&[&topic]).inc_by(n);
+                    }
+                });
+            }
+        });
+    expire_counts(counts, horizon)
+}
+
+/// Each count and its retraction once its second leaves the horizon.
+fn expire_counts<'s>(
+    counts: Stream<'s, u64, Vec<CountUpdate>>,
+    horizon: Horizon,
+) -> Stream<'s, u64, Vec<CountUpdate>> {
+    crate::expiry::expire(
+        counts,
+        "ExpireCounts",
+        move |(_, second): &(String, i64)| horizon.expire_at(*second),
+        |_| {},
+    )
 }
 
 /// Items committed outside the dataflow (REST events, and the window
@@ -233,19 +207,14 @@ pub fn restored_counts<'s>(
     restored: Vec<((String, i64), i64)>,
     horizon: Horizon,
 ) -> Stream<'s, u64, Vec<CountUpdate>> {
-    let mut restored = Some(restored);
-    source::<_, CountBuilder, _, _>(scope, "RestoredCounts", move |capability, _info| {
-        let mut capability = Some(capability);
-        move |output| {
-            if let Some(cap) = capability.take() {
-                let mut out = Expiring::default();
-                for (key, n) in restored.take().unwrap_or_default() {
-                    out.push(*cap.time(), horizon, key, n as isize);
-                }
-                out.emit(output, &cap);
-            }
-        }
-    })
+    let rows = restored
+        .into_iter()
+        .map(|(key, n)| (key, n as isize))
+        .collect();
+    expire_counts(
+        crate::expiry::restored(scope, "RestoredCounts", rows),
+        horizon,
+    )
 }
 
 /// The offsets stored in PostgreSQL, emitted by worker 0 at time 0 and
