@@ -17,7 +17,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::windows::{number, to_nano};
+use crate::windows::{identifier, number, to_nano};
 
 /// Σ price × quantity of `order.filled`.
 pub const VOLUME: &str = "order_volume";
@@ -111,12 +111,7 @@ pub fn contribution(event: &Event) -> Contribution {
             out.sums.push((LATENCY, l));
         }
     }
-    let id = match props.get("strategy_id") {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    if let Some(id) = id {
+    if let Some(id) = props.get("strategy_id").and_then(identifier) {
         let state = StrategyState {
             lifecycle: lifecycle.map_or((i64::MIN, STOPPED), |k| (event.timestamp_us, k)),
             last_seen: event.timestamp_us,

@@ -23,7 +23,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::windows::{number, to_nano, Interval, INTERVALS};
+use crate::windows::{identifier, number, to_nano, Interval, INTERVALS};
 
 /// Order lifecycle kinds, ordered so that at equal event times the later
 /// stage wins.
@@ -273,13 +273,8 @@ pub struct Contribution {
     pub session: Option<(String, SessionState)>,
 }
 
-/// A property as a non-empty identifier (strings, or numbers as text).
 fn ident(props: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
-    match props.get(name) {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
+    props.get(name).and_then(identifier)
 }
 
 fn nano(props: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<i128> {

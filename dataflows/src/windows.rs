@@ -393,12 +393,18 @@ pub fn number(v: &serde_json::Value) -> Option<f64> {
     .filter(|f| f.is_finite())
 }
 
-fn text(v: &serde_json::Value) -> Option<String> {
+/// An identifier property: a non-empty string, or a number as its text.
+pub fn identifier(v: &serde_json::Value) -> Option<String> {
     match v {
-        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// A dimension value: an identifier of at most 128 bytes.
+fn text(v: &serde_json::Value) -> Option<String> {
+    identifier(v).filter(|s| s.len() <= 128)
 }
 
 /// The metrics an event contributes to: `(name, value)`, value `None` for
