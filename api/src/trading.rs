@@ -49,12 +49,25 @@ fn limit(state: &AppState, value: &Option<String>) -> Result<i64, AppError> {
     )
 }
 
-fn range(params: &BucketParams) -> Result<(i64, i64), AppError> {
-    TimeRange {
+/// The bucketed read that `params` ask for, of `id` (a strategy or symbol).
+fn bucket_query<'a>(
+    state: &AppState,
+    params: &BucketParams,
+    id: Option<&'a str>,
+) -> Result<BucketQuery<'a>, AppError> {
+    let interval = interval(params)?;
+    let (start_us, end_us) = TimeRange {
         start_time: params.start_time.clone(),
         end_time: params.end_time.clone(),
     }
-    .resolve()
+    .resolve()?;
+    Ok(BucketQuery {
+        interval,
+        start_us,
+        end_us,
+        id,
+        limit: limit(state, &params.limit)?,
+    })
 }
 
 pub async fn order(
@@ -71,20 +84,11 @@ pub async fn strategies(
     State(state): State<AppState>,
     Query(params): Query<BucketParams>,
 ) -> Result<Json<Value>, AppError> {
-    let interval = interval(&params)?;
-    let (start_us, end_us) = range(&params)?;
-    let rows = sink::trading::strategies(
-        &state.pool,
-        &BucketQuery {
-            interval,
-            start_us,
-            end_us,
-            id: non_empty(&params.strategy_id),
-            limit: limit(&state, &params.limit)?,
-        },
-    )
-    .await?;
-    Ok(Json(json!({"interval": interval, "strategies": rows})))
+    let query = bucket_query(&state, &params, non_empty(&params.strategy_id))?;
+    let rows = sink::trading::strategies(&state.pool, &query).await?;
+    Ok(Json(
+        json!({"interval": query.interval, "strategies": rows}),
+    ))
 }
 
 pub async fn market(
@@ -92,21 +96,10 @@ pub async fn market(
     Path(symbol): Path<String>,
     Query(params): Query<BucketParams>,
 ) -> Result<Json<Value>, AppError> {
-    let interval = interval(&params)?;
-    let (start_us, end_us) = range(&params)?;
-    let rows = sink::trading::market(
-        &state.pool,
-        &BucketQuery {
-            interval,
-            start_us,
-            end_us,
-            id: Some(&symbol),
-            limit: limit(&state, &params.limit)?,
-        },
-    )
-    .await?;
+    let query = bucket_query(&state, &params, Some(&symbol))?;
+    let rows = sink::trading::market(&state.pool, &query).await?;
     Ok(Json(
-        json!({"symbol": symbol, "interval": interval, "candles": rows}),
+        json!({"symbol": symbol, "interval": query.interval, "candles": rows}),
     ))
 }
 
