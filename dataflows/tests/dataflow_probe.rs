@@ -12,22 +12,24 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod harness;
 
 use dataflows::aggregates::window_partials;
 use dataflows::counts::{count_updates, Horizon};
 use dataflows::durable::{durable_sink, SinkBatch, WorkerAck};
-use dataflows::publish::{publish, LiveUpdate};
+use dataflows::publish::LiveUpdate;
 use dataflows::windows::{Interval, WindowSpec};
 use dataflows::{DeadLetter, DeadReason, Event, EventSource, LiveSnapshot, Record};
 use differential_dataflow::AsCollection;
+use harness::{Harness, Limits, Wired, Wiring};
 use proptest::prelude::*;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Input, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
+
+use timely::dataflow::Stream;
 use timely::worker::Worker;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Tick length, ms.
@@ -54,185 +56,52 @@ fn horizon() -> Horizon {
     }
 }
 
-type RecordInput = InputHandle<u64, CapacityContainerBuilder<Vec<Record>>>;
+/// Records → `durable_sink`; records → `count_updates` → arrangement →
+/// `publish`, as `pipeline::build` wires them.
+struct Counts;
 
-/// One worker's dataflow, wired like `pipeline::build`, and the handles the
-/// test drives it with.
-struct Harness {
-    input: Option<RecordInput>,
-    /// Frontier of the durability stream.
-    durable: ProbeHandle<u64>,
-    /// Frontier of the count updates that reach `publish`.
-    updates: ProbeHandle<u64>,
-    batches: mpsc::UnboundedReceiver<SinkBatch>,
-    ack: Arc<WorkerAck>,
-    snapshots: watch::Receiver<Arc<LiveSnapshot>>,
-    dataflow: usize,
-}
+impl Wiring for Counts {
+    type Extra = ();
 
-impl Harness {
-    /// Builds the dataflow and moves the input to `start`.
-    fn new(worker: &mut Worker, start: u64) -> Self {
+    fn wire<'s>(
+        self,
+        records: Stream<'s, u64, Vec<Record>>,
+        sink: mpsc::UnboundedSender<SinkBatch>,
+        ack: Arc<WorkerAck>,
+    ) -> Wired<'s, ()> {
         let horizon = horizon();
-        let (sink, batches) = mpsc::unbounded_channel();
-        let ack = Arc::new(WorkerAck::default());
-        let (sender, snapshots) = watch::channel(Arc::new(LiveSnapshot::default()));
-        let sender = Arc::new(sender);
-        let durable_probe = ProbeHandle::new();
-        let updates_probe = ProbeHandle::new();
-        let dataflow = worker.next_dataflow_index();
-        let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, records) = scope.new_input::<Vec<Record>>();
-            let spec = Arc::new(WindowSpec {
-                intervals: vec![(Interval(0), HORIZON_MS)],
-                numeric: Vec::new(),
-                max_dimension_values: 100,
-                tick_ms: TICK,
-            });
-            let partials = window_partials(records.clone(), Arc::clone(&spec));
-            let durable = durable_sink(records.clone(), partials, sink, Arc::clone(&ack))
-                .probe_with(&durable_probe);
-            let updates = count_updates(records, horizon)
-                .as_collection()
-                .arrange_by_self_named("LiveCountsByTypeSecond")
-                .as_collection(|key, _| key.clone())
-                .inner
-                .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)))
-                .probe_with(&updates_probe);
-            publish(updates, durable, horizon, spec, Some(sender));
-            input
+        let spec = Arc::new(WindowSpec {
+            intervals: vec![(Interval(0), HORIZON_MS)],
+            numeric: Vec::new(),
+            max_dimension_values: 100,
+            tick_ms: TICK,
         });
-        input.advance_to(start);
-        let mut harness = Harness {
-            input: Some(input),
-            durable: durable_probe,
-            updates: updates_probe,
-            batches,
-            ack,
-            snapshots,
-            dataflow,
-        };
-        harness.step_until(worker, "the first snapshot", |h| {
-            h.snapshot().as_of_ms == start
-        });
-        harness
-    }
-
-    fn input(&mut self) -> &mut RecordInput {
-        self.input.as_mut().expect("input is open until finish")
-    }
-
-    fn send(&mut self, record: Record) {
-        self.input().send(record);
-    }
-
-    fn time(&mut self) -> u64 {
-        *self.input().time()
-    }
-
-    fn advance(&mut self, to: u64) {
-        self.input().advance_to(to);
-    }
-
-    fn snapshot(&self) -> Arc<LiveSnapshot> {
-        Arc::clone(&self.snapshots.borrow())
-    }
-
-    /// Steps the worker until `done` holds; panics after a bounded wait.
-    fn step_until(
-        &mut self,
-        worker: &mut Worker,
-        what: &str,
-        mut done: impl FnMut(&mut Self) -> bool,
-    ) {
-        let deadline = Instant::now() + MAX_WAIT;
-        for _ in 0..MAX_STEPS {
-            if done(self) {
-                return;
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            worker.step();
+        let partials = window_partials(records.clone(), Arc::clone(&spec));
+        let durable = durable_sink(records.clone(), partials, sink, ack);
+        let updates = count_updates(records, horizon)
+            .as_collection()
+            .arrange_by_self_named("LiveCountsByTypeSecond")
+            .as_collection(|key, _| key.clone())
+            .inner
+            .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)));
+        Wired {
+            durable,
+            updates,
+            horizon,
+            spec,
+            extra: (),
         }
-        if done(self) {
-            return;
-        }
-        let snapshot = self.snapshot();
-        panic!(
-            "timed out waiting for {what}: as_of {}, durable frontier {:?}, updates frontier {:?}",
-            snapshot.as_of_ms,
-            frontier(&self.durable),
-            frontier(&self.updates),
-        );
-    }
-
-    fn settle(&mut self, worker: &mut Worker) {
-        for _ in 0..SETTLE_STEPS {
-            worker.step();
-        }
-    }
-
-    /// Waits for the next `SinkBatch` and checks that it is for `tick`.
-    fn recv_batch(&mut self, worker: &mut Worker, tick: u64) -> SinkBatch {
-        let mut got = None;
-        self.step_until(worker, &format!("the SinkBatch of tick {tick}"), |h| {
-            if got.is_none() {
-                got = h.batches.try_recv().ok();
-            }
-            got.is_some()
-        });
-        let batch = got.expect("step_until returned, so a batch arrived");
-        assert_eq!(batch.tick, tick, "batches arrive in tick order");
-        batch
-    }
-
-    fn no_batch_waiting(&self) -> bool {
-        self.batches.is_empty()
-    }
-
-    /// Waits until the published snapshot is as of `as_of`, then settles.
-    fn await_as_of(&mut self, worker: &mut Worker, as_of: u64) -> Arc<LiveSnapshot> {
-        self.step_until(worker, &format!("a snapshot as of {as_of}"), |h| {
-            h.snapshot().as_of_ms == as_of
-        });
-        self.settle(worker);
-        let snapshot = self.snapshot();
-        assert_eq!(
-            snapshot.as_of_ms, as_of,
-            "the snapshot moved past the expected frontier"
-        );
-        assert_eq!(snapshot.covered_from_second, horizon().covered_from(as_of));
-        snapshot
-    }
-
-    /// Closes the input, acknowledges whatever the sink still receives and
-    /// runs the dataflow to completion, so that `execute_directly` returns.
-    fn finish(mut self, worker: &mut Worker) {
-        drop(self.input.take());
-        let deadline = Instant::now() + MAX_WAIT;
-        let mut steps = 0;
-        while worker.has_dataflows() && steps < MAX_STEPS && Instant::now() < deadline {
-            while let Ok(batch) = self.batches.try_recv() {
-                self.ack.acknowledge(batch.tick, batch.rows());
-            }
-            worker.step();
-            steps += 1;
-        }
-        if worker.has_dataflows() {
-            worker.drop_dataflow(self.dataflow);
-            panic!("the dataflow did not shut down after its input closed and every batch was acknowledged");
-        }
-        assert_eq!(
-            self.ack.pending_rows(),
-            0,
-            "every row handed to the sink was acknowledged"
-        );
     }
 }
 
-fn frontier(probe: &ProbeHandle<u64>) -> Vec<u64> {
-    probe.with_frontier(|f| f.iter().copied().collect())
+const LIMITS: Limits = Limits {
+    max_steps: MAX_STEPS,
+    max_wait: MAX_WAIT,
+    settle_steps: SETTLE_STEPS,
+};
+
+fn new_harness(worker: &mut Worker, start: u64) -> Harness<()> {
+    Harness::new(worker, start, LIMITS, Counts)
 }
 
 fn kafka(partition: i32, offset: i64) -> EventSource {
@@ -294,7 +163,7 @@ fn second_of(t: u64) -> i64 {
 #[test]
 fn durability_gate_holds_ticks_until_acknowledged() {
     timely::execute_directly(|worker| {
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         assert!(all_counts(&h.snapshot()).is_empty());
         let t = T0;
         let now = second_of(t);
@@ -433,7 +302,7 @@ fn sorted_offsets(offsets: &[(Arc<str>, i32, i64)]) -> Vec<(String, i32, i64)> {
 #[test]
 fn sink_batches_hold_exactly_their_ticks_rows_and_offsets() {
     timely::execute_directly(|worker| {
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let t = T0;
         let now = second_of(t);
 
@@ -588,7 +457,7 @@ fn oracle(
 
 fn run_oracle(steps: Vec<Step>) {
     timely::execute_directly(move |worker| {
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let mut fed: Vec<(u64, &str, i64)> = Vec::new();
         let mut unacked: Vec<SinkBatch> = Vec::new();
         let mut id = 0u128;
@@ -692,7 +561,7 @@ proptest! {
 fn counts_expire_once_the_frontiers_pass_expire_at() {
     timely::execute_directly(|worker| {
         let horizon = horizon();
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let t = T0;
         let s = second_of(t) - 10;
         let expire = horizon.expire_at(s);
@@ -735,7 +604,7 @@ fn counts_expire_once_the_frontiers_pass_expire_at() {
 fn expiry_waits_for_the_durability_frontier() {
     timely::execute_directly(|worker| {
         let horizon = horizon();
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let t = T0;
         let s = second_of(t) - 30;
         let expire = horizon.expire_at(s);

@@ -51,12 +51,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod harness;
 
 use dataflows::aggregates::{expiring, window_partials};
 use dataflows::counts::Horizon;
 use dataflows::durable::{durable_sink, SinkBatch, WorkerAck};
-use dataflows::publish::{publish, LiveUpdate};
+use dataflows::publish::LiveUpdate;
 use dataflows::sketch::Sketch;
 use dataflows::windows::{to_nano, Agg, Dims, Interval, WindowKey, WindowSpec};
 use dataflows::{Event, EventSource, LiveSnapshot, Record};
@@ -65,14 +67,14 @@ use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
+use harness::{Harness, Limits, Wired, Wiring};
 use proptest::prelude::*;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Input, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
+
+use timely::dataflow::Stream;
 use timely::progress::Antichain;
 use timely::worker::Worker;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Tick length, ms.
@@ -119,189 +121,65 @@ fn count_horizon() -> Horizon {
     }
 }
 
-type RecordInput = InputHandle<u64, CapacityContainerBuilder<Vec<Record>>>;
 type WindowTrace = TraceAgent<KeySpine<WindowKey, u64, Agg>>;
 
-/// One worker's window dataflow, wired like `pipeline::build`, and the
-/// handles the test drives it with.
-struct Harness {
-    input: Option<RecordInput>,
-    /// Frontier of the durability stream.
-    durable: ProbeHandle<u64>,
-    /// Frontier of the window updates that reach `publish`.
-    updates: ProbeHandle<u64>,
-    batches: mpsc::UnboundedReceiver<SinkBatch>,
-    ack: Arc<WorkerAck>,
-    snapshots: watch::Receiver<Arc<LiveSnapshot>>,
-    trace: WindowTrace,
-    dataflow: usize,
-}
+/// Records → `window_partials` → `durable_sink`; partials → `expiring` →
+/// arrangement → `publish`, as `pipeline::build` wires them; the trace is
+/// kept for [`maintain`].
+struct Windows;
 
-impl Harness {
-    /// Builds the dataflow and moves the input to `start`.
-    fn new(worker: &mut Worker, start: u64) -> Self {
+impl Wiring for Windows {
+    type Extra = WindowTrace;
+
+    fn wire<'s>(
+        self,
+        records: Stream<'s, u64, Vec<Record>>,
+        sink: mpsc::UnboundedSender<SinkBatch>,
+        ack: Arc<WorkerAck>,
+    ) -> Wired<'s, WindowTrace> {
         let spec = spec();
-        let (sink, batches) = mpsc::unbounded_channel();
-        let ack = Arc::new(WorkerAck::default());
-        let (sender, snapshots) = watch::channel(Arc::new(LiveSnapshot::default()));
-        let sender = Arc::new(sender);
-        let durable_probe = ProbeHandle::new();
-        let updates_probe = ProbeHandle::new();
-        let dataflow = worker.next_dataflow_index();
-        let sink_ack = Arc::clone(&ack);
-        let (mut input, trace) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, records) = scope.new_input::<Vec<Record>>();
-            let partials = window_partials(records.clone(), Arc::clone(&spec));
-            let durable =
-                durable_sink(records, partials.clone(), sink, sink_ack).probe_with(&durable_probe);
-            let windows = expiring(partials, Arc::clone(&spec))
-                .as_collection()
-                .arrange_by_self_named("WindowAggregates");
-            let trace = windows.trace.clone();
-            let updates = windows
-                .flat_map_ref(|key, _| Some(key.clone()))
-                .inner
-                .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff)))
-                .probe_with(&updates_probe);
-            publish(updates, durable, count_horizon(), spec, Some(sender));
-            (input, trace)
-        });
-        input.advance_to(start);
-        let mut harness = Harness {
-            input: Some(input),
-            durable: durable_probe,
-            updates: updates_probe,
-            batches,
-            ack,
-            snapshots,
-            trace,
-            dataflow,
-        };
-        harness.step_until(worker, "the first snapshot", |h| {
-            h.snapshot().as_of_ms == start
-        });
-        harness
-    }
-
-    fn input(&mut self) -> &mut RecordInput {
-        self.input.as_mut().expect("input is open until finish")
-    }
-
-    fn send(&mut self, record: Record) {
-        self.input().send(record);
-    }
-
-    fn time(&mut self) -> u64 {
-        *self.input().time()
-    }
-
-    fn advance(&mut self, to: u64) {
-        self.input().advance_to(to);
-    }
-
-    fn snapshot(&self) -> Arc<LiveSnapshot> {
-        Arc::clone(&self.snapshots.borrow())
-    }
-
-    /// Steps the worker until `done` holds; panics after a bounded wait.
-    fn step_until(
-        &mut self,
-        worker: &mut Worker,
-        what: &str,
-        mut done: impl FnMut(&mut Self) -> bool,
-    ) {
-        let deadline = Instant::now() + MAX_WAIT;
-        for _ in 0..MAX_STEPS {
-            if done(self) {
-                return;
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            worker.step();
+        let partials = window_partials(records.clone(), Arc::clone(&spec));
+        let durable = durable_sink(records, partials.clone(), sink, ack);
+        let windows = expiring(partials, Arc::clone(&spec))
+            .as_collection()
+            .arrange_by_self_named("WindowAggregates");
+        let trace = windows.trace.clone();
+        let updates = windows
+            .flat_map_ref(|key, _| Some(key.clone()))
+            .inner
+            .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff)));
+        Wired {
+            durable,
+            updates,
+            horizon: count_horizon(),
+            spec,
+            extra: trace,
         }
-        if done(self) {
-            return;
-        }
-        panic!(
-            "timed out waiting for {what}: as_of {}, durable frontier {:?}, updates frontier {:?}",
-            self.snapshot().as_of_ms,
-            frontier(&self.durable),
-            frontier(&self.updates),
-        );
-    }
-
-    fn settle(&mut self, worker: &mut Worker) {
-        for _ in 0..SETTLE_STEPS {
-            worker.step();
-        }
-    }
-
-    /// Waits for the next `SinkBatch` and checks that it is for `tick`.
-    fn recv_batch(&mut self, worker: &mut Worker, tick: u64) -> SinkBatch {
-        let mut got = None;
-        self.step_until(worker, &format!("the SinkBatch of tick {tick}"), |h| {
-            if got.is_none() {
-                got = h.batches.try_recv().ok();
-            }
-            got.is_some()
-        });
-        let batch = got.expect("step_until returned, so a batch arrived");
-        assert_eq!(batch.tick, tick, "batches arrive in tick order");
-        batch
-    }
-
-    /// Waits until the published snapshot is as of `as_of`, then settles.
-    fn await_as_of(&mut self, worker: &mut Worker, as_of: u64) -> Arc<LiveSnapshot> {
-        self.step_until(worker, &format!("a snapshot as of {as_of}"), |h| {
-            h.snapshot().as_of_ms == as_of
-        });
-        self.settle(worker);
-        let snapshot = self.snapshot();
-        assert_eq!(
-            snapshot.as_of_ms, as_of,
-            "the snapshot moved past the expected frontier"
-        );
-        snapshot
-    }
-
-    /// What `WorkerDataflow::maintain` does: lets the trace compact up to
-    /// the durability frontier. Returns the number of updates it holds.
-    fn maintain(&mut self) -> usize {
-        use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
-        let mut at = Antichain::new();
-        self.durable.with_frontier(|f| at.extend(f.iter().copied()));
-        self.trace.set_logical_compaction(at.borrow());
-        self.trace.set_physical_compaction(at.borrow());
-        let mut records = 0usize;
-        self.trace
-            .map_spans(|span| records += span.inner.as_ref().map_or(0, |b| b.len()));
-        records
-    }
-
-    /// Closes the input, acknowledges whatever the sink still receives and
-    /// runs the dataflow to completion, so that `execute_directly` returns.
-    fn finish(mut self, worker: &mut Worker) {
-        drop(self.input.take());
-        let deadline = Instant::now() + MAX_WAIT;
-        let mut steps = 0;
-        while worker.has_dataflows() && steps < MAX_STEPS && Instant::now() < deadline {
-            while let Ok(batch) = self.batches.try_recv() {
-                self.ack.acknowledge(batch.tick, batch.rows());
-            }
-            worker.step();
-            steps += 1;
-        }
-        if worker.has_dataflows() {
-            worker.drop_dataflow(self.dataflow);
-            panic!("the dataflow did not shut down after its input closed");
-        }
-        assert_eq!(self.ack.pending_rows(), 0);
     }
 }
 
-fn frontier(probe: &ProbeHandle<u64>) -> Vec<u64> {
-    probe.with_frontier(|f| f.iter().copied().collect())
+const LIMITS: Limits = Limits {
+    max_steps: MAX_STEPS,
+    max_wait: MAX_WAIT,
+    settle_steps: SETTLE_STEPS,
+};
+
+fn new_harness(worker: &mut Worker, start: u64) -> Harness<WindowTrace> {
+    Harness::new(worker, start, LIMITS, Windows)
+}
+
+/// What `WorkerDataflow::maintain` does: lets the trace compact up to the
+/// durability frontier. Returns the number of updates it holds.
+fn maintain(h: &mut Harness<WindowTrace>) -> usize {
+    use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
+    let mut at = Antichain::new();
+    h.durable.with_frontier(|f| at.extend(f.iter().copied()));
+    h.extra.set_logical_compaction(at.borrow());
+    h.extra.set_physical_compaction(at.borrow());
+    let mut records = 0usize;
+    h.extra
+        .map_spans(|span| records += span.inner.as_ref().map_or(0, |b| b.len()));
+    records
 }
 
 // ---------------------------------------------------------------------------
@@ -857,7 +735,7 @@ struct Checks {
 /// `checks` against the snapshot of every step.
 fn run_scenario(steps: Vec<Step>, checks: Checks) {
     timely::execute_directly(move |worker| {
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let mut fed: Vec<Fed> = Vec::new();
         let mut stored: HashMap<WindowKey, Agg> = HashMap::new();
         let mut unacked: Vec<SinkBatch> = Vec::new();
@@ -907,7 +785,7 @@ fn run_scenario(steps: Vec<Step>, checks: Checks) {
                 .unwrap_or(next)
                 .min(next);
             let snapshot = h.await_as_of(worker, expected_as_of);
-            h.maintain();
+            maintain(&mut h);
             if checks.windows {
                 check_windows(&snapshot, &fed, i);
             }
@@ -977,7 +855,7 @@ proptest! {
 #[test]
 fn late_events_reach_the_rollups_and_only_live_windows() {
     timely::execute_directly(|worker| {
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let t = h.time();
         let gen = |delta_s| Gen {
             ty: 0,
@@ -1065,7 +943,7 @@ fn memory_stays_bounded_by_the_horizons() {
     let trace_bound = 3 * window_bound;
 
     timely::execute_directly(move |worker| {
-        let mut h = Harness::new(worker, T0);
+        let mut h = new_harness(worker, T0);
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut id = 0u64;
         let steps = HOURS * 3_600 / STEP_S;
@@ -1119,7 +997,7 @@ fn memory_stays_bounded_by_the_horizons() {
             let batch = h.recv_batch(worker, t);
             h.ack.acknowledge(t, batch.rows());
             let snapshot = h.await_as_of(worker, next);
-            let trace = h.maintain();
+            let trace = maintain(&mut h);
             let windows = snapshot.windows.len();
             max_windows = max_windows.max(windows);
             max_trace = max_trace.max(trace);
