@@ -371,15 +371,7 @@ async fn api_keys_scopes_and_revocation() {
     .await;
 
     // Refusals are counted in Prometheus.
-    let metrics = env
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", env.metrics_port))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = env.prometheus().await;
     for reason in ["missing", "invalid", "forbidden"] {
         assert!(
             metrics.contains(&format!(

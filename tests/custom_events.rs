@@ -35,15 +35,7 @@ async fn post(env: &TestEnv, path: &str, body: Value) -> (u16, Value) {
 }
 
 async fn metric(env: &TestEnv, line_prefix: &str) -> f64 {
-    let text = env
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", env.metrics_port))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = env.prometheus().await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())

@@ -122,15 +122,7 @@ async fn kafka_events_land_exactly_once_and_bad_messages_become_dead_letters() {
     assert_eq!(from_pg["source"], "postgres", "{from_pg}");
     assert_eq!(stats_map(&from_pg), expected);
 
-    let metrics = env
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", env.metrics_port))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = env.prometheus().await;
     assert!(
         metrics.contains("analytics_events_ingested_total{source=\"kafka\"} 3000"),
         "{metrics}"

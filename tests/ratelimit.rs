@@ -77,15 +77,7 @@ async fn wait_store(env: &TestEnv, store: &str) -> Value {
 
 /// The value of one Prometheus sample (`name{labels}` exactly), 0 if absent.
 async fn metric(env: &TestEnv, sample: &str) -> f64 {
-    let text = env
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", env.metrics_port))
-        .send()
-        .await
-        .expect("metrics answered")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = env.prometheus().await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(sample)?

@@ -405,6 +405,18 @@ security:
         .await
     }
 
+    /// The Prometheus text the service exposes on its metrics port.
+    pub async fn prometheus(&self) -> String {
+        self.http
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self.http.get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
