@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test services services-stop build lint fmt compose-check bench unit integration
+.PHONY: run test services services-stop build lint fmt compose-check manifests-check bench unit integration
 
 ## Start the local services, build, and run the service with the demo producer.
 run: services
@@ -14,6 +14,7 @@ test: services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) compose-check
+	$(MAKE) manifests-check
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p dataflows --tests
@@ -32,6 +33,13 @@ compose-check:
 	scripts/install-compose.sh
 	docker compose -f docker-compose.yml config -q
 	@echo "docker-compose.yml: valid"
+
+## Validate deploy/ offline: the Kubernetes manifests with kubeconform -strict
+## (built from the Go module proxy; schemas from PyPI's kubernetes-validate)
+## and the systemd unit with systemd-analyze verify.
+manifests-check:
+	scripts/install-kubeconform.sh
+	scripts/check-manifests.sh
 
 build:
 	$(CARGO) build --workspace --all-targets
