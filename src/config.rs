@@ -111,6 +111,13 @@ section!(AggregationConfig {
     numeric_properties: Vec<String> = Vec::new(),
     /// Most distinct values per metric and dimension (symbol, side, strategy_id).
     max_dimension_values: usize = 1_000,
+    /// Dimension combinations kept as live rows and rollups besides the
+    /// total (each a list of symbol, side, strategy_id); other filtered
+    /// queries are answered from the raw events in PostgreSQL.
+    dimension_sets: Vec<Vec<String>> = dataflows::windows::DEFAULT_DIMENSION_SETS
+        .iter()
+        .map(|set| set.iter().map(|d| d.to_string()).collect())
+        .collect(),
 });
 
 /// The in-memory horizon of an interval when the configuration sets none
@@ -511,6 +518,17 @@ impl Config {
                 60,
                 366 * 86_400,
             )?;
+        }
+        for set in &self.analytics.aggregation.dimension_sets {
+            if set.is_empty() || dataflows::windows::DimSet::parse(set).is_none() {
+                return Err(invalid(
+                    "analytics.aggregation.dimension_sets",
+                    format!(
+                        "{set:?}: each set names one or more of {:?}",
+                        dataflows::windows::DIMENSIONS
+                    ),
+                ));
+            }
         }
         range(
             "analytics.aggregation.max_dimension_values",

@@ -15,7 +15,7 @@ use dataflows::durable::WorkerAck;
 use dataflows::event::{Partition, PartitionOffset, TimeBounds};
 use dataflows::kafka_source::{spawn_metadata_refresher, KafkaSettings, PartitionDirectory};
 use dataflows::pipeline::{self, ProcessContext, Restored};
-use dataflows::windows::{Interval, WindowSpec};
+use dataflows::windows::{DimSet, Interval, WindowSpec};
 use dataflows::LiveSnapshot;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -553,6 +553,15 @@ fn window_spec(config: &Config, tick_ms: u64) -> WindowSpec {
             .collect(),
         numeric,
         max_dimension_values: config.analytics.aggregation.max_dimension_values,
+        dimension_sets: {
+            let mut sets: Vec<DimSet> = Vec::new();
+            for set in &config.analytics.aggregation.dimension_sets {
+                if let Some(set) = DimSet::parse(set).filter(|s| !sets.contains(s)) {
+                    sets.push(set);
+                }
+            }
+            sets
+        },
         tick_ms,
     }
 }

@@ -152,7 +152,7 @@ pub(crate) async fn commit_events(
                 contribute(event, &spec, &mut guard, &mut partials);
             }
         }
-        partials.drain().collect()
+        partials.drain(&spec).collect()
     })
     .await?;
     state.committed_windows.push(committed.windows);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Query, State};
 use axum::Json;
 use dataflows::event::format_us;
-use dataflows::windows::{Agg, Dims, Interval};
+use dataflows::windows::{Agg, DimSet, Dims, Interval};
 use differential_dataflow::difference::Semigroup;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -233,6 +233,10 @@ pub async fn series(
     if used_live {
         result["as_of"] = Value::String(format_us(snapshot.as_of_ms as i64 * 1000));
     }
+    // Where the windows came from: the live state (older windows from
+    // rollups), or PostgreSQL alone (a range before the live state, or a
+    // dimension combination not kept live: see `dimension_sets`).
+    result["source"] = Value::String(if used_live { "live" } else { "postgres" }.into());
     Ok(Json(json!({"cached": cached, "result": result})))
 }
 
@@ -248,6 +252,21 @@ async fn stitched(
     first: i64,
     end: i64,
 ) -> Result<(BTreeMap<i64, Agg>, bool, bool), AppError> {
+    if !state.windows.keeps(DimSet::of(filter)) {
+        // Not kept live nor as rollups: exact, from the raw events.
+        let client = state.pool.get().await.map_err(sink::SinkError::from)?;
+        let series = sink::rollups::raw_series(
+            &**client,
+            &state.windows,
+            metric,
+            interval,
+            filter,
+            first,
+            end,
+        )
+        .await?;
+        return Ok((series, false, false));
+    }
     let live_from = snapshot
         .window_coverage(interval)
         .map(|c| c.max(first))

@@ -47,6 +47,7 @@ pub fn default_window_spec(tick_ms: u64) -> WindowSpec {
             .collect(),
         numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
         max_dimension_values: MAX_DIMENSION_VALUES,
+        dimension_sets: dataflows::windows::DimSet::defaults(),
         tick_ms,
     }
 }

@@ -9,11 +9,10 @@
 //! the global durability frontier: every tick before it is committed in
 //! PostgreSQL on every worker of the cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use differential_dataflow::difference::Semigroup;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Capability, Operator};
@@ -22,8 +21,9 @@ use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
-use crate::aggregates::WindowUpdate;
+use crate::aggregates::WinUpdate;
 use crate::event::{DeadLetter, Event, Partition, PartitionOffset, Record};
+use crate::panes::WinId;
 use crate::trading::TradingBatch;
 use crate::windows::{Agg, WindowKey};
 
@@ -38,8 +38,9 @@ pub struct SinkBatch {
     pub dead: Vec<DeadLetter>,
     /// `(topic, partition, next_offset)` reached by the rows of this batch.
     pub offsets: Vec<PartitionOffset>,
-    /// Window contributions of `events`, to merge into the stored rollups.
-    pub rollups: Vec<(WindowKey, Agg)>,
+    /// Window contributions of `events`, to merge into the stored rollups:
+    /// one per window (see [`SinkBatch::rollup_keys`] for their strings).
+    pub rollups: Vec<(WinId, Agg)>,
     /// Trading-table contributions of `events`, merged in the same transaction.
     pub trading: TradingBatch,
     /// Where to report the commit.
@@ -47,6 +48,14 @@ pub struct SinkBatch {
 }
 
 impl SinkBatch {
+    /// The rollup contributions with their strings.
+    pub fn rollup_keys(&self) -> Vec<(WindowKey, Agg)> {
+        self.rollups
+            .iter()
+            .filter_map(|(id, agg)| Some((id.key()?, agg.clone())))
+            .collect()
+    }
+
     pub fn rows(&self) -> usize {
         self.events.len() + self.dead.len()
     }
@@ -106,7 +115,7 @@ struct Pending {
     events: Vec<Event>,
     dead: Vec<DeadLetter>,
     offsets: BTreeMap<Partition, i64>,
-    rollups: HashMap<WindowKey, Agg>,
+    rollups: Vec<(WinId, Agg)>,
     trading: TradingBatch,
 }
 
@@ -154,7 +163,7 @@ fn pending_at<'a>(
 /// per tick on the worker. The output frontier is the durability frontier.
 pub fn durable_sink<'s>(
     records: Stream<'s, u64, Vec<Record>>,
-    rollups: Stream<'s, u64, Vec<WindowUpdate>>,
+    rollups: Stream<'s, u64, Vec<WinUpdate>>,
     sink: UnboundedSender<SinkBatch>,
     ack: Arc<WorkerAck>,
 ) -> Stream<'s, u64, Vec<()>> {
@@ -179,9 +188,10 @@ pub fn durable_sink<'s>(
                 });
                 rollups.for_each(|cap, data| {
                     if let Some(pending) = pending_at(&mut stash, &cap) {
-                        for (key, _, agg) in data.drain(..) {
-                            pending.rollups.entry(key).or_default().plus_equals(&agg);
-                        }
+                        // One delta per window and tick from `fold_windows`.
+                        pending
+                            .rollups
+                            .extend(data.drain(..).map(|(id, _, agg)| (id, agg)));
                     }
                 });
                 let complete =
@@ -202,7 +212,7 @@ pub fn durable_sink<'s>(
                             .into_iter()
                             .map(|((t, p), o)| (t, p, o))
                             .collect(),
-                        rollups: pending.rollups.into_iter().collect(),
+                        rollups: pending.rollups,
                         trading: pending.trading,
                         ack: Arc::clone(&ack),
                     };

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use differential_dataflow::difference::{IsZero, Semigroup};
 use im::{HashMap, OrdMap};
 
+use crate::panes::WinId;
 use crate::windows::{Agg, Dims, Interval, WindowKey};
 
 const MINUTE: i64 = 60;
@@ -155,28 +156,29 @@ impl LiveCounts {
     }
 }
 
-/// Window aggregates held in memory, ordered by (metric, interval,
-/// dimensions, start) so that a series is a contiguous range.
+/// Window aggregates held in memory, by [`WinId`]: ordered by (series,
+/// interval, start), so that the windows of a row and interval are a
+/// contiguous range. Strings are looked up only to answer a query.
 #[derive(Clone, Debug, Default)]
 pub struct LiveWindows {
-    windows: OrdMap<WindowKey, Agg>,
+    windows: OrdMap<WinId, Agg>,
 }
 
 impl LiveWindows {
     /// Applies one diff; a window whose aggregate cancels out is removed.
-    pub fn apply(&mut self, key: WindowKey, diff: &Agg) {
+    pub fn apply(&mut self, id: WinId, diff: &Agg) {
         let zero = {
-            let entry = self.windows.entry(key.clone()).or_default();
+            let entry = self.windows.entry(id).or_default();
             entry.plus_equals(diff);
             entry.is_zero()
         };
         if zero {
-            self.windows.remove(&key);
+            self.windows.remove(&id);
         }
     }
 
     pub fn get(&self, key: &WindowKey) -> Option<&Agg> {
-        self.windows.get(key)
+        self.windows.get(&WinId::lookup(key)?)
     }
 
     pub fn len(&self) -> usize {
@@ -187,9 +189,10 @@ impl LiveWindows {
         self.windows.is_empty()
     }
 
-    /// Windows of `metric` and `interval` starting in `[from, to)`: the total
-    /// rows when `filter` is empty, else the merge of every dimension row
-    /// that matches it.
+    /// Windows of `metric` and `interval` starting in `[from, to)` of the
+    /// row whose dimensions are exactly `filter` (the total when it is
+    /// empty). Only the configured dimension sets have rows: callers answer
+    /// other filters elsewhere (see `WindowSpec::keeps`).
     pub fn series(
         &self,
         metric: &str,
@@ -198,38 +201,22 @@ impl LiveWindows {
         from: i64,
         to: i64,
     ) -> std::collections::BTreeMap<i64, Agg> {
-        let key = |dims: Dims, start| WindowKey {
+        let mut out = std::collections::BTreeMap::new();
+        let key = WindowKey {
             metric: Arc::from(metric),
             interval,
-            dims,
-            start,
+            dims: filter.clone(),
+            start: from,
         };
-        let mut out = std::collections::BTreeMap::new();
+        let Some(first) = WinId::lookup(&key) else {
+            return out;
+        };
         if from >= to {
             return out;
         }
-        if filter.is_total() {
-            for (k, agg) in self
-                .windows
-                .range(key(Dims::default(), from)..key(Dims::default(), to))
-            {
-                out.insert(k.start, agg.clone());
-            }
-            return out;
-        }
-        let end = WindowKey {
-            metric: Arc::from(metric),
-            interval: Interval(interval.0 + 1),
-            dims: Dims::default(),
-            start: i64::MIN,
-        };
-        for (k, agg) in self.windows.range(key(Dims::default(), i64::MIN)..end) {
-            if k.dims.is_total() || k.start < from || k.start >= to || !k.dims.matches(filter) {
-                continue;
-            }
-            out.entry(k.start)
-                .or_insert_with(Agg::default)
-                .plus_equals(agg);
+        let last = WinId { start: to, ..first };
+        for (k, agg) in self.windows.range(first..last) {
+            out.insert(k.start, agg.clone());
         }
         out
     }
@@ -237,11 +224,13 @@ impl LiveWindows {
     /// Names of the metrics held.
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         let mut names = std::collections::BTreeSet::new();
-        let mut last: Option<&str> = None;
+        let mut last = None;
         for (k, _) in self.windows.iter() {
-            if last != Some(&*k.metric) {
-                names.insert(k.metric.to_string());
-                last = Some(&*k.metric);
+            if last != Some(k.series.metric) {
+                last = Some(k.series.metric);
+                if let Some(name) = k.series.metric.resolve() {
+                    names.insert(name.to_string());
+                }
             }
         }
         names

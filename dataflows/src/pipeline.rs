@@ -1,11 +1,11 @@
-//! The whole dataflow of one worker, wired from the pieces of this crate:
+//! The whole dataflow of one worker, one `build_*` per branch:
 //!
 //! ```text
 //! start offsets (worker 0, t=0) ─broadcast─► Kafka source ─► records
-//! records ─► WindowPartials ─┬──────────────────► DurableSink ─► durability stream ──┐
-//! records ──────────────────────────────────────► DurableSink                        │
-//! records + REST records ─► CountByTypeSecond ─► arrange (type, second) ─┐           │
-//! partials (Kafka, REST, restored) ─► ExpireWindows ─► arrange windows ──┴► leaders ─► PublishSnapshot
+//! build_windows:   records ─► FoldWindows (1m panes per series, per tick) ─► deltas ─┬─► DurableSink ─► durability ─┐
+//!                  deltas + REST + restored ─exchange(series)─► RetireWindows ─► arrange WindowAggregates ─┐         │
+//! build_counts:    records + REST records ─► CountByTypeSecond ─► arrange LiveCountsByTypeSecond ─────────┤         │
+//! build_dashboard: records + REST records ─► sums, active users, strategies ─► arrangements ─────────────┴► leaders ─► PublishSnapshot
 //! ```
 
 use std::sync::atomic::AtomicBool;
@@ -17,12 +17,14 @@ use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::ProbeHandle;
+use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-use crate::aggregates::{expiring, restored_windows, window_partials};
+use crate::aggregates::{
+    fold_windows, restored_windows, retire_windows, window_ids, WinUpdate, WindowUpdate,
+};
 use crate::counts::{
     committed, count_updates, restored_counts, start_offsets, CommittedQueue, Horizon,
 };
@@ -35,6 +37,7 @@ use crate::kafka_source::{kafka_source, KafkaSettings, PartitionDirectory, Sourc
 use crate::live::LiveSnapshot;
 use crate::memory_source::{memory_source, PayloadFeed};
 use crate::metrics;
+use crate::panes::WinId;
 use crate::publish::LiveUpdate;
 use crate::time::tick_ceil;
 use crate::windows::{Agg, WindowKey, WindowSpec};
@@ -82,11 +85,12 @@ pub struct ProcessContext {
     pub feed: Option<Arc<dyn PayloadFeed>>,
 }
 
-type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
-type WindowTrace = TraceAgent<KeySpine<WindowKey, u64, Agg>>;
-type SumTrace = TraceAgent<KeySpine<(String, i64), u64, CountSum>>;
-type UserTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
-type StrategyTrace = TraceAgent<KeySpine<String, u64, StrategyState>>;
+pub type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
+/// The arranged windows.
+pub type WindowTrace = TraceAgent<KeySpine<WinId, u64, Agg>>;
+pub type SumTrace = TraceAgent<KeySpine<(String, i64), u64, CountSum>>;
+pub type UserTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
+pub type StrategyTrace = TraceAgent<KeySpine<String, u64, StrategyState>>;
 
 /// Handles a worker keeps while it runs the dataflow.
 pub struct WorkerDataflow {
@@ -156,6 +160,141 @@ pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
     }
 }
 
+/// An update of a per-`(name, second)` collection: `((name, second), tick, diff)`.
+pub type SecondUpdate<R> = ((String, i64), u64, R);
+
+/// A branch of live state: its arrangement(s) and the live updates they emit.
+pub struct Branch<'s, T> {
+    pub traces: T,
+    pub updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
+}
+
+/// Counts per `(event_type, second)` of every record (Kafka and REST) and
+/// the `restored` ones, each expiring at its live horizon.
+pub fn build_counts<'s>(
+    records: Stream<'s, u64, Vec<Record>>,
+    restored: Stream<'s, u64, Vec<SecondUpdate<isize>>>,
+    horizon: Horizon,
+) -> Counts<'s> {
+    let counts = count_updates(records, horizon)
+        .concat(restored)
+        .as_collection()
+        .arrange_by_self_named("LiveCountsByTypeSecond");
+    let trace = counts.trace.clone();
+    let updates = counts
+        .flat_map_ref(|key, _| Some(key.clone()))
+        .inner
+        .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)));
+    Counts { trace, updates }
+}
+
+/// The count branch (see [`build_counts`]).
+pub struct Counts<'s> {
+    pub trace: CountTrace,
+    pub updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
+}
+
+/// What the dashboard branch restores from PostgreSQL (worker 0, time 0).
+pub struct DashboardRestored<'s> {
+    pub sums: Stream<'s, u64, Vec<SecondUpdate<CountSum>>>,
+    pub users: Stream<'s, u64, Vec<SecondUpdate<isize>>>,
+    pub strategies: Stream<'s, u64, Vec<(String, u64, StrategyState)>>,
+}
+
+/// Dashboard state: per-second sums (volume, latency, …) expiring at the
+/// live horizon, users expiring `active_users_ms` after their last event,
+/// and strategy states.
+pub fn build_dashboard<'s>(
+    records: Stream<'s, u64, Vec<Record>>,
+    restored: DashboardRestored<'s>,
+    horizon: Horizon,
+    active_users_ms: u64,
+) -> Branch<'s, (SumTrace, UserTrace, StrategyTrace)> {
+    let contributed = contributions(records);
+    let sums = expire(
+        dashboard_ops::sums(contributed.clone()).concat(restored.sums),
+        "ExpireSums",
+        move |(_, second): &(String, i64)| horizon.expire_at(*second),
+        |_| {},
+    )
+    .as_collection()
+    .arrange_by_self_named("DashboardSums");
+    let tick_ms = horizon.tick_ms;
+    let users = expire(
+        dashboard_ops::users(contributed.clone()).concat(restored.users),
+        "ExpireUsers",
+        move |(_, second): &(String, i64)| {
+            tick_ceil(
+                ((second + 1).max(0) as u64) * 1000 + active_users_ms,
+                tick_ms,
+            )
+        },
+        |_| {},
+    )
+    .as_collection()
+    .arrange_by_self_named("ActiveUsers");
+    let strategies = dashboard_ops::strategies(contributed)
+        .concat(restored.strategies)
+        .as_collection()
+        .arrange_by_self_named("Strategies");
+    let traces = (
+        sums.trace.clone(),
+        users.trace.clone(),
+        strategies.trace.clone(),
+    );
+    let updates = sums
+        .flat_map_ref(|key, _| Some(key.clone()))
+        .inner
+        .map(|(key, time, diff)| (time, LiveUpdate::Sum(key, diff)))
+        .concat(
+            users
+                .flat_map_ref(|key, _| Some(key.0.clone()))
+                .inner
+                .map(|(user, time, diff)| (time, LiveUpdate::User(user, diff))),
+        )
+        .concat(
+            strategies
+                .flat_map_ref(|key, _| Some(key.clone()))
+                .inner
+                .map(|(id, time, diff)| (time, LiveUpdate::Strategy(id, diff))),
+        );
+    Branch { traces, updates }
+}
+
+/// The window branch, as [`build`] wires it: the records' per-tick window
+/// deltas (for the sink), and the windows held in memory (those deltas plus
+/// `extra`: restored rollups and REST contributions), exchanged on their
+/// series, retired once at their horizon, arranged, and turned into live updates.
+pub struct Windows<'s> {
+    /// Every delta of the records, late ones included (for the sink).
+    pub deltas: Stream<'s, u64, Vec<WinUpdate>>,
+    pub trace: WindowTrace,
+    pub updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
+}
+
+/// Builds the window branch (see [`Windows`]).
+pub fn build_windows<'s>(
+    records: Stream<'s, u64, Vec<Record>>,
+    extra: Stream<'s, u64, Vec<WindowUpdate>>,
+    spec: Arc<WindowSpec>,
+) -> Windows<'s> {
+    let folded = fold_windows(records, Arc::clone(&spec));
+    let deltas = folded.clone();
+    let arranged = retire_windows(folded.concat(window_ids(extra)), spec)
+        .as_collection()
+        .arrange_by_self_named("WindowAggregates");
+    let trace = arranged.trace.clone();
+    let updates = arranged
+        .flat_map_ref(|key, _| Some(*key))
+        .inner
+        .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff)));
+    Windows {
+        deltas,
+        trace,
+        updates,
+    }
+}
+
 /// Builds this worker's dataflow.
 pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
     let index = worker.index();
@@ -193,8 +332,6 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             None => kafka_source(offsets, source),
         };
         let spec = Arc::clone(&ctx.windows);
-        let partials = window_partials(records.clone(), Arc::clone(&spec));
-        let durable = durable_sink(records.clone(), partials.clone(), ctx.sink.clone(), ack);
         let committed_events = committed(
             scope,
             "CommittedEvents",
@@ -212,89 +349,35 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             |(key, agg), time| (key, time, agg),
         );
         let all_records = records.clone().concat(committed_events);
-        let contributed = contributions(all_records.clone());
-        let sums = expire(
-            dashboard_ops::sums(contributed.clone()).concat(crate::expiry::restored(
-                scope,
-                "RestoredSums",
-                restored.sums,
-            )),
-            "ExpireSums",
-            move |(_, second): &(String, i64)| horizon.expire_at(*second),
-            |_| {},
-        )
-        .as_collection()
-        .arrange_by_self_named("DashboardSums");
-        let users_ms = ctx.active_users_ms;
-        let tick_ms = ctx.tick_ms;
-        let users = expire(
-            dashboard_ops::users(contributed.clone()).concat(crate::expiry::restored(
-                scope,
-                "RestoredUsers",
-                restored.users,
-            )),
-            "ExpireUsers",
-            move |(_, second): &(String, i64)| {
-                tick_ceil(((second + 1).max(0) as u64) * 1000 + users_ms, tick_ms)
+        let dashboard = build_dashboard(
+            all_records.clone(),
+            DashboardRestored {
+                sums: crate::expiry::restored(scope, "RestoredSums", restored.sums),
+                users: crate::expiry::restored(scope, "RestoredUsers", restored.users),
+                strategies: crate::expiry::restored(
+                    scope,
+                    "RestoredStrategies",
+                    restored.strategies,
+                ),
             },
-            |_| {},
-        )
-        .as_collection()
-        .arrange_by_self_named("ActiveUsers");
-        let strategies = dashboard_ops::strategies(contributed)
-            .concat(crate::expiry::restored(
-                scope,
-                "RestoredStrategies",
-                restored.strategies,
-            ))
-            .as_collection()
-            .arrange_by_self_named("Strategies");
-        let dashboard_traces = (
-            sums.trace.clone(),
-            users.trace.clone(),
-            strategies.trace.clone(),
+            horizon,
+            ctx.active_users_ms,
         );
-        let dashboard_updates = sums
-            .flat_map_ref(|key, _| Some(key.clone()))
-            .inner
-            .map(|(key, time, diff)| (time, LiveUpdate::Sum(key, diff)))
-            .concat(
-                users
-                    .flat_map_ref(|key, _| Some(key.0.clone()))
-                    .inner
-                    .map(|(user, time, diff)| (time, LiveUpdate::User(user, diff))),
-            )
-            .concat(
-                strategies
-                    .flat_map_ref(|key, _| Some(key.clone()))
-                    .inner
-                    .map(|(id, time, diff)| (time, LiveUpdate::Strategy(id, diff))),
-            );
-        let counts = count_updates(all_records, horizon)
-            .concat(restored_counts(scope, restored.counts, horizon))
-            .as_collection()
-            .arrange_by_self_named("LiveCountsByTypeSecond");
-        let windows = expiring(
-            partials
-                .concat(committed_windows)
-                .concat(restored_windows(scope, restored.windows)),
+        let counts = build_counts(
+            all_records,
+            restored_counts(scope, restored.counts, horizon),
+            horizon,
+        );
+        let windows = build_windows(
+            records.clone(),
+            committed_windows.concat(restored_windows(scope, restored.windows)),
             Arc::clone(&spec),
-        )
-        .as_collection()
-        .arrange_by_self_named("WindowAggregates");
-        let trace = counts.trace.clone();
-        let window_trace = windows.trace.clone();
+        );
+        let durable = durable_sink(records, windows.deltas, ctx.sink.clone(), ack);
         let updates = counts
-            .flat_map_ref(|key, _| Some(key.clone()))
-            .inner
-            .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)))
-            .concat(
-                windows
-                    .flat_map_ref(|key, _| Some(key.clone()))
-                    .inner
-                    .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff))),
-            )
-            .concat(dashboard_updates);
+            .updates
+            .concat(windows.updates)
+            .concat(dashboard.updates);
         let gathered = crate::route::send_to(updates, "ToLeaders", leaders);
         let probe = ProbeHandle::new();
         let durable = durable.probe_with(&probe);
@@ -307,9 +390,9 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         );
         WorkerDataflow {
             probe,
-            trace,
-            window_trace,
-            dashboard_traces,
+            trace: counts.trace,
+            window_trace: windows.trace,
+            dashboard_traces: dashboard.traces,
             worker: index,
         }
     })

@@ -22,8 +22,9 @@ use crate::counts::Horizon;
 use crate::dashboard::{CountSum, StrategyState};
 use crate::live::{LiveCounts, LiveDashboard, LiveSnapshot, LiveWindows};
 use crate::metrics;
+use crate::panes::WinId;
 use crate::time::now_ms;
-use crate::windows::{Agg, WindowKey, WindowSpec};
+use crate::windows::{Agg, WindowSpec};
 
 /// A change to live state.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ pub enum LiveUpdate {
     /// `((event_type, second), diff)`.
     Count((String, i64), isize),
     /// A window and its aggregate diff.
-    Window(WindowKey, Agg),
+    Window(WinId, Agg),
     /// `((series, second), (count, sum))`.
     Sum((String, i64), CountSum),
     /// A user's active contributions.
@@ -89,7 +90,7 @@ pub fn publish<'s>(
                                 LiveUpdate::Count((event_type, second), diff) => {
                                     counts.update(&event_type, second, diff as i64)
                                 }
-                                LiveUpdate::Window(key, diff) => windows.apply(key, &diff),
+                                LiveUpdate::Window(id, diff) => windows.apply(id, &diff),
                                 LiveUpdate::Sum((series, second), diff) => {
                                     dashboard.add_sum(&series, second, diff)
                                 }

@@ -218,6 +218,14 @@ impl Sketch {
             self.buckets.clone_from(&other.buckets);
             return;
         }
+        // A small delta into a large sketch (a tick's values into a live
+        // window): in place, without a new allocation per merge.
+        if other.buckets.len() * 8 <= self.buckets.len() {
+            for &(id, count) in &other.buckets {
+                self.add_to_bucket(id, count);
+            }
+            return;
+        }
         let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
         let mut a = self.buckets.iter().copied().peekable();
         let mut b = other.buckets.iter().copied().peekable();

@@ -13,13 +13,12 @@
 //! times 10^9 rounded to the nearest integer), so that they do not depend on
 //! the order in which contributions are added.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+pub use crate::panes::{contribute, DimensionGuard, Partials};
 use crate::sketch::Sketch;
 use crate::time::tick_ceil;
 
@@ -130,6 +129,63 @@ impl Dims {
             .iter()
             .zip(filter.values().iter())
             .all(|((_, mine), (_, wanted))| wanted.is_none() || mine == wanted)
+    }
+}
+
+/// A combination of dimensions: bit 0 `symbol`, bit 1 `side`, bit 2
+/// `strategy_id`; the empty set is the total row.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct DimSet(pub u8);
+
+/// The dimension sets kept live and rolled up when the configuration names
+/// none: each dimension alone, and symbol × side (see README, "Cardinality").
+pub const DEFAULT_DIMENSION_SETS: [&[&str]; 4] = [
+    &["symbol"],
+    &["side"],
+    &["strategy_id"],
+    &["symbol", "side"],
+];
+
+impl DimSet {
+    /// The set of the named dimensions; `None` for an unknown name.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Option<DimSet> {
+        let mut bits = 0u8;
+        for name in names {
+            let i = DIMENSIONS.iter().position(|d| *d == name.as_ref())?;
+            bits |= 1 << i;
+        }
+        Some(DimSet(bits))
+    }
+
+    /// [`DEFAULT_DIMENSION_SETS`].
+    pub fn defaults() -> Vec<DimSet> {
+        DEFAULT_DIMENSION_SETS
+            .iter()
+            .filter_map(|names| DimSet::parse(names))
+            .collect()
+    }
+
+    pub fn contains(self, dimension: usize) -> bool {
+        self.0 & (1 << dimension) != 0
+    }
+
+    /// The dimensions a row or filter sets.
+    pub fn of(dims: &Dims) -> DimSet {
+        DimSet(
+            u8::from(dims.symbol.is_some())
+                | u8::from(dims.side.is_some()) << 1
+                | u8::from(dims.strategy_id.is_some()) << 2,
+        )
+    }
+
+    /// The names, in the order of [`DIMENSIONS`].
+    pub fn names(self) -> Vec<&'static str> {
+        (0..DIMENSIONS.len())
+            .filter(|i| self.contains(*i))
+            .map(|i| DIMENSIONS[i])
+            .collect()
     }
 }
 
@@ -298,19 +354,31 @@ pub struct WindowSpec {
     pub numeric: Vec<String>,
     /// Most distinct values per metric and dimension.
     pub max_dimension_values: usize,
+    /// The dimension combinations kept as rows besides the total.
+    pub dimension_sets: Vec<DimSet>,
     pub tick_ms: u64,
 }
 
 impl WindowSpec {
+    /// Whether rows of `set` are kept (live and in rollups); the total always is.
+    pub fn keeps(&self, set: DimSet) -> bool {
+        set.0 == 0 || self.dimension_sets.contains(&set)
+    }
+
     /// The tick at which `key`'s window leaves memory.
     pub fn expire_at(&self, key: &WindowKey) -> u64 {
+        self.expire_at_window(key.interval, key.start)
+    }
+
+    /// The tick at which the window of `interval` starting at `start` leaves memory.
+    pub fn expire_at_window(&self, interval: Interval, start: i64) -> u64 {
         let horizon = self
             .intervals
             .iter()
-            .find(|(i, _)| *i == key.interval)
+            .find(|(i, _)| *i == interval)
             .map(|(_, h)| *h)
             .unwrap_or(0);
-        let end_ms = (key.start + key.interval.seconds()).max(0) as u64 * 1000;
+        let end_ms = (start + interval.seconds()).max(0) as u64 * 1000;
         tick_ceil(end_ms.saturating_add(horizon), self.tick_ms)
     }
 
@@ -336,53 +404,6 @@ impl WindowSpec {
     }
 }
 
-/// Caps distinct dimension values per metric and dimension; what it refuses
-/// is counted. A value not seen in event time for longer than windows stay
-/// in memory is forgotten when room is needed, so a slowly changing set of
-/// symbols is not refused forever. Nothing is recorded for a refused event.
-#[derive(Debug, Default)]
-pub struct DimensionGuard {
-    /// metric → per dimension: value → last event second seen.
-    seen: HashMap<String, [HashMap<String, i64>; 3]>,
-    pub refused: u64,
-}
-
-impl DimensionGuard {
-    fn admit(
-        &mut self,
-        metric: &str,
-        dims: &Dims,
-        cap: usize,
-        second: i64,
-        forget_after: i64,
-    ) -> bool {
-        let sets = match self.seen.get_mut(metric) {
-            Some(sets) => sets,
-            None => self.seen.entry(metric.to_string()).or_default(),
-        };
-        for (set, (_, value)) in sets.iter_mut().zip(dims.values()) {
-            let Some(value) = value else { continue };
-            if !set.contains_key(value) && set.len() >= cap {
-                set.retain(|_, last| *last >= second - forget_after);
-                if set.len() >= cap {
-                    self.refused += 1;
-                    return false;
-                }
-            }
-        }
-        for (set, (_, value)) in sets.iter_mut().zip(dims.values()) {
-            let Some(value) = value else { continue };
-            match set.get_mut(value) {
-                Some(last) => *last = (*last).max(second),
-                None => {
-                    set.insert(value.to_string(), second);
-                }
-            }
-        }
-        true
-    }
-}
-
 /// A finite number from a JSON number or a numeric string.
 pub fn number(v: &serde_json::Value) -> Option<f64> {
     match v {
@@ -402,231 +423,18 @@ pub fn identifier(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// A dimension value: an identifier of at most 128 bytes.
-fn text(v: &serde_json::Value) -> Option<String> {
-    identifier(v).filter(|s| s.len() <= 128)
-}
-
-/// The metrics an event contributes to: `(name, value)`, value `None` for
-/// the count metric, and the event's dimensions.
-pub fn metrics_of(event: &Event, numeric: &[String]) -> (Vec<(String, Option<f64>)>, Dims) {
-    let mut out = vec![(format!("events.count.{}", event.event_type), None)];
-    let props: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&event.properties).unwrap_or_default();
-    for name in numeric {
-        if let Some(v) = props.get(name).and_then(number) {
-            out.push((format!("{}.{}", event.event_type, name), Some(v)));
-        }
-    }
-    let price = props.get("price").and_then(number);
-    let quantity = props.get("quantity").and_then(number);
-    if let (Some(p), Some(q)) = (price, quantity) {
-        let notional = p * q;
-        if notional.is_finite() {
-            out.push((format!("{}.notional", event.event_type), Some(notional)));
-        }
-    }
-    let dims = Dims {
-        symbol: props.get("symbol").and_then(text).map(Arc::from),
-        side: props.get("side").and_then(text).map(Arc::from),
-        strategy_id: props.get("strategy_id").and_then(text).map(Arc::from),
-    };
-    (out, dims)
-}
-
-/// The windows of one `(metric, dimensions)`: `(interval, start)` → aggregate.
-type WindowsOf = HashMap<(Interval, i64), Agg>;
-
-/// Window contributions of a batch of events, merged per key. Grouped by
-/// `(metric, dimensions)`, so that adding an event builds each of those
-/// once, not once per interval.
-#[derive(Clone, Debug, Default)]
-pub struct Partials {
-    groups: HashMap<(Arc<str>, Dims), WindowsOf>,
-}
-
-impl Partials {
-    /// Windows held.
-    pub fn len(&self) -> usize {
-        self.groups.values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
-
-    /// The merged contributions, emptying this batch.
-    pub fn drain(&mut self) -> impl Iterator<Item = (WindowKey, Agg)> + '_ {
-        self.groups.drain().flat_map(|((metric, dims), windows)| {
-            windows.into_iter().map(move |((interval, start), agg)| {
-                (
-                    WindowKey {
-                        metric: metric.clone(),
-                        interval,
-                        dims: dims.clone(),
-                        start,
-                    },
-                    agg,
-                )
-            })
-        })
-    }
-
-    /// The merged contributions as a map (tests, small batches).
-    pub fn into_map(mut self) -> HashMap<WindowKey, Agg> {
-        self.drain().collect()
-    }
-
-    fn windows(&mut self, key: (Arc<str>, Dims)) -> &mut WindowsOf {
-        self.groups.entry(key).or_default()
-    }
-}
-
-/// Adds the contributions of `event` to `into`: for every metric and
-/// interval, the total row and, when the event has dimensions admitted by
-/// the guard, the row of its dimension combination.
-pub fn contribute(
-    event: &Event,
-    spec: &WindowSpec,
-    guard: &mut DimensionGuard,
-    into: &mut Partials,
-) {
-    let (metrics, dims) = metrics_of(event, &spec.numeric);
-    let second = event.second();
-    for (metric, value) in metrics {
-        let metric: Arc<str> = Arc::from(metric);
-        let value = value.map(|v| (to_nano(v), Sketch::bucket_of(v)));
-        let split = !dims.is_total()
-            && guard.admit(
-                &metric,
-                &dims,
-                spec.max_dimension_values,
-                second,
-                spec.memory_span_secs(),
-            );
-        let add = |windows: &mut WindowsOf| {
-            for (interval, _) in &spec.intervals {
-                let agg = windows
-                    .entry((*interval, interval.window_of(second)))
-                    .or_default();
-                match value {
-                    Some((nano, bucket)) => agg.add_value(nano, bucket),
-                    None => agg.count += 1,
-                }
-            }
-        };
-        if split {
-            add(into.windows((metric.clone(), dims.clone())));
-        }
-        add(into.windows((metric, Dims::default())));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventSource;
 
     fn spec() -> WindowSpec {
         WindowSpec {
             intervals: vec![(Interval(0), 120_000), (Interval(4), 3_600_000)],
             numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
             max_dimension_values: 2,
+            dimension_sets: DimSet::defaults(),
             tick_ms: 100,
         }
-    }
-
-    fn event(t: &str, props: &str, second: i64) -> Event {
-        Event {
-            id: uuid::Uuid::nil(),
-            event_type: t.into(),
-            user_id: None,
-            session_id: None,
-            properties: props.into(),
-            timestamp_us: second * 1_000_000 + 250_000,
-            created_at_us: 0,
-            source: EventSource::Rest,
-        }
-    }
-
-    #[test]
-    fn contributions_cover_metrics_intervals_and_dimensions() {
-        let mut into = Partials::default();
-        let mut guard = DimensionGuard::default();
-        let e = event(
-            "order.filled",
-            r#"{"symbol":"BTC","side":"BUY","price":"100.5","quantity":2}"#,
-            3_725,
-        );
-        contribute(&e, &spec(), &mut guard, &mut into);
-        let into = into.into_map();
-        // 4 metrics (count, price, quantity, notional) × 2 intervals × 2 rows.
-        assert_eq!(into.len(), 16);
-        let key = WindowKey {
-            metric: "order.filled.notional".into(),
-            interval: Interval(0),
-            dims: Dims::default(),
-            start: 3_720,
-        };
-        let agg = &into[&key];
-        assert_eq!(agg.count, 1);
-        assert_eq!(agg.sum, 201_000_000_000);
-        assert_eq!(agg.min_value(), Some(201.0));
-        let hour = WindowKey {
-            metric: "events.count.order.filled".into(),
-            interval: Interval(4),
-            dims: Dims {
-                symbol: Some("BTC".into()),
-                side: Some("BUY".into()),
-                strategy_id: None,
-            },
-            start: 3_600,
-        };
-        assert_eq!(into[&hour].count, 1);
-        assert!(!into[&hour].has_values());
-    }
-
-    #[test]
-    fn guard_caps_values_and_counts_refusals() {
-        let mut into = Partials::default();
-        let mut guard = DimensionGuard::default();
-        for s in ["A", "B", "C", "A"] {
-            let e = event("page.view", &format!(r#"{{"symbol":"{s}"}}"#), 10);
-            contribute(&e, &spec(), &mut guard, &mut into);
-        }
-        assert_eq!(guard.refused, 1);
-        let into = into.into_map();
-        let total = WindowKey {
-            metric: "events.count.page.view".into(),
-            interval: Interval(0),
-            dims: Dims::default(),
-            start: 0,
-        };
-        assert_eq!(
-            into[&total].count, 4,
-            "refused values still count in the total"
-        );
-        assert!(!into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
-    }
-
-    #[test]
-    fn guard_forgets_values_not_seen_for_longer_than_memory() {
-        let mut into = Partials::default();
-        let mut guard = DimensionGuard::default();
-        let s = spec();
-        let span = s.memory_span_secs();
-        assert_eq!(span, 3_600 + 3_600);
-        let at =
-            |sym: &str, second| event("page.view", &format!(r#"{{"symbol":"{sym}"}}"#), second);
-        contribute(&at("A", 0), &s, &mut guard, &mut into);
-        contribute(&at("B", 0), &s, &mut guard, &mut into);
-        contribute(&at("C", span), &s, &mut guard, &mut into);
-        assert_eq!(guard.refused, 1, "A and B are still within memory");
-        contribute(&at("B", span), &s, &mut guard, &mut into);
-        contribute(&at("C", span + 1), &s, &mut guard, &mut into);
-        assert_eq!(guard.refused, 1, "A is forgotten, C takes its place");
-        let into = into.into_map();
-        assert!(into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
     }
 
     #[test]

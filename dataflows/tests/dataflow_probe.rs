@@ -1,8 +1,8 @@
 //! End-to-end checks of one worker's dataflow without Kafka or PostgreSQL:
 //! `Record`s enter through a timely `InputHandle` whose time the test
-//! controls, and are wired as `pipeline::build` wires them (records →
-//! `durable_sink`; records → `count_updates` → arrangement → `publish`, gated
-//! by the durability stream). The tests cover the durability gate (a tick is
+//! controls, and go through the production pieces as `pipeline::build`
+//! wires them (records → `build_windows` deltas → `durable_sink`; records →
+//! `build_counts` → `publish`, gated by the durability stream). The tests cover the durability gate (a tick is
 //! published only after its `SinkBatch` is acknowledged), the contents of
 //! the `SinkBatch`es, the published counts against a from-scratch oracle
 //! over random input (including events beyond the live horizon), and the
@@ -16,16 +16,14 @@ use std::time::Duration;
 
 mod harness;
 
-use dataflows::aggregates::window_partials;
-use dataflows::counts::{count_updates, Horizon};
+use dataflows::aggregates::restored_windows;
+use dataflows::counts::Horizon;
 use dataflows::durable::{durable_sink, SinkBatch, WorkerAck};
-use dataflows::publish::LiveUpdate;
-use dataflows::windows::{Interval, WindowSpec};
+use dataflows::pipeline::{build_counts, build_windows};
+use dataflows::windows::{DimSet, Interval, WindowSpec};
 use dataflows::{DeadLetter, DeadReason, Event, EventSource, LiveSnapshot, Record};
-use differential_dataflow::AsCollection;
 use harness::{Harness, Limits, Wired, Wiring};
 use proptest::prelude::*;
-use timely::dataflow::operators::vec::Map;
 
 use timely::dataflow::Stream;
 use timely::worker::Worker;
@@ -74,16 +72,14 @@ impl Wiring for Counts {
             intervals: vec![(Interval(0), HORIZON_MS)],
             numeric: Vec::new(),
             max_dimension_values: 100,
+            dimension_sets: DimSet::defaults(),
             tick_ms: TICK,
         });
-        let partials = window_partials(records.clone(), Arc::clone(&spec));
-        let durable = durable_sink(records.clone(), partials, sink, ack);
-        let updates = count_updates(records, horizon)
-            .as_collection()
-            .arrange_by_self_named("LiveCountsByTypeSecond")
-            .as_collection(|key, _| key.clone())
-            .inner
-            .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)));
+        let none = restored_windows(records.scope(), Vec::new());
+        let windows = build_windows(records.clone(), none, Arc::clone(&spec));
+        let durable = durable_sink(records.clone(), windows.deltas, sink, ack);
+        let no_counts = dataflows::expiry::restored(records.scope(), "NoCounts", Vec::new());
+        let updates = build_counts(records, no_counts, horizon).updates;
         Wired {
             durable,
             updates,

@@ -1,10 +1,11 @@
 //! End-to-end checks of the windowed aggregates of one worker, without Kafka
 //! or PostgreSQL. `Record`s enter through a timely `InputHandle` whose time
-//! the test controls, wired as `pipeline::build` wires windows:
+//! the test controls, through the production window branch
+//! (`pipeline::build_windows`) and `durable_sink`:
 //!
 //! ```text
-//! records ─► window_partials ─┬─► durable_sink(records, partials) ─► durability stream ─┐
-//!                             └─► expiring ─► arrange "WindowAggregates" ─► LiveUpdate::Window ─► publish
+//! records ─► FoldWindows ─┬─► durable_sink(records, deltas) ─► durability stream ─┐
+//!                         └─► RetireWindows ─► arrange "WindowAggregates" ─► LiveUpdate::Window ─► publish
 //! ```
 //!
 //! Every check compares against a from-scratch oracle written here, which
@@ -14,9 +15,10 @@
 //! through `windows::to_nano`, the sketch by inserting every value into a
 //! fresh `Sketch`, which is canonical) and mirrors the expiry rule:
 //!
-//! * `expiring` drops a partial read at tick `t` when `expire_at(key) <= t`
+//! * `RetireWindows` drops a delta read at tick `t` when `expire_at(key) <= t`
 //!   (late: the window is already beyond its interval's horizon), and
-//!   otherwise emits it at `t` and its retraction at `expire_at(key)`;
+//!   otherwise emits it at `t`, and the retraction of the whole window at
+//!   `expire_at(key)`;
 //! * `publish` applies the updates of every tick `< as_of`, so a window is in
 //!   a snapshot iff some event of it was read at a tick `t < as_of` with
 //!   `expire_at > t`, and `expire_at >= as_of` (its retraction not applied).
@@ -55,21 +57,17 @@ use std::time::Duration;
 
 mod harness;
 
-use dataflows::aggregates::{expiring, window_partials};
+use dataflows::aggregates::restored_windows;
 use dataflows::counts::Horizon;
 use dataflows::durable::{durable_sink, SinkBatch, WorkerAck};
-use dataflows::publish::LiveUpdate;
+use dataflows::pipeline::{build_windows, WindowTrace};
 use dataflows::sketch::Sketch;
-use dataflows::windows::{to_nano, Agg, Dims, Interval, WindowKey, WindowSpec};
+use dataflows::windows::{to_nano, Agg, DimSet, Dims, Interval, WindowKey, WindowSpec};
 use dataflows::{Event, EventSource, LiveSnapshot, Record};
 use differential_dataflow::difference::Semigroup;
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::trace::TraceReader;
-use differential_dataflow::AsCollection;
 use harness::{Harness, Limits, Wired, Wiring};
 use proptest::prelude::*;
-use timely::dataflow::operators::vec::Map;
 
 use timely::dataflow::Stream;
 use timely::progress::Antichain;
@@ -109,6 +107,7 @@ fn spec() -> Arc<WindowSpec> {
         numeric: NUMERIC.iter().map(|s| s.to_string()).collect(),
         // Far above the few values used: the guard never refuses here.
         max_dimension_values: 100,
+        dimension_sets: DimSet::defaults(),
         tick_ms: TICK,
     })
 }
@@ -121,11 +120,9 @@ fn count_horizon() -> Horizon {
     }
 }
 
-type WindowTrace = TraceAgent<KeySpine<WindowKey, u64, Agg>>;
-
-/// Records → `window_partials` → `durable_sink`; partials → `expiring` →
-/// arrangement → `publish`, as `pipeline::build` wires them; the trace is
-/// kept for [`maintain`].
+/// Records → the production window branch (`pipeline::build_windows`);
+/// its deltas → `durable_sink`, its updates → `publish`, as
+/// `pipeline::build` wires them; the trace is kept for [`maintain`].
 struct Windows;
 
 impl Wiring for Windows {
@@ -138,16 +135,11 @@ impl Wiring for Windows {
         ack: Arc<WorkerAck>,
     ) -> Wired<'s, WindowTrace> {
         let spec = spec();
-        let partials = window_partials(records.clone(), Arc::clone(&spec));
-        let durable = durable_sink(records, partials.clone(), sink, ack);
-        let windows = expiring(partials, Arc::clone(&spec))
-            .as_collection()
-            .arrange_by_self_named("WindowAggregates");
-        let trace = windows.trace.clone();
-        let updates = windows
-            .flat_map_ref(|key, _| Some(key.clone()))
-            .inner
-            .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff)));
+        let none = restored_windows(records.scope(), Vec::new());
+        let windows = build_windows(records.clone(), none, Arc::clone(&spec));
+        let durable = durable_sink(records, windows.deltas, sink, ack);
+        let updates = windows.updates;
+        let trace = windows.trace;
         Wired {
             durable,
             updates,
@@ -400,8 +392,17 @@ impl Acc {
     }
 }
 
+/// The dimension sets kept (the default configuration), written out here.
+const SETS: [&[&str]; 4] = [
+    &["symbol"],
+    &["side"],
+    &["strategy_id"],
+    &["symbol", "side"],
+];
+
 /// Every window an event contributes to, with the value it adds: for each
-/// metric and interval, the total row and its own dimension row.
+/// metric and interval, the total row and the row of each kept dimension
+/// set whose dimensions the event all carries.
 fn contributions(fed: &Fed) -> Vec<(WindowKey, Option<f64>)> {
     let mut out = Vec::new();
     for (metric, value) in &fed.metrics {
@@ -409,8 +410,19 @@ fn contributions(fed: &Fed) -> Vec<(WindowKey, Option<f64>)> {
             let len = interval.seconds();
             let start = fed.second.div_euclid(len) * len;
             let mut rows = vec![Dims::default()];
-            if !fed.dims.is_total() {
-                rows.push(fed.dims.clone());
+            for set in SETS {
+                let has = |d: &str| set.contains(&d);
+                let pick = |d: &str, v: &Option<Arc<str>>| if has(d) { v.clone() } else { None };
+                let complete = (!has("symbol") || fed.dims.symbol.is_some())
+                    && (!has("side") || fed.dims.side.is_some())
+                    && (!has("strategy_id") || fed.dims.strategy_id.is_some());
+                if complete {
+                    rows.push(Dims {
+                        symbol: pick("symbol", &fed.dims.symbol),
+                        side: pick("side", &fed.dims.side),
+                        strategy_id: pick("strategy_id", &fed.dims.strategy_id),
+                    });
+                }
             }
             for dims in rows {
                 let key = WindowKey {
@@ -758,7 +770,8 @@ fn run_scenario(steps: Vec<Step>, checks: Checks) {
                     // Each batch's rollups are exactly its own events'
                     // contributions, late ones included.
                     let own: Vec<Fed> = fed.iter().filter(|f| f.tick == t).cloned().collect();
-                    let rollups: BTreeMap<WindowKey, Agg> = batch.rollups.iter().cloned().collect();
+                    let rollups: BTreeMap<WindowKey, Agg> =
+                        batch.rollup_keys().into_iter().collect();
                     assert_eq!(rollups.len(), batch.rollups.len(), "one rollup per window");
                     assert_same_map(
                         &oracle(&own, |_, _| true),
@@ -766,8 +779,8 @@ fn run_scenario(steps: Vec<Step>, checks: Checks) {
                         &format!("step {i}: rollups of the batch of tick {t}"),
                     );
                 }
-                for (key, agg) in &batch.rollups {
-                    stored.entry(key.clone()).or_default().plus_equals(agg);
+                for (key, agg) in batch.rollup_keys() {
+                    stored.entry(key).or_default().plus_equals(&agg);
                 }
                 unacked.push(batch);
             }
@@ -877,7 +890,7 @@ fn late_events_reach_the_rollups_and_only_live_windows() {
         }
         h.advance(t + TICK);
         let batch = h.recv_batch(worker, t);
-        let rollups: BTreeMap<WindowKey, Agg> = batch.rollups.iter().cloned().collect();
+        let rollups: BTreeMap<WindowKey, Agg> = batch.rollup_keys().into_iter().collect();
         // 2 metrics × 3 intervals × 2 rows per event, no window shared.
         assert_eq!(rollups.len(), 36);
         assert_same_map(&oracle(&fed, |_, _| true), &rollups, "rollups");
@@ -928,9 +941,10 @@ fn memory_stays_bounded_by_the_horizons() {
     const EVENTS_PER_STEP: u64 = 10;
     const HOURS: u64 = 12;
     // Metrics: order.filled count, price, quantity, notional; position.closed
-    // count, pnl. Rows: the total and 3 symbols × 2 sides.
+    // count, pnl. Rows (the kept dimension sets): the total, 3 symbols,
+    // 2 sides and 3 symbols × 2 sides (no strategy_id here).
     const METRICS: usize = 6;
-    const ROWS: usize = 1 + 3 * 2;
+    const ROWS: usize = 1 + 3 + 2 + 3 * 2;
     // Windows of one series still held: those ending within the horizon
     // before as_of, up to the one holding the current second.
     let per_series: usize = INTERVALS

@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use dataflows::windows::{Agg, Dims, Interval, WindowKey};
+use dataflows::event::{Event, EventSource};
+use dataflows::windows::{
+    contribute, Agg, DimSet, DimensionGuard, Dims, Interval, Partials, WindowKey, WindowSpec,
+};
 use differential_dataflow::difference::Semigroup;
 use tokio_postgres::{GenericClient, Transaction};
 
@@ -150,9 +153,9 @@ pub async fn load<C: GenericClient>(
     Ok(stored_windows(&rows))
 }
 
-/// Stored windows of one metric and interval with starts in `[from, to)`;
-/// the total rows when `filter` is empty, else the rows whose dimensions
-/// contain it (the caller merges them per start).
+/// Stored windows of one metric and interval with starts in `[from, to)`,
+/// of the row whose dimensions are exactly `filter` (the total when it is
+/// empty): rollups exist for the configured dimension sets only.
 pub async fn series<C: GenericClient>(
     client: &C,
     metric: &str,
@@ -161,42 +164,91 @@ pub async fn series<C: GenericClient>(
     from: i64,
     to: i64,
 ) -> Result<Vec<StoredWindow>, SinkError> {
-    let rows = if filter.is_total() {
-        client
-            .query(
-                "SELECT metric_name, \"interval\", dimensions::text,
-                        extract(epoch FROM time_bucket)::bigint, sketch
-                 FROM metric_aggregations
-                 WHERE metric_name = $1 AND \"interval\" = $2 AND dimensions = '{}'::jsonb
-                   AND time_bucket >= to_timestamp($3) AND time_bucket < to_timestamp($4)
-                 ORDER BY time_bucket",
-                &[&metric, &interval.name(), &(from as f64), &(to as f64)],
-            )
-            .await?
-    } else {
-        client
-            .query(
-                "SELECT metric_name, \"interval\", dimensions::text,
-                        extract(epoch FROM time_bucket)::bigint, sketch
-                 FROM metric_aggregations
-                 WHERE metric_name = $1 AND \"interval\" = $2 AND dimensions @> $3::text::jsonb
-                   AND dimensions <> '{}'::jsonb
-                   AND time_bucket >= to_timestamp($4) AND time_bucket < to_timestamp($5)
-                 ORDER BY time_bucket",
-                &[
-                    &metric,
-                    &interval.name(),
-                    &filter.to_json().to_string(),
-                    &(from as f64),
-                    &(to as f64),
-                ],
-            )
-            .await?
-    };
+    let rows = client
+        .query(
+            "SELECT metric_name, \"interval\", dimensions::text,
+                    extract(epoch FROM time_bucket)::bigint, sketch
+             FROM metric_aggregations
+             WHERE metric_name = $1 AND \"interval\" = $2 AND dimensions = $3::text::jsonb
+               AND time_bucket >= to_timestamp($4) AND time_bucket < to_timestamp($5)
+             ORDER BY time_bucket",
+            &[
+                &metric,
+                &interval.name(),
+                &filter.to_json().to_string(),
+                &(from as f64),
+                &(to as f64),
+            ],
+        )
+        .await?;
     Ok(stored_windows(&rows))
 }
 
-/// Distinct metric names stored.
+/// Windows of one metric and interval with starts in `[from, to)` for a
+/// dimension row that is not kept as rollups, computed from the stored raw
+/// events by the dataflow's own contribution code: exact, at the cost of
+/// reading every event of the metric's type in the range.
+pub async fn raw_series<C: GenericClient>(
+    client: &C,
+    spec: &WindowSpec,
+    metric: &str,
+    interval: Interval,
+    filter: &Dims,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<i64, Agg>, SinkError> {
+    let mut out = BTreeMap::new();
+    let Some(event_type) = metric.strip_prefix("events.count.").or_else(|| {
+        let (event_type, property) = metric.rsplit_once('.')?;
+        (property == "notional" || spec.numeric.iter().any(|p| p == property)).then_some(event_type)
+    }) else {
+        return Ok(out);
+    };
+    if from >= to {
+        return Ok(out);
+    }
+    let len = interval.seconds();
+    let until = interval.window_of(to - 1) + len;
+    let rows = client
+        .query(
+            "SELECT properties::text,
+                    (extract(epoch FROM \"timestamp\") * 1000000)::bigint
+             FROM events
+             WHERE event_type = $1
+               AND \"timestamp\" >= to_timestamp($2) AND \"timestamp\" < to_timestamp($3)",
+            &[&event_type, &(from as f64), &(until as f64)],
+        )
+        .await?;
+    let one = WindowSpec {
+        intervals: vec![(interval, u64::MAX)],
+        numeric: spec.numeric.clone(),
+        max_dimension_values: usize::MAX,
+        dimension_sets: vec![DimSet::of(filter)],
+        tick_ms: spec.tick_ms,
+    };
+    let mut guard = DimensionGuard::default();
+    let mut partials = Partials::default();
+    for row in rows {
+        let event = Event {
+            id: uuid::Uuid::nil(),
+            event_type: event_type.to_string(),
+            user_id: None,
+            session_id: None,
+            properties: row.get(0),
+            timestamp_us: row.get(1),
+            created_at_us: 0,
+            source: EventSource::Rest,
+        };
+        contribute(&event, &one, &mut guard, &mut partials);
+    }
+    for (key, agg) in partials.drain(&one) {
+        if &*key.metric == metric && key.dims == *filter && key.start >= from && key.start < to {
+            out.insert(key.start, agg);
+        }
+    }
+    Ok(out)
+}
+
 pub async fn names<C: GenericClient>(client: &C) -> Result<Vec<String>, SinkError> {
     Ok(client
         .query(

@@ -180,10 +180,13 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
         }
     }
     upsert_offsets(&tx, &offsets).await?;
-    let rollups: Vec<(&WindowKey, &Agg)> = group
+    // Ids become strings here, on the writer, not on the workers.
+    let keyed: Vec<(WindowKey, &Agg)> = group
         .iter()
-        .flat_map(|b| b.rollups.iter().map(|(k, a)| (k, a)))
+        .flat_map(|b| b.rollups.iter())
+        .filter_map(|(id, a)| Some((id.key()?, a)))
         .collect();
+    let rollups: Vec<(&WindowKey, &Agg)> = keyed.iter().map(|(k, a)| (k, *a)).collect();
     crate::rollups::merge(&tx, &ctx.partitions, &rollups).await?;
     tx.commit().await?;
     Ok(())

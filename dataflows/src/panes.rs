@@ -1,0 +1,585 @@
+//! Window contributions on the hot path: what one event adds to which
+//! series, folded into one-minute panes, and expanded to the configured
+//! intervals once per tick.
+//!
+//! A *series* ([`SeriesId`]) is a metric and one row of its dimensions: the
+//! total (no dimension set) or a configured [`DimSet`] whose dimensions the
+//! event all carries. Metric names and dimension values are [`Sym`] ids,
+//! so a series is 32 bytes that compare as integers. A *pane* is a series
+//! and a minute of event time; every interval (1m … 1d) is an aligned
+//! multiple of a minute, so a window's contribution is the sum of its
+//! panes'. [`Partials`] folds events into panes (one hash-map update per
+//! event, metric and row, never one per interval) and [`Partials::drain_ids`]
+//! expands a tick's panes into window deltas ([`WinId`], [`Agg`]): one per
+//! window touched in the tick, whatever the number of events.
+//!
+//! Properties are read once per event from the raw JSON text, without
+//! building a `serde_json::Value` tree ([`Fields`]).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+use differential_dataflow::difference::Semigroup;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::event::Event;
+use crate::ids::Sym;
+use crate::sketch::Sketch;
+use crate::windows::{to_nano, Agg, Dims, Interval, WindowKey, WindowSpec, DIMENSIONS};
+
+/// A metric and one dimension row of it; [`Sym::NONE`] marks a dimension
+/// that the row does not set.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct SeriesId {
+    pub metric: Sym,
+    /// symbol, side, strategy_id.
+    pub dims: [Sym; 3],
+}
+
+/// A window of a series, as the dataflow holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WinId {
+    pub series: SeriesId,
+    pub interval: Interval,
+    /// Window start, seconds since the epoch.
+    pub start: i64,
+}
+
+impl WinId {
+    /// The window with its strings, for the API and PostgreSQL; `None` if an
+    /// id is unknown to this process (never for ids interned here).
+    pub fn key(&self) -> Option<WindowKey> {
+        let dim = |i: usize| {
+            let s = self.series.dims[i];
+            if s.is_none() {
+                Some(None)
+            } else {
+                s.resolve().map(Some)
+            }
+        };
+        Some(WindowKey {
+            metric: self.series.metric.resolve()?,
+            interval: self.interval,
+            dims: Dims {
+                symbol: dim(0)?,
+                side: dim(1)?,
+                strategy_id: dim(2)?,
+            },
+            start: self.start,
+        })
+    }
+
+    /// The ids of a stored or REST window; `None` on an id collision.
+    pub fn of(key: &WindowKey) -> Option<WinId> {
+        Self::ids(key, Sym::intern)
+    }
+
+    /// The ids of a window whose strings this process knows; `None` otherwise.
+    pub fn lookup(key: &WindowKey) -> Option<WinId> {
+        Self::ids(key, Sym::lookup)
+    }
+
+    fn ids(key: &WindowKey, sym: impl Fn(&str) -> Option<Sym>) -> Option<WinId> {
+        let dim = |v: &Option<std::sync::Arc<str>>| match v {
+            None => Some(Sym::NONE),
+            Some(s) => sym(s),
+        };
+        Some(WinId {
+            series: SeriesId {
+                metric: sym(&key.metric)?,
+                dims: [
+                    dim(&key.dims.symbol)?,
+                    dim(&key.dims.side)?,
+                    dim(&key.dims.strategy_id)?,
+                ],
+            },
+            interval: key.interval,
+            start: key.start,
+        })
+    }
+}
+
+/// The top-level fields of a `properties` object, borrowed from its text;
+/// a repeated name keeps its last value (as `serde_json::Map` does).
+#[derive(Debug, Default)]
+pub struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `properties` (empty if it is not a JSON object).
+    pub fn parse(properties: &'a str) -> Fields<'a> {
+        if properties.len() <= 2 {
+            return Fields::default();
+        }
+        serde_json::from_str(properties).unwrap_or_default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// A finite number from a JSON number or a numeric string
+    /// (as [`crate::windows::number`]).
+    pub fn number(&self, name: &str) -> Option<f64> {
+        let raw = self.get(name)?.get();
+        if raw.starts_with('"') {
+            let s: Cow<'_, str> = serde_json::from_str(raw).ok()?;
+            s.trim().parse::<f64>().ok()
+        } else {
+            serde_json::from_str::<f64>(raw).ok()
+        }
+        .filter(|f| f.is_finite())
+    }
+
+    /// An identifier: a non-empty string, or a number as its text
+    /// (as [`crate::windows::identifier`]).
+    pub fn identifier(&self, name: &str) -> Option<Cow<'a, str>> {
+        let raw = self.get(name)?.get();
+        if raw.starts_with('"') {
+            let s: Cow<'a, str> = serde_json::from_str(raw).ok()?;
+            (!s.is_empty()).then_some(s)
+        } else if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            let n: serde_json::Number = serde_json::from_str(raw).ok()?;
+            Some(Cow::Owned(n.to_string()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Admitted values of one dimension: value → (its id, last event second seen).
+type Seen = HashMap<Box<str>, (Sym, i64)>;
+
+/// Caps distinct dimension values per metric and dimension; what it refuses
+/// is counted. A value not seen in event time for longer than windows stay
+/// in memory is forgotten when room is needed, so a slowly changing set of
+/// symbols is not refused forever. A value is interned ([`Sym`]) only once
+/// admitted, so refused values cost no memory.
+#[derive(Debug, Default)]
+pub struct DimensionGuard {
+    /// metric → per dimension: value → (its id, last event second seen).
+    seen: HashMap<Sym, [Seen; 3]>,
+    pub refused: u64,
+}
+
+impl DimensionGuard {
+    /// The ids of the admitted values (`None` where absent or refused) and
+    /// whether any present value was refused.
+    fn admit(
+        &mut self,
+        metric: Sym,
+        values: &[Option<Cow<'_, str>>; 3],
+        cap: usize,
+        second: i64,
+        forget_after: i64,
+    ) -> ([Option<Sym>; 3], bool) {
+        let sets = self.seen.entry(metric).or_default();
+        let mut out = [None; 3];
+        let mut refused = false;
+        for (i, value) in values.iter().enumerate() {
+            let Some(value) = value.as_deref() else {
+                continue;
+            };
+            let set = &mut sets[i];
+            if let Some((id, last)) = set.get_mut(value) {
+                *last = (*last).max(second);
+                out[i] = Some(*id);
+                continue;
+            }
+            if set.len() >= cap {
+                set.retain(|_, (_, last)| *last >= second - forget_after);
+            }
+            match Sym::intern(value).filter(|_| set.len() < cap) {
+                Some(id) => {
+                    set.insert(value.into(), (id, second));
+                    out[i] = Some(id);
+                }
+                None => refused = true,
+            }
+        }
+        if refused {
+            self.refused += 1;
+        }
+        (out, refused)
+    }
+}
+
+/// The metric ids of one event type: its count, then one per numeric
+/// property of the spec, then its notional.
+#[derive(Debug)]
+struct MetricIds {
+    count: Option<Sym>,
+    values: Vec<Option<Sym>>,
+}
+
+impl MetricIds {
+    fn new(event_type: &str, spec: &WindowSpec) -> MetricIds {
+        let values = spec
+            .numeric
+            .iter()
+            .map(String::as_str)
+            .chain(["notional"])
+            .map(|p| Sym::intern(&format!("{event_type}.{p}")))
+            .collect();
+        MetricIds {
+            count: Sym::intern(&format!("events.count.{event_type}")),
+            values,
+        }
+    }
+}
+
+/// A dimension value: an identifier of at most 128 bytes.
+fn dimension<'a>(fields: &Fields<'a>, name: &str) -> Option<Cow<'a, str>> {
+    fields.identifier(name).filter(|s| s.len() <= 128)
+}
+
+/// Window contributions of events, folded per series and minute of event
+/// time. See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct Partials {
+    panes: HashMap<(SeriesId, i64), Agg>,
+    names: HashMap<String, MetricIds>,
+}
+
+impl Partials {
+    /// Panes held.
+    pub fn len(&self) -> usize {
+        self.panes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.panes.is_empty()
+    }
+
+    /// The window deltas of the panes held, emptying them: every pane added
+    /// to the window of each configured interval that holds it.
+    pub fn drain_ids(&mut self, spec: &WindowSpec) -> HashMap<WinId, Agg> {
+        let mut out: HashMap<WinId, Agg> =
+            HashMap::with_capacity(self.panes.len() * spec.intervals.len());
+        for ((series, minute), agg) in self.panes.drain() {
+            for (interval, _) in &spec.intervals {
+                let id = WinId {
+                    series,
+                    interval: *interval,
+                    start: interval.window_of(minute),
+                };
+                match out.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().plus_equals(&agg)
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(agg.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// [`Partials::drain_ids`] with strings, for the REST write path.
+    pub fn drain(&mut self, spec: &WindowSpec) -> impl Iterator<Item = (WindowKey, Agg)> {
+        self.drain_ids(spec)
+            .into_iter()
+            .filter_map(|(id, agg)| Some((id.key()?, agg)))
+    }
+
+    /// The window deltas as a map (tests, small batches).
+    pub fn into_map(mut self, spec: &WindowSpec) -> HashMap<WindowKey, Agg> {
+        self.drain(spec).collect()
+    }
+
+    fn add(&mut self, series: SeriesId, minute: i64, value: Option<(i128, Option<i32>)>) {
+        let agg = self.panes.entry((series, minute)).or_default();
+        match value {
+            Some((nano, bucket)) => agg.add_value(nano, bucket),
+            None => agg.count += 1,
+        }
+    }
+}
+
+/// Adds the contributions of `event` to `into`: for every metric, the
+/// total row and, for each configured dimension set whose dimensions the
+/// event carries and the guard admits, the row of those values.
+pub fn contribute(
+    event: &Event,
+    spec: &WindowSpec,
+    guard: &mut DimensionGuard,
+    into: &mut Partials,
+) {
+    let second = event.second();
+    let minute = second.div_euclid(60) * 60;
+    let fields = Fields::parse(&event.properties);
+    let ids = match into.names.get(event.event_type.as_str()) {
+        Some(ids) => ids,
+        None => into
+            .names
+            .entry(event.event_type.clone())
+            .or_insert_with(|| MetricIds::new(&event.event_type, spec)),
+    };
+    let mut metrics: Vec<(Option<Sym>, Option<f64>)> = Vec::with_capacity(4);
+    metrics.push((ids.count, None));
+    for (name, id) in spec.numeric.iter().zip(&ids.values) {
+        if let Some(v) = fields.number(name) {
+            metrics.push((*id, Some(v)));
+        }
+    }
+    if let (Some(p), Some(q)) = (fields.number("price"), fields.number("quantity")) {
+        let notional = p * q;
+        if notional.is_finite() {
+            metrics.push((ids.values.last().copied().flatten(), Some(notional)));
+        }
+    }
+    let values: [Option<Cow<'_, str>>; 3] = [
+        dimension(&fields, DIMENSIONS[0]),
+        dimension(&fields, DIMENSIONS[1]),
+        dimension(&fields, DIMENSIONS[2]),
+    ];
+    let any_dimension = values.iter().any(Option::is_some);
+    for (metric, value) in metrics {
+        let Some(metric) = metric else {
+            // The metric's name collides with another's id: never merged.
+            guard.refused += 1;
+            continue;
+        };
+        let value = value.map(|v| (to_nano(v), Sketch::bucket_of(v)));
+        into.add(
+            SeriesId {
+                metric,
+                dims: [Sym::NONE; 3],
+            },
+            minute,
+            value,
+        );
+        if !any_dimension || spec.dimension_sets.is_empty() {
+            continue;
+        }
+        let (admitted, _) = guard.admit(
+            metric,
+            &values,
+            spec.max_dimension_values,
+            second,
+            spec.memory_span_secs(),
+        );
+        for set in &spec.dimension_sets {
+            let mut dims = [Sym::NONE; 3];
+            let complete = (0..3).all(|i| {
+                if !set.contains(i) {
+                    return true;
+                }
+                match admitted[i] {
+                    Some(id) => {
+                        dims[i] = id;
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if complete && set.0 != 0 {
+                into.add(SeriesId { metric, dims }, minute, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventSource;
+    use crate::windows::{DimSet, DEFAULT_NUMERIC};
+
+    fn spec() -> WindowSpec {
+        WindowSpec {
+            intervals: vec![(Interval(0), 120_000), (Interval(4), 3_600_000)],
+            numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
+            max_dimension_values: 2,
+            dimension_sets: DimSet::defaults(),
+            tick_ms: 100,
+        }
+    }
+
+    fn event(t: &str, props: &str, second: i64) -> Event {
+        Event {
+            id: uuid::Uuid::nil(),
+            event_type: t.into(),
+            user_id: None,
+            session_id: None,
+            properties: props.into(),
+            timestamp_us: second * 1_000_000 + 250_000,
+            created_at_us: 0,
+            source: EventSource::Rest,
+        }
+    }
+
+    #[test]
+    fn contributions_cover_metrics_intervals_and_dimensions() {
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        let e = event(
+            "order.filled",
+            r#"{"symbol":"BTC","side":"BUY","price":"100.5","quantity":2}"#,
+            3_725,
+        );
+        contribute(&e, &spec(), &mut guard, &mut into);
+        let into = into.into_map(&spec());
+        // 4 metrics (count, price, quantity, notional) × 2 intervals × 4
+        // rows (total, symbol, side, symbol × side; no strategy_id here).
+        assert_eq!(into.len(), 32);
+        let key = WindowKey {
+            metric: "order.filled.notional".into(),
+            interval: Interval(0),
+            dims: Dims::default(),
+            start: 3_720,
+        };
+        let agg = &into[&key];
+        assert_eq!(agg.count, 1);
+        assert_eq!(agg.sum, 201_000_000_000);
+        assert_eq!(agg.min_value(), Some(201.0));
+        let hour = WindowKey {
+            metric: "events.count.order.filled".into(),
+            interval: Interval(4),
+            dims: Dims {
+                symbol: Some("BTC".into()),
+                side: Some("BUY".into()),
+                strategy_id: None,
+            },
+            start: 3_600,
+        };
+        assert_eq!(into[&hour].count, 1);
+        assert!(!into[&hour].has_values());
+    }
+
+    #[test]
+    fn guard_caps_values_and_counts_refusals() {
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        for s in ["A", "B", "C", "A"] {
+            let e = event("page.view", &format!(r#"{{"symbol":"{s}"}}"#), 10);
+            contribute(&e, &spec(), &mut guard, &mut into);
+        }
+        assert_eq!(guard.refused, 1);
+        let into = into.into_map(&spec());
+        let total = WindowKey {
+            metric: "events.count.page.view".into(),
+            interval: Interval(0),
+            dims: Dims::default(),
+            start: 0,
+        };
+        assert_eq!(
+            into[&total].count, 4,
+            "refused values still count in the total"
+        );
+        assert!(!into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn guard_forgets_values_not_seen_for_longer_than_memory() {
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        let s = spec();
+        let span = s.memory_span_secs();
+        assert_eq!(span, 3_600 + 3_600);
+        let at =
+            |sym: &str, second| event("page.view", &format!(r#"{{"symbol":"{sym}"}}"#), second);
+        contribute(&at("A", 0), &s, &mut guard, &mut into);
+        contribute(&at("B", 0), &s, &mut guard, &mut into);
+        contribute(&at("C", span), &s, &mut guard, &mut into);
+        assert_eq!(guard.refused, 1, "A and B are still within memory");
+        contribute(&at("B", span), &s, &mut guard, &mut into);
+        contribute(&at("C", span + 1), &s, &mut guard, &mut into);
+        assert_eq!(guard.refused, 1, "A is forgotten, C takes its place");
+        let into = into.into_map(&spec());
+        assert!(into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn fields_read_numbers_and_identifiers_like_serde_json_values() {
+        let text = r#"{"price":"  12.5 ","quantity":3,"symbol":7,"side":"","x":{"a":1},"price":1e2,"s\u0079mbol2":"e\"sc"}"#;
+        let f = Fields::parse(text);
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).expect("valid JSON");
+        for name in [
+            "price", "quantity", "symbol", "side", "x", "symbol2", "missing",
+        ] {
+            assert_eq!(
+                f.number(name),
+                map.get(name).and_then(crate::windows::number),
+                "{name}"
+            );
+            assert_eq!(
+                f.identifier(name).map(|c| c.into_owned()),
+                map.get(name).and_then(crate::windows::identifier),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            f.number("price"),
+            Some(100.0),
+            "the last of a repeated name wins"
+        );
+        assert!(Fields::parse("{}").get("price").is_none());
+        assert!(Fields::parse("not json").get("price").is_none());
+    }
+
+    #[test]
+    fn dimension_sets_make_one_row_each_and_only_when_complete() {
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        let e = event("page.view", r#"{"symbol":"BTC","strategy_id":"s1"}"#, 10);
+        contribute(&e, &spec(), &mut guard, &mut into);
+        let rows: std::collections::BTreeSet<String> = into
+            .into_map(&spec())
+            .keys()
+            .filter(|k| k.interval == Interval(0))
+            .map(|k| k.dims.to_json().to_string())
+            .collect();
+        // total, symbol, strategy_id; no side, so neither side nor symbol × side.
+        assert_eq!(
+            rows.into_iter().collect::<Vec<_>>(),
+            vec![r#"{"strategy_id":"s1"}"#, r#"{"symbol":"BTC"}"#, "{}"]
+        );
+    }
+
+    #[test]
+    fn win_ids_round_trip_through_window_keys() {
+        let key = WindowKey {
+            metric: "order.filled.price".into(),
+            interval: Interval(2),
+            dims: Dims {
+                symbol: Some("ETH".into()),
+                side: None,
+                strategy_id: Some("s9".into()),
+            },
+            start: 900,
+        };
+        let id = WinId::of(&key).expect("no collision");
+        assert_eq!(id.key(), Some(key));
+    }
+}
