@@ -94,17 +94,24 @@ pub fn fold_windows<'s>(
     })
 }
 
-/// Updates with strings (restored rollups, REST contributions) as ids.
+/// Updates with strings (restored rollups, REST contributions) as ids; a
+/// window whose strings collide with another's id is left out of memory
+/// (it stays in PostgreSQL) and counted as a cardinality refusal.
 pub fn window_ids<'s>(
     updates: Stream<'s, u64, Vec<WindowUpdate>>,
 ) -> Stream<'s, u64, Vec<WinUpdate>> {
     updates.unary::<WinBuilder, _, _, _>(Pipeline, "WindowIds", |_, _| {
         move |input, output| {
             input.for_each(|cap, data| {
-                output.session(&cap).give_iterator(
-                    data.drain(..)
-                        .filter_map(|(key, t, agg)| Some((WinId::of(&key)?, t, agg))),
-                );
+                output
+                    .session(&cap)
+                    .give_iterator(data.drain(..).filter_map(|(key, t, agg)| {
+                        let id = WinId::of(&key);
+                        if id.is_none() {
+                            metrics::CARDINALITY_REFUSED.inc();
+                        }
+                        Some((id?, t, agg))
+                    }));
             });
         }
     })

@@ -191,8 +191,8 @@ pub struct DimensionGuard {
 }
 
 impl DimensionGuard {
-    /// The ids of the admitted values (`None` where absent or refused) and
-    /// whether any present value was refused.
+    /// The ids of the admitted values (`None` where absent or refused); an
+    /// event with any present value refused counts once in `refused`.
     fn admit(
         &mut self,
         metric: Sym,
@@ -200,7 +200,7 @@ impl DimensionGuard {
         cap: usize,
         second: i64,
         forget_after: i64,
-    ) -> ([Option<Sym>; 3], bool) {
+    ) -> [Option<Sym>; 3] {
         let sets = self.seen.entry(metric).or_default();
         let mut out = [None; 3];
         let mut refused = false;
@@ -217,7 +217,14 @@ impl DimensionGuard {
             if set.len() >= cap {
                 set.retain(|_, (_, last)| *last >= second - forget_after);
             }
-            match Sym::intern(value).filter(|_| set.len() < cap) {
+            // Interned only once there is room: refused values stay out of
+            // the dictionary.
+            let id = if set.len() < cap {
+                Sym::intern(value)
+            } else {
+                None
+            };
+            match id {
                 Some(id) => {
                     set.insert(value.into(), (id, second));
                     out[i] = Some(id);
@@ -228,7 +235,7 @@ impl DimensionGuard {
         if refused {
             self.refused += 1;
         }
-        (out, refused)
+        out
     }
 }
 
@@ -246,14 +253,29 @@ impl MetricIds {
             .numeric
             .iter()
             .map(String::as_str)
-            .chain(["notional"])
+            .chain([NOTIONAL])
             .map(|p| Sym::intern(&format!("{event_type}.{p}")))
             .collect();
         MetricIds {
-            count: Sym::intern(&format!("events.count.{event_type}")),
+            count: Sym::intern(&format!("{COUNT_PREFIX}{event_type}")),
             values,
         }
     }
+}
+
+/// The name of an event type's count metric is this followed by the type.
+const COUNT_PREFIX: &str = "events.count.";
+
+/// The derived `price × quantity` metric's property name.
+const NOTIONAL: &str = "notional";
+
+/// The event type whose events feed `metric` (the inverse of the names
+/// [`contribute`] gives), or `None` for a name it never gives.
+pub fn event_type_of<'m>(metric: &'m str, spec: &WindowSpec) -> Option<&'m str> {
+    metric.strip_prefix(COUNT_PREFIX).or_else(|| {
+        let (event_type, property) = metric.rsplit_once('.')?;
+        (property == NOTIONAL || spec.numeric.iter().any(|p| p == property)).then_some(event_type)
+    })
 }
 
 /// A dimension value: an identifier of at most 128 bytes.
@@ -346,12 +368,22 @@ pub fn contribute(
     };
     let mut metrics: Vec<(Option<Sym>, Option<f64>)> = Vec::with_capacity(4);
     metrics.push((ids.count, None));
+    // price and quantity are read once, for their own metrics and notional.
+    let (mut price, mut quantity) = (None, None);
     for (name, id) in spec.numeric.iter().zip(&ids.values) {
-        if let Some(v) = fields.number(name) {
+        let v = fields.number(name);
+        match name.as_str() {
+            "price" => price = Some(v),
+            "quantity" => quantity = Some(v),
+            _ => {}
+        }
+        if let Some(v) = v {
             metrics.push((*id, Some(v)));
         }
     }
-    if let (Some(p), Some(q)) = (fields.number("price"), fields.number("quantity")) {
+    let price = price.unwrap_or_else(|| fields.number("price"));
+    let quantity = quantity.unwrap_or_else(|| fields.number("quantity"));
+    if let (Some(p), Some(q)) = (price, quantity) {
         let notional = p * q;
         if notional.is_finite() {
             metrics.push((ids.values.last().copied().flatten(), Some(notional)));
@@ -362,7 +394,8 @@ pub fn contribute(
         dimension(&fields, DIMENSIONS[1]),
         dimension(&fields, DIMENSIONS[2]),
     ];
-    let any_dimension = values.iter().any(Option::is_some);
+    let split = values.iter().any(Option::is_some) && !spec.dimension_sets.is_empty();
+    let forget_after = spec.memory_span_secs();
     for (metric, value) in metrics {
         let Some(metric) = metric else {
             // The metric's name collides with another's id: never merged.
@@ -378,15 +411,15 @@ pub fn contribute(
             minute,
             value,
         );
-        if !any_dimension || spec.dimension_sets.is_empty() {
+        if !split {
             continue;
         }
-        let (admitted, _) = guard.admit(
+        let admitted = guard.admit(
             metric,
             &values,
             spec.max_dimension_values,
             second,
-            spec.memory_span_secs(),
+            forget_after,
         );
         for set in &spec.dimension_sets {
             let mut dims = [Sym::NONE; 3];
@@ -413,17 +446,8 @@ pub fn contribute(
 mod tests {
     use super::*;
     use crate::event::EventSource;
-    use crate::windows::{DimSet, DEFAULT_NUMERIC};
 
-    fn spec() -> WindowSpec {
-        WindowSpec {
-            intervals: vec![(Interval(0), 120_000), (Interval(4), 3_600_000)],
-            numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
-            max_dimension_values: 2,
-            dimension_sets: DimSet::defaults(),
-            tick_ms: 100,
-        }
-    }
+    use crate::windows::test_spec as spec;
 
     fn event(t: &str, props: &str, second: i64) -> Event {
         Event {
@@ -497,6 +521,41 @@ mod tests {
             "refused values still count in the total"
         );
         assert!(!into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn a_refused_value_is_not_interned() {
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        for s in ["only-here-1", "only-here-2", "only-here-refused"] {
+            let e = event("page.view", &format!(r#"{{"symbol":"{s}"}}"#), 10);
+            contribute(&e, &spec(), &mut guard, &mut into);
+        }
+        assert_eq!(guard.refused, 1);
+        assert!(Sym::lookup("only-here-2").is_some());
+        assert_eq!(Sym::lookup("only-here-refused"), None);
+    }
+
+    #[test]
+    fn every_metric_name_maps_back_to_its_event_type() {
+        let mut into = Partials::default();
+        let e = event(
+            "order.filled",
+            r#"{"price":2,"quantity":3,"latency_ms":4,"pnl":-1,"commission":0.1}"#,
+            10,
+        );
+        contribute(&e, &spec(), &mut DimensionGuard::default(), &mut into);
+        let names: std::collections::BTreeSet<String> = into
+            .into_map(&spec())
+            .keys()
+            .map(|k| k.metric.to_string())
+            .collect();
+        // count, five numeric properties and notional.
+        assert_eq!(names.len(), 7, "{names:?}");
+        for name in &names {
+            assert_eq!(event_type_of(name, &spec()), Some("order.filled"), "{name}");
+        }
+        assert_eq!(event_type_of("order.filled.volume", &spec()), None);
     }
 
     #[test]

@@ -122,14 +122,6 @@ impl Dims {
             strategy_id: get("strategy_id"),
         }
     }
-
-    /// Whether every dimension set in `filter` has the same value here.
-    pub fn matches(&self, filter: &Dims) -> bool {
-        self.values()
-            .iter()
-            .zip(filter.values().iter())
-            .all(|((_, mine), (_, wanted))| wanted.is_none() || mine == wanted)
-    }
 }
 
 /// A combination of dimensions: bit 0 `symbol`, bit 1 `side`, bit 2
@@ -423,19 +415,24 @@ pub fn identifier(v: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The spec of the unit tests here and in `panes`: 1m and 1h windows, at
+/// most 2 values per dimension, the default dimension sets.
+#[cfg(test)]
+pub(crate) fn test_spec() -> WindowSpec {
+    WindowSpec {
+        intervals: vec![(Interval(0), 120_000), (Interval(4), 3_600_000)],
+        numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
+        max_dimension_values: 2,
+        dimension_sets: DimSet::defaults(),
+        tick_ms: 100,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec() -> WindowSpec {
-        WindowSpec {
-            intervals: vec![(Interval(0), 120_000), (Interval(4), 3_600_000)],
-            numeric: DEFAULT_NUMERIC.iter().map(|s| s.to_string()).collect(),
-            max_dimension_values: 2,
-            dimension_sets: DimSet::defaults(),
-            tick_ms: 100,
-        }
-    }
+    use super::test_spec as spec;
 
     #[test]
     fn agg_bytes_round_trip() {
@@ -484,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn dims_json_round_trip_and_filter() {
+    fn dims_json_round_trip() {
         let d = Dims {
             symbol: Some("ETH".into()),
             side: None,
@@ -495,14 +492,6 @@ mod tests {
             r#"{"strategy_id":"s1","symbol":"ETH"}"#
         );
         assert_eq!(Dims::from_json(&d.to_json()), d);
-        assert!(d.matches(&Dims {
-            symbol: Some("ETH".into()),
-            ..Dims::default()
-        }));
-        assert!(!d.matches(&Dims {
-            side: Some("BUY".into()),
-            ..Dims::default()
-        }));
         assert!(Dims::default()
             .to_json()
             .as_object()

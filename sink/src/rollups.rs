@@ -198,10 +198,7 @@ pub async fn raw_series<C: GenericClient>(
     to: i64,
 ) -> Result<BTreeMap<i64, Agg>, SinkError> {
     let mut out = BTreeMap::new();
-    let Some(event_type) = metric.strip_prefix("events.count.").or_else(|| {
-        let (event_type, property) = metric.rsplit_once('.')?;
-        (property == "notional" || spec.numeric.iter().any(|p| p == property)).then_some(event_type)
-    }) else {
+    let Some(event_type) = dataflows::panes::event_type_of(metric, spec) else {
         return Ok(out);
     };
     if from >= to {

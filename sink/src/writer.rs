@@ -180,12 +180,20 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
         }
     }
     upsert_offsets(&tx, &offsets).await?;
-    // Ids become strings here, on the writer, not on the workers.
-    let keyed: Vec<(WindowKey, &Agg)> = group
-        .iter()
-        .flat_map(|b| b.rollups.iter())
-        .filter_map(|(id, a)| Some((id.key()?, a)))
-        .collect();
+    // Ids become strings here, on the writer, not on the workers. Every id
+    // was interned by this process's workers, and its dictionary only
+    // grows, so none can be missing; if one were, say so rather than drop
+    // it silently.
+    let mut keyed: Vec<(WindowKey, &Agg)> = Vec::new();
+    for (id, a) in group.iter().flat_map(|b| b.rollups.iter()) {
+        match id.key() {
+            Some(key) => keyed.push((key, a)),
+            None => tracing::error!(
+                ?id,
+                "rollup id unknown to this process; contribution not stored"
+            ),
+        }
+    }
     let rollups: Vec<(&WindowKey, &Agg)> = keyed.iter().map(|(k, a)| (k, *a)).collect();
     crate::rollups::merge(&tx, &ctx.partitions, &rollups).await?;
     tx.commit().await?;
