@@ -11,20 +11,28 @@
 //!   ones included (the writer gives them their strings).
 //! - [`retire_windows`] exchanges the deltas on their series, so that all
 //!   windows of a series live on one worker, and retires each window once:
-//!   when its interval's horizon passes ([`WindowSpec::expire_at`]) it emits
-//!   the negation of everything the window received, which cancels it in
-//!   the arrangement. Deltas of windows already past their horizon (late
+//!   when its interval's horizon passes ([`WindowSpec::expire_at`]) it reads
+//!   the window's aggregate from the arrangement it feeds (arranged on the
+//!   same worker, without a second exchange) and emits its negation, which
+//!   cancels it. The operator itself holds only ids and the schedule. Deltas of windows already past their horizon (late
 //!   events) are not held in memory at all: they only reach PostgreSQL, and
 //!   are counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
-use differential_dataflow::difference::{Abelian, Semigroup};
+use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::TraceReader;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::{Scope, Stream};
+use timely::progress::Antichain;
 
 use crate::event::{EventSource, Record};
 use crate::metrics;
@@ -126,18 +134,34 @@ fn series_hash(series: &SeriesId) -> u64 {
     h ^ (h >> 29)
 }
 
+/// The arranged windows: [`WinId`] with [`Agg`] diffs.
+pub type WindowTrace = TraceAgent<KeySpine<WinId, u64, Agg>>;
+
+/// Where [`retire_windows`] finds the arrangement it feeds, once it exists.
+pub type TraceSlot = Rc<RefCell<Option<WindowTrace>>>;
+
 /// Exchanges window deltas on their series and retires each window once,
 /// at [`WindowSpec::expire_at`], by the negation of all it received.
+///
+/// The operator keeps only which windows are live and when each leaves;
+/// the aggregate it retracts is read from the arrangement `slot` (fed by
+/// this operator on the same worker), once that arrangement holds every
+/// update before the retirement tick. A window is thus held once in the
+/// dataflow. When the input ends, nothing is retracted: the dataflow stops.
 pub fn retire_windows<'s>(
     updates: Stream<'s, u64, Vec<WinUpdate>>,
     spec: Arc<WindowSpec>,
+    slot: TraceSlot,
 ) -> Stream<'s, u64, Vec<WinUpdate>> {
     let pact = Exchange::new(|(id, _, _): &WinUpdate| series_hash(&id.series));
-    updates.unary_frontier::<WinBuilder, _, _, _>(pact, "RetireWindows", move |_, _| {
-        // What each live window has received, to retract it whole.
-        let mut live: HashMap<WinId, Agg> = HashMap::new();
+    let scope = updates.scope();
+    updates.unary_frontier::<WinBuilder, _, _, _>(pact, "RetireWindows", move |_, info| {
+        let activator = scope.activator_for(Rc::clone(&info.address));
+        // The live windows of this worker's series.
+        let mut live: HashSet<WinId> = HashSet::new();
         // Windows by the tick they leave memory, with a capability for it.
         let mut schedule: BTreeMap<u64, (Capability<u64>, Vec<WinId>)> = BTreeMap::new();
+        let mut upper = Antichain::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else {
@@ -151,18 +175,12 @@ pub fn retire_windows<'s>(
                         late += 1;
                         continue;
                     }
-                    match live.entry(id) {
-                        std::collections::hash_map::Entry::Occupied(mut e) => {
-                            e.get_mut().plus_equals(&diff)
-                        }
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(diff.clone());
-                            schedule
-                                .entry(at)
-                                .or_insert_with(|| (cap.delayed(&at), Vec::new()))
-                                .1
-                                .push(id);
-                        }
+                    if live.insert(id) {
+                        schedule
+                            .entry(at)
+                            .or_insert_with(|| (cap.delayed(&at), Vec::new()))
+                            .1
+                            .push(id);
                     }
                     session.give((id, time, diff));
                 }
@@ -170,19 +188,65 @@ pub fn retire_windows<'s>(
                     metrics::LATE_WINDOW_UPDATES.inc_by(late);
                 }
             });
+            if frontier.frontier().is_empty() {
+                schedule.clear();
+                live.clear();
+                return;
+            }
             let bound = frontier_min(frontier);
+            let mut slot = slot.borrow_mut();
+            let Some(trace) = slot.as_mut() else {
+                return;
+            };
+            // Everything before the trace's upper is in it; this handle
+            // never reads before that again.
+            trace.read_upper(&mut upper);
+            trace.set_logical_compaction(upper.borrow());
+            trace.set_physical_compaction(upper.borrow());
+            let mut due = Vec::new();
             while let Some(entry) = schedule.first_entry() {
-                if *entry.key() > bound {
+                let at = *entry.key();
+                if at > bound {
                     break;
                 }
-                let (at, (cap, ids)) = entry.remove_entry();
-                output
-                    .session(&cap)
-                    .give_iterator(ids.into_iter().filter_map(|id| {
-                        let mut agg = live.remove(&id)?;
-                        agg.negate();
-                        Some((id, at, agg))
-                    }));
+                if upper.less_than(&at) {
+                    // Updates before `at` are still on their way into the
+                    // arrangement: look again at the next step.
+                    activator.activate();
+                    break;
+                }
+                due.push(entry.remove_entry());
+            }
+            if due.is_empty() {
+                return;
+            }
+            let mut ids: Vec<(WinId, usize)> = due
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, (_, ids)))| ids.iter().map(move |id| (*id, i)))
+                .collect();
+            ids.sort_unstable();
+            let Some(batches) = trace.batches_through(upper.borrow()) else {
+                tracing::error!("window arrangement cannot be read through its own upper");
+                return;
+            };
+            let (mut cursor, storage) = cursor_list(batches);
+            let mut retractions: Vec<Vec<WinUpdate>> = vec![Vec::new(); due.len()];
+            for (id, group) in ids {
+                live.remove(&id);
+                cursor.seek_key(&storage, &id);
+                if cursor.get_key(&storage) != Some(&id) {
+                    continue;
+                }
+                let mut agg = Agg::default();
+                cursor.map_times(&storage, |_, diff| agg.plus_equals(diff));
+                if !agg.is_zero() {
+                    agg.negate();
+                    retractions[group].push((id, due[group].0, agg));
+                }
+            }
+            for ((_, (cap, _)), updates) in due.iter().zip(retractions) {
+                output.session(cap).give_iterator(updates.into_iter());
             }
         }
     })

@@ -3,18 +3,22 @@
 //! ```text
 //! start offsets (worker 0, t=0) ─broadcast─► Kafka source ─► records
 //! build_windows:   records ─► FoldWindows (1m panes per series, per tick) ─► deltas ─┬─► DurableSink ─► durability ─┐
-//!                  deltas + REST + restored ─exchange(series)─► RetireWindows ─► arrange WindowAggregates ─┐         │
+//!                  deltas + REST + restored ─exchange(series)─► RetireWindows ⇄ arrange WindowAggregates ─┐         │
 //! build_counts:    records + REST records ─► CountByTypeSecond ─► arrange LiveCountsByTypeSecond ─────────┤         │
 //! build_dashboard: records + REST records ─► sums, active users, strategies ─► arrangements ─────────────┴► leaders ─► PublishSnapshot
 //! ```
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
@@ -23,7 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
 use crate::aggregates::{
-    fold_windows, restored_windows, retire_windows, window_ids, WinUpdate, WindowUpdate,
+    fold_windows, restored_windows, retire_windows, window_ids, TraceSlot, WinUpdate, WindowUpdate,
 };
 use crate::counts::{
     committed, count_updates, restored_counts, start_offsets, CommittedQueue, Horizon,
@@ -86,8 +90,7 @@ pub struct ProcessContext {
 }
 
 pub type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
-/// The arranged windows.
-pub type WindowTrace = TraceAgent<KeySpine<WinId, u64, Agg>>;
+pub use crate::aggregates::WindowTrace;
 pub type SumTrace = TraceAgent<KeySpine<(String, i64), u64, CountSum>>;
 pub type UserTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
 pub type StrategyTrace = TraceAgent<KeySpine<String, u64, StrategyState>>;
@@ -280,9 +283,18 @@ pub fn build_windows<'s>(
 ) -> Windows<'s> {
     let folded = fold_windows(records, Arc::clone(&spec));
     let deltas = folded.clone();
-    let arranged = retire_windows(folded.concat(window_ids(extra)), spec)
-        .as_collection()
-        .arrange_by_self_named("WindowAggregates");
+    let slot: TraceSlot = Rc::new(RefCell::new(None));
+    // Arranged where RetireWindows put each series (no second exchange),
+    // so that it can read what it retires from this worker's trace.
+    let keyed = retire_windows(folded.concat(window_ids(extra)), spec, Rc::clone(&slot))
+        .map(|(id, time, agg)| ((id, ()), time, agg));
+    let arranged = arrange_core::<_, _, KeyBatcher<WinId, u64, Agg>, KeySpine<WinId, u64, Agg>>(
+        keyed,
+        Pipeline,
+        "WindowAggregates",
+        KeyBatcher::new,
+    );
+    *slot.borrow_mut() = Some(arranged.trace.clone());
     let trace = arranged.trace.clone();
     let updates = arranged
         .flat_map_ref(|key, _| Some(*key))

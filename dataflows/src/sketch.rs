@@ -52,6 +52,8 @@
 //! count) and rejects anything else.
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Relative accuracy of every bucket estimate (0.5 %).
@@ -101,10 +103,28 @@ pub enum SketchError {
 
 /// A mergeable, negatable quantile sketch: sorted `(bucket id, count)`
 /// pairs with non-zero counts. See the [module docs](self).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// The pairs are shared copy-on-write (`Arc`): a sketch is cloned for every
+/// interval of a pane, every consumer of a stream, the arrangement and the
+/// published snapshot, and most of those copies are never changed. A clone
+/// is a reference count; the first change of a shared sketch copies it.
+/// An empty sketch holds no allocation at all (`None`), which keeps
+/// equality canonical.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "SketchRepr")]
 pub struct Sketch {
-    buckets: Vec<(i32, i64)>,
+    buckets: Option<Arc<Vec<(i32, i64)>>>,
+}
+
+/// The same form as a struct with a `buckets` vector, so that stored
+/// sketches and rollups keep their encoding.
+impl Serialize for Sketch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut state = serializer.serialize_struct("Sketch", 1)?;
+        state.serialize_field("buckets", self.buckets())?;
+        state.end()
+    }
 }
 
 /// The serialised form of a [`Sketch`] before its invariants are checked.
@@ -131,9 +151,7 @@ impl TryFrom<SketchRepr> for Sketch {
             }
             previous = Some(id);
         }
-        Ok(Sketch {
-            buckets: repr.buckets,
-        })
+        Ok(Sketch::from_vec(repr.buckets))
     }
 }
 
@@ -196,39 +214,32 @@ impl Sketch {
         if n == 0 {
             return;
         }
-        match self.buckets.binary_search_by_key(&id, |&(b, _)| b) {
-            Ok(i) => {
-                let count = &mut self.buckets[i].1;
-                *count = count.wrapping_add(n);
-                if *count == 0 {
-                    self.buckets.remove(i);
-                }
-            }
-            Err(i) => self.buckets.insert(i, (id, n)),
-        }
+        self.update(|buckets| add_to(buckets, id, n));
     }
 
     /// Adds `other`'s counts to this sketch, dropping buckets that reach
     /// zero.
     pub fn merge(&mut self, other: &Sketch) {
-        if other.buckets.is_empty() {
+        let Some(theirs) = &other.buckets else {
             return;
-        }
-        if self.buckets.is_empty() {
-            self.buckets.clone_from(&other.buckets);
+        };
+        let Some(ours) = &self.buckets else {
+            self.buckets = Some(Arc::clone(theirs));
             return;
-        }
+        };
         // A small delta into a large sketch (a tick's values into a live
         // window): in place, without a new allocation per merge.
-        if other.buckets.len() * 8 <= self.buckets.len() {
-            for &(id, count) in &other.buckets {
-                self.add_to_bucket(id, count);
-            }
+        if theirs.len() * 8 <= ours.len() {
+            self.update(|buckets| {
+                for &(id, count) in theirs.iter() {
+                    add_to(buckets, id, count);
+                }
+            });
             return;
         }
-        let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
-        let mut a = self.buckets.iter().copied().peekable();
-        let mut b = other.buckets.iter().copied().peekable();
+        let mut merged = Vec::with_capacity(ours.len() + theirs.len());
+        let mut a = ours.iter().copied().peekable();
+        let mut b = theirs.iter().copied().peekable();
         loop {
             let next = match (a.peek(), b.peek()) {
                 (Some(&(ia, ca)), Some(&(ib, cb))) => {
@@ -258,7 +269,24 @@ impl Sketch {
                 merged.push(next);
             }
         }
-        self.buckets = merged;
+        *self = Sketch::from_vec(merged);
+    }
+
+    /// A sketch of already sorted, non-zero pairs.
+    fn from_vec(buckets: Vec<(i32, i64)>) -> Sketch {
+        Sketch {
+            buckets: (!buckets.is_empty()).then(|| Arc::new(buckets)),
+        }
+    }
+
+    /// Changes the pairs in place (copying them first if they are shared)
+    /// and keeps the empty sketch canonical.
+    fn update(&mut self, change: impl FnOnce(&mut Vec<(i32, i64)>)) {
+        let buckets = Arc::make_mut(self.buckets.get_or_insert_with(Default::default));
+        change(buckets);
+        if buckets.is_empty() {
+            self.buckets = None;
+        }
     }
 
     /// The additive inverse: every count negated, so that
@@ -270,19 +298,23 @@ impl Sketch {
     }
 
     fn negate_in_place(&mut self) {
-        for (_, count) in &mut self.buckets {
-            *count = count.wrapping_neg();
+        if self.buckets.is_some() {
+            self.update(|buckets| {
+                for (_, count) in buckets.iter_mut() {
+                    *count = count.wrapping_neg();
+                }
+            });
         }
     }
 
     /// True if no bucket has a non-zero count.
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.buckets.is_none()
     }
 
     /// Sum of the counts (saturating at the `i64` bounds).
     pub fn count(&self) -> i64 {
-        let total: i128 = self.buckets.iter().map(|&(_, c)| i128::from(c)).sum();
+        let total: i128 = self.buckets().iter().map(|&(_, c)| i128::from(c)).sum();
         i64::try_from(total).unwrap_or(if total < 0 { i64::MIN } else { i64::MAX })
     }
 
@@ -291,7 +323,7 @@ impl Sketch {
     /// `None` if `q` is outside `[0, 1]`, if the count is not positive, or
     /// if any bucket has a negative count.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if !(0.0..=1.0).contains(&q) || self.buckets.iter().any(|&(_, c)| c < 0) {
+        if !(0.0..=1.0).contains(&q) || self.buckets().iter().any(|&(_, c)| c < 0) {
             return None;
         }
         let count = self.count();
@@ -301,7 +333,7 @@ impl Sketch {
         // `as` saturates; the `min` guards against rounding past the end.
         let rank = ((q * (count - 1) as f64).floor() as i64).min(count - 1);
         let mut seen: i64 = 0;
-        for &(id, c) in &self.buckets {
+        for &(id, c) in self.buckets() {
             seen = seen.saturating_add(c);
             if seen > rank {
                 return Some(Self::bucket_estimate(id));
@@ -312,7 +344,7 @@ impl Sketch {
 
     /// The sorted `(bucket id, count)` pairs, none with a zero count.
     pub fn buckets(&self) -> &[(i32, i64)] {
-        &self.buckets
+        self.buckets.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// The bincode 2 (standard configuration) encoding.
@@ -333,11 +365,29 @@ impl Sketch {
     }
 
     fn scaled(mut self, factor: i64) -> Sketch {
-        for (_, count) in &mut self.buckets {
-            *count = count.wrapping_mul(factor);
+        if self.buckets.is_some() {
+            self.update(|buckets| {
+                for (_, count) in buckets.iter_mut() {
+                    *count = count.wrapping_mul(factor);
+                }
+                buckets.retain(|&(_, c)| c != 0);
+            });
         }
-        self.buckets.retain(|&(_, c)| c != 0);
         self
+    }
+}
+
+/// Adds `n` to bucket `id` of sorted, non-zero pairs, keeping them so.
+fn add_to(buckets: &mut Vec<(i32, i64)>, id: i32, n: i64) {
+    match buckets.binary_search_by_key(&id, |&(b, _)| b) {
+        Ok(i) => {
+            let count = &mut buckets[i].1;
+            *count = count.wrapping_add(n);
+            if *count == 0 {
+                buckets.remove(i);
+            }
+        }
+        Err(i) => buckets.insert(i, (id, n)),
     }
 }
 
