@@ -608,7 +608,9 @@ kafka_start() {
 
     local deadline=$(( $(now) + KAFKA_READY_TIMEOUT ))
     until port_open "$KAFKA_PORT"; do
-        if ! pid_alive "$KAFKA_PID" kafka.Kafka && [[ -s $KAFKA_PID ]]; then
+        # The process itself, not its command line: while bash execs nohup
+        # and nohup execs java, /proc/PID/cmdline can read empty.
+        if [[ -s $KAFKA_PID ]] && ! kill -0 "$(<"$KAFKA_PID")" 2>/dev/null; then
             kafka_print_logs
             die "kafka exited during startup (logs: $KAFKA_LOG, $KAFKA_OUT)"
         fi

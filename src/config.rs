@@ -209,6 +209,14 @@ section!(LoggingConfig {
 section!(HealthConfig {
     port: u16 = 9099,
     path: String = "/health".into(),
+    /// `/ready` answers 503 (`"dataflow": "stalled"`) when the published
+    /// snapshot is older than this.
+    #[serde(with = "humantime_serde")]
+    max_staleness: Duration = Duration::from_secs(5),
+    /// `/livez` answers 503 (`"dataflow": "failed"`) when a worker has not
+    /// stepped for this long.
+    #[serde(with = "humantime_serde")]
+    liveness_timeout: Duration = Duration::from_secs(30),
 });
 
 section!(RateLimitConfig {
@@ -358,6 +366,24 @@ impl Config {
         range("server.port", self.server.port, 1, 65535)?;
         range("metrics.port", self.metrics.port, 1, 65535)?;
         range("health.port", self.health.port, 1, 65535)?;
+        range(
+            "health.max_staleness (ms)",
+            self.health.max_staleness.as_millis() as u64,
+            200,
+            3_600_000,
+        )?;
+        range(
+            "health.liveness_timeout (ms)",
+            self.health.liveness_timeout.as_millis() as u64,
+            1_000,
+            3_600_000,
+        )?;
+        if self.health.max_staleness <= self.analytics.dataflow.tick * 2 {
+            return Err(invalid(
+                "health.max_staleness",
+                "must be more than two ticks (analytics.dataflow.tick)",
+            ));
+        }
         range("database.port", self.database.port, 1, 65535)?;
         range("redis.port", self.redis.port, 1, 65535)?;
         range(

@@ -255,6 +255,7 @@ async fn shutdown_signal(flag: Arc<AtomicBool>) {
 
 /// `analytics run`.
 pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::Result<()> {
+    exit_on_dataflow_panic();
     if config.security.api_key_enabled {
         info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
     }
@@ -376,6 +377,9 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         sink_rx,
     ));
 
+    let acks: Vec<Arc<WorkerAck>> = (0..cluster.workers)
+        .map(|_| Arc::new(WorkerAck::default()))
+        .collect();
     let ctx = Arc::new(ProcessContext {
         kafka,
         tick_ms,
@@ -385,9 +389,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         workers_per_process: cluster.workers,
         directory,
         sink: sink_tx,
-        acks: (0..cluster.workers)
-            .map(|_| Arc::new(WorkerAck::default()))
-            .collect(),
+        acks: acks.clone(),
         committed: Arc::clone(&committed),
         committed_windows: Arc::clone(&committed_windows),
         snapshots: Arc::new(snap_tx),
@@ -399,6 +401,13 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(timely_config, move |worker| {
         pipeline::run_worker(worker, &worker_ctx);
+        if !worker_ctx.shutdown.load(Ordering::SeqCst) {
+            error!(
+                worker = worker.index(),
+                "dataflow worker stopped without a shutdown request; exiting (status {EXIT_DATAFLOW_FAILED}) so that the supervisor restarts the process"
+            );
+            std::process::exit(EXIT_DATAFLOW_FAILED);
+        }
         info!(worker = worker.index(), "worker finished");
     })
     .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
@@ -442,6 +451,11 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         sink_degraded,
         rate_limiter: rate_limiter(&config),
         schemas,
+        dataflow: Arc::new(dataflows::liveness::DataflowWatch {
+            workers: acks.clone(),
+            max_staleness: config.health.max_staleness,
+            stuck_after: config.health.liveness_timeout,
+        }),
     };
 
     let result = rt.block_on(async {
@@ -477,7 +491,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
                 .with_context(|| format!("bind {host}:{}", config.metrics.port))?;
             servers.push(tokio::spawn(api::serve(
                 metrics_listener,
-                api::metrics_router(&config.metrics.path),
+                api::metrics_router(&config.metrics.path, state.snapshots.clone()),
                 stopped(),
             )));
         }
@@ -497,39 +511,127 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         });
 
         shutdown_signal(Arc::clone(&shutdown)).await;
-        // Stop ingesting: sources drop their capabilities, the sink drains.
-        let deadline = config.server.shutdown_timeout;
-        let join = tokio::task::spawn_blocking(move || guards.join());
-        match tokio::time::timeout(deadline, join).await {
-            Ok(Ok(results)) => {
-                for r in results {
-                    if let Err(e) = r {
-                        error!(error = %e, "worker failed");
-                    }
-                }
-            }
-            Ok(Err(e)) => error!(error = %e, "worker join failed"),
-            Err(_) => warn!("workers did not finish within server.shutdown_timeout"),
-        }
-        if tokio::time::timeout(Duration::from_secs(2), writer)
-            .await
-            .is_err()
-        {
-            warn!("sink writer did not drain in time");
-        }
-        let _ = stop_tx.send(true);
-        for s in servers {
-            let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
-        }
+        shut_down(
+            config.server.shutdown_timeout,
+            Stopping {
+                guards,
+                writer,
+                servers,
+                stop: stop_tx,
+                acks,
+            },
+        )
+        .await;
         if let Some(Ok(handle)) = demo {
-            let _ = handle.join();
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
         }
         anyhow::Ok(())
     });
+    // Threads still blocked (an abandoned drain, librdkafka calls) must not
+    // hold the process: the grace period is spent.
+    rt.shutdown_background();
     info!("stopped");
-    // Threads blocked in librdkafka calls must not hold the process.
-    rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Exit status of a process whose dataflow failed (`EX_SOFTWARE`).
+const EXIT_DATAFLOW_FAILED: i32 = 70;
+
+/// Ends the process on a panic of a timely thread (worker, or the send and
+/// receive threads of a cluster, which panic when a peer is lost): the
+/// dataflow cannot go on without it, and serving frozen live state as if it
+/// were current is worse than a restart, which resumes exactly once from
+/// the offsets and rows in PostgreSQL. Every surviving process of a cluster
+/// exits the same way, since each of them loses its peer.
+fn exit_on_dataflow_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or_default();
+        if name.starts_with("timely") {
+            error!(
+                thread = name,
+                cause = %info,
+                "dataflow thread panicked; exiting (status {EXIT_DATAFLOW_FAILED}) so that the supervisor restarts the process"
+            );
+            std::process::exit(EXIT_DATAFLOW_FAILED);
+        }
+    }));
+}
+
+/// What shutdown waits for.
+struct Stopping {
+    guards: timely::communication::WorkerGuards<()>,
+    writer: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop: watch::Sender<bool>,
+    acks: Vec<Arc<WorkerAck>>,
+}
+
+/// Stops within `grace` of the signal (`server.shutdown_timeout`): the
+/// sources have stopped reading; the workers and the sink writer get what
+/// is left of `grace` after a reserve for the HTTP servers to close. Rows
+/// not committed by then are abandoned, logged, and read again from Kafka
+/// at the next start (their offsets were not committed either), so nothing
+/// is lost or stored twice.
+async fn shut_down(grace: Duration, stopping: Stopping) {
+    let Stopping {
+        guards,
+        writer,
+        servers,
+        stop,
+        acks,
+    } = stopping;
+    let deadline = tokio::time::Instant::now() + grace;
+    let reserve = (grace / 5).min(Duration::from_secs(2));
+    let workers = tokio::task::spawn_blocking(move || guards.join());
+    match tokio::time::timeout_at(deadline - reserve, workers).await {
+        Ok(Ok(results)) => {
+            for r in results {
+                if let Err(e) = r {
+                    error!(error = %e, "worker failed");
+                }
+            }
+            // The workers end only once the sink acknowledged everything.
+            if tokio::time::timeout_at(deadline - reserve / 2, writer)
+                .await
+                .is_err()
+            {
+                warn!("sink writer did not finish in time");
+            }
+        }
+        Ok(Err(e)) => error!(error = %e, "worker join failed"),
+        Err(_) => {
+            let pending: i64 = acks.iter().map(|a| a.pending_rows()).sum();
+            let committed_upto = acks.iter().map(|a| a.durable_upto()).min().unwrap_or(0);
+            warn!(
+                pending_rows = pending,
+                committed_upto_tick = committed_upto,
+                grace = ?grace,
+                "shutdown grace period spent: abandoning the rows not yet committed; they are read again from Kafka at the next start"
+            );
+        }
+    }
+    let _ = stop.send(true);
+    for (i, result) in futures::future::join_all(
+        servers
+            .into_iter()
+            .map(|s| tokio::time::timeout_at(deadline, s)),
+    )
+    .await
+    .into_iter()
+    .enumerate()
+    {
+        match result {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => error!(server = i, error = %e, "HTTP server failed"),
+            Ok(Err(e)) => error!(server = i, error = %e, "HTTP server task failed"),
+            Err(_) => warn!(server = i, "HTTP server did not close in time"),
+        }
+    }
 }
 
 /// Which windows to keep, from `analytics.aggregation`.

@@ -142,7 +142,7 @@ async fn api_keys_scopes_and_revocation() {
     env.start().await;
 
     // Health and Prometheus stay open.
-    for path in ["/health", "/healthz", "/ready"] {
+    for path in ["/health", "/healthz", "/ready", "/livez"] {
         let r = call(&env, Method::GET, path, Key::None, None).await;
         assert_eq!(r.status().as_u16(), 200, "{path}");
         let r = env

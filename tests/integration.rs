@@ -225,10 +225,29 @@ async fn rest_events_are_committed_before_201_and_stored_once() {
     env.stop().await;
 }
 
+/// How the service is stopped in the middle of a backlog.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    /// SIGKILL, no goodbye.
+    Kill,
+    /// SIGTERM: it must exit, successfully, within its grace period
+    /// (`server.shutdown_timeout`, 10 s here), even with a backlog waiting.
+    Term,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
+    stop_mid_ingestion(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_a_backlog_ends_within_the_grace_period_and_loses_nothing() {
+    stop_mid_ingestion(Stop::Term).await;
+}
+
+async fn stop_mid_ingestion(stop: Stop) {
     const N: i64 = 100_000;
-    let mut env = TestEnv::new("sigkill", 6).await;
+    let mut env = TestEnv::new(&format!("{stop:?}").to_lowercase(), 6).await;
     env.start().await;
     let base = Utc::now();
     let events = trading_events(N as usize, 42, base, 1_800);
@@ -239,7 +258,18 @@ async fn sigkill_mid_ingestion_loses_nothing_and_counts_nothing_twice() {
         (n >= N / 5).then_some(n)
     })
     .await;
-    env.kill9();
+    match stop {
+        Stop::Kill => env.kill9(),
+        Stop::Term => {
+            // The grace period plus what a loaded machine needs to reap it.
+            let status = env.stop_within(Duration::from_secs(10 + 10)).await;
+            assert!(
+                status.success(),
+                "exit status {status}; log:\n{}",
+                env.log()
+            );
+        }
+    }
     let stored_at_kill = env.count("SELECT count(*) FROM events").await;
     assert!(
         stored_at_kill < N,
@@ -337,6 +367,26 @@ async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
         "REST refuses while PostgreSQL is down"
     );
     env.produce(&records[1_000..]).await;
+    // Readiness covers dependencies and staleness; liveness does not, or
+    // an outage of PostgreSQL would become a restart storm.
+    let ready = wait_for(
+        "ready to report a stalled dataflow",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = env.get_json("/ready").await;
+            (status == 503 && body["dataflow"] == "stalled").then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(ready["database"], "disconnected", "{ready}");
+    let (status, live) = env.get_json("/livez").await;
+    assert_eq!(status, 200, "liveness during a PostgreSQL outage: {live}");
+    assert_eq!(live["dataflow"], "stalled", "{live}");
+    let age = metric_value(&env.prometheus().await, "analytics_live_as_of_age_seconds");
+    assert!(
+        age > 5.0,
+        "as_of age {age} s while stalled past the 5 s bound"
+    );
     // The live stats never run ahead of what is durable.
     let (start, end) = aligned_range(base);
     let during = env.stats(&start, &end).await;
@@ -367,7 +417,70 @@ async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
     assert_eq!(stats_map(&live), expected);
     let (status, health) = env.get_json("/health").await;
     assert_eq!(status, 200, "{health}");
+    wait_for("ready again", Duration::from_secs(60), || async {
+        let (status, body) = env.get_json("/ready").await;
+        (status == 200 && body["dataflow"] == "running").then_some(())
+    })
+    .await;
+
+    // SIGTERM while rows wait for an unreachable PostgreSQL: the process
+    // still ends within its grace period (10 s), abandoning them, and the
+    // next start reads them again from Kafka.
+    let consumed = metric_value(
+        &env.prometheus().await,
+        "analytics_kafka_messages_consumed_total",
+    );
+    let more = trading_events(500, 8, base, 300);
+    proxy.cut();
+    env.produce(&kafka_records(&env.topics, &more, more.len()))
+        .await;
+    wait_for("the new records read", Duration::from_secs(60), || async {
+        let now = metric_value(
+            &env.prometheus().await,
+            "analytics_kafka_messages_consumed_total",
+        );
+        (now >= consumed + 500.0).then_some(())
+    })
+    .await;
+    let status = env.stop_within(Duration::from_secs(10 + 10)).await;
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        env.log()
+    );
+    assert!(
+        env.log().contains("shutdown grace period spent"),
+        "what was abandoned is logged; log:\n{}",
+        env.log()
+    );
+    proxy.restore();
+    env.start().await;
+    env.wait_count(
+        "SELECT count(*) FROM events",
+        2_500,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT count(DISTINCT id) FROM events").await,
+        2_500
+    );
+    let mut all = events.clone();
+    all.extend(more);
+    let expected = by_type(&all);
+    let live = wait_for_stats(&env, &start, &end, &expected, "live").await;
+    assert_eq!(stats_map(&live), expected, "after an abandoned shutdown");
     env.stop().await;
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,6 +559,51 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
     for env in [&p0, &p1] {
         let live = wait_for_stats(env, &start, &end, &expected, "live").await;
         assert_eq!(stats_map(&live), expected, "process {}", env.name);
+    }
+
+    // Losing a peer ends the survivor with a failure status, instead of
+    // serving frozen live state as healthy.
+    p1.kill9();
+    let status = p0.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(
+        status.code(),
+        Some(70),
+        "survivor's exit status; log:\n{}",
+        p0.log()
+    );
+    assert!(
+        p0.log().contains("dataflow thread panicked"),
+        "one clear line names the cause; log:\n{}",
+        p0.log()
+    );
+    // Restarted, the cluster resumes exactly once from PostgreSQL.
+    p0.spawn();
+    p1.spawn();
+    p0.wait_ready().await;
+    p1.wait_ready().await;
+    let more = trading_events(1_000, 100, base, 120);
+    p1.produce(&kafka_records(&p1.topics, &more, more.len()))
+        .await;
+    events.extend(more);
+    p0.wait_count(
+        "SELECT count(*) FROM events",
+        5_001,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        p0.count("SELECT count(DISTINCT id) FROM events").await,
+        5_001
+    );
+    let expected = by_type(&events);
+    for env in [&p0, &p1] {
+        let live = wait_for_stats(env, &start, &end, &expected, "live").await;
+        assert_eq!(
+            stats_map(&live),
+            expected,
+            "process {} after restart",
+            env.name
+        );
     }
     p1.stop().await;
     p0.stop().await;

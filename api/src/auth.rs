@@ -33,7 +33,7 @@ use crate::AppError;
 /// Paths answered without a key.
 /// Paths served without a key: health, and the web page (it holds no data;
 /// its API calls need keys like any client's).
-pub const OPEN_PATHS: &[&str] = &["/", "/health", "/healthz", "/ready"];
+pub const OPEN_PATHS: &[&str] = &["/", "/health", "/healthz", "/ready", "/livez"];
 
 /// Most cached lookups; past it, expired entries are dropped first.
 const MAX_ENTRIES: usize = 10_000;
@@ -231,6 +231,7 @@ mod tests {
             (Method::GET, "/health", None),
             (Method::GET, "/healthz", None),
             (Method::GET, "/ready", None),
+            (Method::GET, "/livez", None),
             (Method::POST, "/api/v1/events", Some(Scope::Ingest)),
             (Method::GET, "/api/v1/events", Some(Scope::Read)),
             (Method::GET, "/api/v1/events/stats", Some(Scope::Read)),

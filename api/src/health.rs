@@ -1,4 +1,13 @@
-//! Health, readiness and the internal ingestion counters.
+//! Health, readiness, liveness and the internal ingestion counters.
+//!
+//! Which endpoint answers which question (a supervisor probes the first
+//! two; see `dataflows::liveness` for the states):
+//!
+//! | endpoint | question | 503 when |
+//! |---|---|---|
+//! | `/livez` | is this process broken (restart it)? | a worker is stuck (`"dataflow": "failed"`); never because of PostgreSQL, Kafka or Redis |
+//! | `/ready` | may it take traffic now? | PostgreSQL is down, or the dataflow is `starting`, `stalled` or `failed` |
+//! | `/health`, `/healthz` | overall status, as the replaced service answered | PostgreSQL is down, or the dataflow is `failed` |
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -7,6 +16,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
+
+use dataflows::liveness::{DataflowState, DataflowWatch};
 
 use crate::AppState;
 
@@ -20,19 +31,20 @@ async fn check(state: &AppState) -> (StatusCode, Value) {
     );
     let db_ok = matches!(db, Ok(Ok(())));
     let sink_ok = !state.sink_degraded.load(Ordering::Relaxed);
-    let status = if !db_ok {
+    let dataflow = state.dataflow_state();
+    let failed = dataflow == DataflowState::Failed;
+    let status = if !db_ok || failed {
         "unhealthy"
-    } else if !cache || !sink_ok || rate_limit == "local" {
+    } else if !cache || !sink_ok || rate_limit == "local" || dataflow == DataflowState::Stalled {
         "degraded"
     } else {
         "healthy"
     };
-    let code = if db_ok {
+    let code = if db_ok && !failed {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let snapshot = state.snapshot();
     (
         code,
         json!({
@@ -41,7 +53,7 @@ async fn check(state: &AppState) -> (StatusCode, Value) {
             "cache": if cache { "connected" } else { "disconnected" },
             "sink": if sink_ok { "ok" } else { "retrying" },
             "rate_limit": rate_limit,
-            "dataflow": if snapshot.as_of_ms > 0 { "running" } else { "starting" },
+            "dataflow": dataflow.as_str(),
             "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "service": "analytics",
         }),
@@ -54,12 +66,32 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (code, Json(body))
 }
 
-/// `/ready`: also 503 until the dataflow has published its first snapshot.
+/// `/ready`: also 503 unless the dataflow is `running` (its snapshot is at
+/// most `health.max_staleness` old).
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (mut code, body) = check(&state).await;
-    if state.snapshot().as_of_ms == 0 {
+    if body["dataflow"] != DataflowState::Running.as_str() {
         code = StatusCode::SERVICE_UNAVAILABLE;
     }
+    (code, Json(body))
+}
+
+/// `/livez`: 503 only when this process is broken (a stuck worker); no
+/// dependency is checked, so an outage of one never restarts the process.
+pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let dataflow = state.dataflow_state();
+    let as_of_ms = state.snapshot().as_of_ms;
+    let code = if dataflow == DataflowState::Failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": if code == StatusCode::OK { "alive" } else { "broken" },
+        "dataflow": dataflow.as_str(),
+        "as_of_age_seconds": DataflowWatch::age_seconds(as_of_ms, dataflows::time::now_ms()),
+        "service": "analytics",
+    });
     (code, Json(body))
 }
 

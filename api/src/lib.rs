@@ -32,7 +32,9 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use dataflows::LiveSnapshot;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -78,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/livez", get(health::live))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         // Inside the key check: with keys enabled, only verified keys name
         // a bucket (random fake keys are refused before they get one).
@@ -145,18 +148,24 @@ fn cors(settings: &ApiSettings) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// The health port (9099): health endpoints only.
+/// The health port (9099): health endpoints only. `/livez` answers
+/// liveness, `/ready` readiness, `/health` and `/healthz` the overall status
+/// (see [`health`]).
 pub fn health_router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/livez", get(health::live))
         .with_state(state)
 }
 
-/// The metrics port (9098): Prometheus text format at `path`.
-pub fn metrics_router(path: &str) -> Router {
-    Router::new().route(path, get(metrics::prometheus))
+/// The metrics port (9098): Prometheus text format at `path`. The age of
+/// the snapshot in `snapshots` is measured at each scrape.
+pub fn metrics_router(path: &str, snapshots: watch::Receiver<Arc<LiveSnapshot>>) -> Router {
+    Router::new()
+        .route(path, get(metrics::prometheus))
+        .with_state(snapshots)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves.

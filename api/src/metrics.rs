@@ -1,9 +1,9 @@
 //! HTTP metrics and the Prometheus endpoint.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, TextEncoder,
 };
+use tokio::sync::watch;
 
 pub static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     or_die(
@@ -113,7 +114,14 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// Prometheus text exposition of the default registry.
-pub async fn prometheus() -> Response {
+pub async fn prometheus(
+    State(snapshots): State<watch::Receiver<Arc<dataflows::LiveSnapshot>>>,
+) -> Response {
+    let as_of_ms = snapshots.borrow().as_of_ms;
+    dataflows::metrics::LIVE_AS_OF_AGE.set(dataflows::liveness::DataflowWatch::age_seconds(
+        as_of_ms,
+        dataflows::time::now_ms(),
+    ));
     let encoder = TextEncoder::new();
     let mut buffer = Vec::new();
     if let Err(e) = encoder.encode(&prometheus::gather(), &mut buffer) {

@@ -89,10 +89,18 @@ pub struct AppState {
     pub rate_limiter: crate::ratelimit::RateLimiter,
     /// The validators shared with the Kafka source, and how to refresh them.
     pub schemas: Arc<sink::schema_sync::SchemaSync>,
+    /// The local workers' heartbeats and the staleness bounds.
+    pub dataflow: Arc<dataflows::liveness::DataflowWatch>,
 }
 
 impl AppState {
     pub fn snapshot(&self) -> Arc<LiveSnapshot> {
         Arc::clone(&self.snapshots.borrow())
+    }
+
+    /// The dataflow's state now, judged from the latest snapshot.
+    pub fn dataflow_state(&self) -> dataflows::liveness::DataflowState {
+        let as_of_ms = self.snapshots.borrow().as_of_ms;
+        self.dataflow.state(as_of_ms, dataflows::time::now_ms())
     }
 }

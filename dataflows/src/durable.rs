@@ -61,13 +61,17 @@ impl SinkBatch {
     }
 }
 
-/// Shared between one worker and the sink task: what is committed.
+/// Shared between one worker, the sink task and the health checks: what is
+/// committed, and when the worker last stepped.
 #[derive(Default)]
 pub struct WorkerAck {
     /// One past the latest committed tick (0: nothing committed yet).
     durable_upto: AtomicU64,
     pending_rows: AtomicI64,
     activator: Mutex<Option<SyncActivator>>,
+    /// Wall clock (ms since the epoch) of the worker's latest step; 0 until
+    /// its dataflow runs.
+    last_step_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for WorkerAck {
@@ -101,6 +105,16 @@ impl WorkerAck {
     /// Every tick before this one is committed.
     pub fn durable_upto(&self) -> u64 {
         self.durable_upto.load(Ordering::Acquire)
+    }
+
+    /// Called by the worker after each step.
+    pub fn beat(&self, now_ms: u64) {
+        self.last_step_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// When the worker last stepped (0: not yet).
+    pub fn last_step_ms(&self) -> u64 {
+        self.last_step_ms.load(Ordering::Acquire)
     }
 
     fn register(&self, activator: SyncActivator) {

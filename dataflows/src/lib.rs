@@ -20,6 +20,7 @@ pub mod expiry;
 pub mod ids;
 pub mod kafka_source;
 pub mod live;
+pub mod liveness;
 pub mod memory_source;
 pub mod metrics;
 pub mod panes;

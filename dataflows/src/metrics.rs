@@ -5,8 +5,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge, register_histogram, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Gauge, Histogram, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 /// Unwraps the registration of a metric defined in code. Registration fails
@@ -89,6 +90,16 @@ pub static ARRANGEMENT_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
             &["arrangement", "worker"]
         ),
         "analytics_arrangement_records",
+    )
+});
+
+pub static LIVE_AS_OF_AGE: LazyLock<Gauge> = LazyLock::new(|| {
+    or_die(
+        register_gauge!(
+            "analytics_live_as_of_age_seconds",
+            "Age of the published live snapshot's as_of (wall clock minus as_of), set when scraped; 0 before the first snapshot"
+        ),
+        "analytics_live_as_of_age_seconds",
     )
 });
 

@@ -151,7 +151,9 @@ pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
     let mut dataflow = build(worker, ctx);
     let park = std::time::Duration::from_millis(ctx.tick_ms);
     let mut last_maintenance = std::time::Instant::now();
+    let ack = Arc::clone(&ctx.acks[worker.index() % ctx.workers_per_process.max(1)]);
     loop {
+        ack.beat(crate::time::now_ms());
         worker.step_or_park(Some(park));
         if last_maintenance.elapsed() >= std::time::Duration::from_secs(1) {
             dataflow.maintain();

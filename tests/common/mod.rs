@@ -318,7 +318,9 @@ security:
         self.child = Some(child);
     }
 
-    /// Waits until `/ready` answers 200.
+    /// Waits until the service has published a snapshot: `/ready` answers
+    /// 200, or 503 only because the snapshot is stale (a restart that
+    /// catches up on a backlog).
     pub async fn wait_ready(&mut self) {
         let url = self.url("/ready");
         let http = self.http.clone();
@@ -326,7 +328,9 @@ security:
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(r) = http.get(&url).send().await {
-                if r.status().is_success() {
+                let ok = r.status().is_success();
+                let body: Value = r.json().await.unwrap_or_default();
+                if ok || (body["dataflow"] == "stalled" && body["database"] == "connected") {
                     break;
                 }
             }
@@ -351,6 +355,36 @@ security:
             child.kill().expect("kill -9");
             child.wait().expect("reap");
         }
+    }
+
+    /// Waits until the process exits by itself; panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "service did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM; the exit status, which must come within `timeout`.
+    pub async fn stop_within(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_ref().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        self.wait_exit(timeout).await
     }
 
     /// SIGTERM and wait for a clean exit.
