@@ -19,7 +19,7 @@ test: services
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p dataflows --tests
 	scripts/install-test-tools.sh
-	$(CARGO) test --test integration --test metrics --test dashboard --test web --test auth --test ratelimit --test custom_events --test retention --test trading -- --test-threads=2
+	$(CARGO) test --test integration --test metrics --test dashboard --test web --test auth --test ratelimit --test custom_events --test retention --test trading --test grafana -- --test-threads=2
 
 ## Install what is missing and start PostgreSQL, Redis and Kafka on 127.0.0.1.
 services:

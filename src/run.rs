@@ -256,6 +256,9 @@ async fn shutdown_signal(flag: Arc<AtomicBool>) {
 /// `analytics run`.
 pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::Result<()> {
     exit_on_dataflow_panic();
+    dataflows::metrics::init(&config.kafka.topics);
+    sink::metrics::init();
+    api::metrics::init();
     if config.security.api_key_enabled {
         info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
     }

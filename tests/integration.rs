@@ -473,14 +473,22 @@ async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
     env.stop().await;
 }
 
-/// The value of an unlabelled sample in Prometheus text.
+/// The sum of the samples of `name` (over all its label values) in
+/// Prometheus text.
 fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
-            rest.trim().parse().ok()
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => &labelled[labelled.find('}')? + 1..],
+                None => rest,
+            };
+            rest.strip_prefix(' ')?.trim().parse().ok()
         })
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+        .collect();
+    assert!(!values.is_empty(), "{name} not in /metrics:\n{text}");
+    values.iter().sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,27 @@ pub static RATE_LIMIT_LOCAL: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Registers the API's metrics with a series for each known label value
+/// (see `dataflows::metrics::init`). Request durations get theirs with the
+/// first request of each route.
+pub fn init() {
+    for reason in ["missing", "invalid", "forbidden"] {
+        AUTH_REFUSED.with_label_values(&[reason]);
+    }
+    for store in [
+        crate::ratelimit::Store::Redis,
+        crate::ratelimit::Store::Local,
+    ] {
+        RATE_LIMITED.with_label_values(&[store.as_str()]);
+    }
+    LazyLock::force(&QUERY_DURATION);
+    LazyLock::force(&ACTIVE_CONNECTIONS);
+    LazyLock::force(&CACHE_HITS);
+    LazyLock::force(&CACHE_MISSES);
+    LazyLock::force(&RATE_LIMIT_FALLBACKS);
+    LazyLock::force(&RATE_LIMIT_LOCAL);
+}
+
 /// Middleware: in-flight gauge and latency histogram per matched route.
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request

@@ -212,7 +212,8 @@ pub fn kafka_source<'s>(
         let mut seen_version = u64::MAX;
         // Next offset of every partition this worker reads.
         let mut next: BTreeMap<Partition, i64> = BTreeMap::new();
-        let mut moved: HashMap<Partition, i64> = HashMap::new();
+        // Per partition read this time: its next offset and how many messages.
+        let mut moved: HashMap<Partition, (i64, u64)> = HashMap::new();
         let tick_ms = ctx.tick_ms;
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
         move |(input, frontier), output| {
@@ -332,9 +333,13 @@ pub fn kafka_source<'s>(
                         ctx.settings.time_bounds,
                         &mut validators,
                     ));
-                    moved.insert((topic_arc, partition), offset + 1);
+                    let slot = moved.entry((topic_arc, partition)).or_insert((0, 0));
+                    *slot = (offset + 1, slot.1 + 1);
                 }
-                for ((topic, partition), next_offset) in moved.drain() {
+                for ((topic, partition), (next_offset, messages)) in moved.drain() {
+                    metrics::MESSAGES_CONSUMED
+                        .with_label_values(&[topic.as_ref()])
+                        .inc_by(messages);
                     next.insert((Arc::clone(&topic), partition), next_offset);
                     session.give(Record::Progress {
                         topic,
@@ -343,7 +348,6 @@ pub fn kafka_source<'s>(
                     });
                 }
             }
-            metrics::MESSAGES_CONSUMED.inc_by(read as u64);
             if read >= ctx.settings.poll_budget {
                 activator.activate();
             } else {

@@ -19,11 +19,12 @@ pub fn or_die<T>(r: prometheus::Result<T>, name: &str) -> T {
     }
 }
 
-pub static MESSAGES_CONSUMED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub static MESSAGES_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     or_die(
-        register_int_counter!(
+        register_int_counter_vec!(
             "analytics_kafka_messages_consumed_total",
-            "Kafka messages read by the sources"
+            "Kafka messages read by the sources, per topic",
+            &["topic"]
         ),
         "analytics_kafka_messages_consumed_total",
     )
@@ -173,3 +174,27 @@ pub static CUSTOM_SCHEMAS: LazyLock<IntGauge> = LazyLock::new(|| {
         "analytics_custom_schemas_active",
     )
 });
+
+/// Registers every metric of the dataflow and creates the series of each
+/// known label value (`topics`: the configured Kafka topics), so that
+/// `/metrics` lists them from the start, at 0, instead of once each first
+/// happens (dashboards and alerts then see 0, not "no data").
+pub fn init(topics: &[String]) {
+    for topic in topics {
+        MESSAGES_CONSUMED.with_label_values(&[topic.as_str()]);
+        LATE_EVENTS.with_label_values(&[topic.as_str()]);
+    }
+    LazyLock::force(&KAFKA_ERRORS);
+    LazyLock::force(&SOURCE_PAUSED);
+    LazyLock::force(&CONSUMER_LAG);
+    LazyLock::force(&FRESHNESS);
+    LazyLock::force(&ARRANGEMENT_RECORDS);
+    LazyLock::force(&LIVE_AS_OF_AGE);
+    LazyLock::force(&LIVE_ENTRIES);
+    LazyLock::force(&CARDINALITY_REFUSED);
+    LazyLock::force(&LATE_WINDOW_EVENTS);
+    LazyLock::force(&LATE_WINDOW_UPDATES);
+    LazyLock::force(&WINDOWS_HELD);
+    LazyLock::force(&SCHEMA_COMPILATIONS);
+    LazyLock::force(&CUSTOM_SCHEMAS);
+}

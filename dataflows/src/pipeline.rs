@@ -149,6 +149,8 @@ where
 /// most a tick when idle, lets the arrangements compact once a second.
 pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
     let mut dataflow = build(worker, ctx);
+    // Reports the arrangement sizes from the start.
+    dataflow.maintain();
     let park = std::time::Duration::from_millis(ctx.tick_ms);
     let mut last_maintenance = std::time::Instant::now();
     let ack = Arc::clone(&ctx.acks[worker.index() % ctx.workers_per_process.max(1)]);

@@ -74,6 +74,21 @@ pub static SINK_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Registers the sink's metrics with a series for each known label value
+/// (see `dataflows::metrics::init`).
+pub fn init() {
+    for source in ["kafka", "rest"] {
+        EVENTS_INGESTED.with_label_values(&[source]);
+        DEAD_LETTERS.with_label_values(&[source]);
+    }
+    for reason in dataflows::DeadReason::ALL {
+        EVENTS_FAILED.with_label_values(&[reason.as_str()]);
+    }
+    LazyLock::force(&BATCHES);
+    LazyLock::force(&BATCH_DURATION);
+    LazyLock::force(&SINK_ERRORS);
+}
+
 /// Counters for the internal ingestion endpoint.
 #[derive(Debug, Default)]
 pub struct IngestionStats {
