@@ -152,6 +152,10 @@ section!(DataflowConfig {
     /// Processing-time tick of the dataflow.
     #[serde(with = "humantime_serde")]
     tick: Duration = Duration::from_millis(100),
+    /// Longest tick while a source is behind (reads full poll budgets):
+    /// a backlog is processed in fewer, larger ticks.
+    #[serde(with = "humantime_serde")]
+    catch_up_tick: Duration = Duration::from_secs(1),
     /// How long seconds of event time stay in live state (and answer
     /// `/events/stats` from memory).
     #[serde(with = "humantime_serde")]
@@ -442,6 +446,12 @@ impl Config {
             1,
             10_000,
         )?;
+        if df.catch_up_tick < df.tick || df.catch_up_tick > Duration::from_secs(60) {
+            return Err(invalid(
+                "analytics.dataflow.catch_up_tick",
+                "must be at least analytics.dataflow.tick and at most 60s",
+            ));
+        }
         range(
             "analytics.dataflow.live_horizon",
             df.live_horizon.as_secs(),

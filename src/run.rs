@@ -335,6 +335,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         session_timeout_ms: config.kafka.session_timeout.as_millis() as u64,
         poll_budget: config.analytics.dataflow.poll_budget,
         max_pending_rows: config.analytics.dataflow.max_pending_rows,
+        catch_up_tick_ms: config.analytics.dataflow.catch_up_tick.as_millis() as u64,
         time_bounds,
     };
     let directory = Arc::new(PartitionDirectory::default());

@@ -375,7 +375,14 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
             let seed = args.seed;
             let max_wait = args.pick(args.core_max_secs, 300, 60);
             let r = tokio::task::spawn_blocking(move || {
-                crate::core::run(w, core_events, seed, crate::core::TICK_MS, max_wait)
+                crate::core::run(
+                    w,
+                    core_events,
+                    seed,
+                    crate::core::TICK_MS,
+                    crate::core::CATCH_UP_TICK_MS,
+                    max_wait,
+                )
             })
             .await
             .context("core benchmark thread")

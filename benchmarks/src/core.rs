@@ -27,6 +27,8 @@ use crate::gen::{Generator, Tally};
 
 /// The service's defaults (`config.rs`): tick, horizons, limits.
 pub const TICK_MS: u64 = 100;
+/// The service's default `analytics.dataflow.catch_up_tick`, ms.
+pub const CATCH_UP_TICK_MS: u64 = 1_000;
 const LIVE_HORIZON_MS: u64 = 25 * 3_600_000;
 const ACTIVE_USERS_MS: u64 = 5 * 60_000;
 const MAX_DIMENSION_VALUES: usize = 1_000;
@@ -104,6 +106,7 @@ pub fn run(
     events: u64,
     seed: u64,
     tick_ms: u64,
+    catch_up_tick_ms: u64,
     max_wait: Duration,
 ) -> anyhow::Result<CoreResult> {
     anyhow::ensure!(workers >= 1, "-w must be at least 1");
@@ -159,6 +162,7 @@ pub fn run(
             session_timeout_ms: 30_000,
             poll_budget: POLL_BUDGET,
             max_pending_rows: MAX_PENDING_ROWS,
+            catch_up_tick_ms,
             time_bounds: TimeBounds {
                 max_age_us: 90 * 86_400 * 1_000_000,
                 max_future_us: 86_400 * 1_000_000,

@@ -54,6 +54,11 @@ enum Command {
         /// Processing-time tick, ms (the service's default is 100).
         #[arg(long, default_value_t = benchmarks::core::TICK_MS)]
         tick_ms: u64,
+        /// Longest tick while the source is behind, ms (the service's
+        /// `analytics.dataflow.catch_up_tick`, default 1000); equal to
+        /// `--tick-ms` for fixed ticks.
+        #[arg(long, default_value_t = benchmarks::core::CATCH_UP_TICK_MS)]
+        catch_up_tick_ms: u64,
         /// Longest wait for the snapshot to count every event, seconds.
         #[arg(long, default_value_t = 600)]
         max_wait: u64,
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             events,
             seed,
             tick_ms,
+            catch_up_tick_ms,
             max_wait,
             json,
         } => {
@@ -137,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                 events,
                 seed,
                 tick_ms,
+                catch_up_tick_ms,
                 Duration::from_secs(max_wait),
             )?;
             if json {

@@ -31,7 +31,7 @@ use crate::event::{
     TimeBounds,
 };
 use crate::metrics;
-use crate::time::{current_tick, now_ms};
+use crate::time::now_ms;
 use crate::validate::{CachedValidators, Registry};
 
 /// How to reach Kafka, and how to read from it.
@@ -45,6 +45,8 @@ pub struct KafkaSettings {
     pub poll_budget: usize,
     /// Stop polling while this many rows of this worker wait for PostgreSQL.
     pub max_pending_rows: i64,
+    /// Longest tick while a source is behind (see [`crate::time::TickPolicy`]).
+    pub catch_up_tick_ms: u64,
     pub time_bounds: TimeBounds,
 }
 
@@ -215,6 +217,12 @@ pub fn kafka_source<'s>(
         // Per partition read this time: its next offset and how many messages.
         let mut moved: HashMap<Partition, (i64, u64)> = HashMap::new();
         let tick_ms = ctx.tick_ms;
+        let ticks = crate::time::TickPolicy {
+            tick_ms,
+            catch_up_ms: ctx.settings.catch_up_tick_ms.max(tick_ms),
+        };
+        // The previous read filled its budget: more is waiting.
+        let mut behind = false;
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
@@ -230,10 +238,11 @@ pub fn kafka_source<'s>(
                 capability = None;
                 return;
             }
-            let tick = current_tick(tick_ms);
+            let tick = ticks.advance(*cap.time(), behind, now_ms());
             if *cap.time() < tick {
                 cap.downgrade(&tick);
             }
+            behind = false;
             if !started {
                 if frontier.less_equal(&0) {
                     activator.activate_after(Duration::from_millis(tick_ms));
@@ -349,6 +358,7 @@ pub fn kafka_source<'s>(
                 }
             }
             if read >= ctx.settings.poll_budget {
+                behind = true;
                 activator.activate();
             } else {
                 activator.activate_after(Duration::from_millis(5));

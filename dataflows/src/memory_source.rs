@@ -16,7 +16,7 @@ use timely::dataflow::Stream;
 use crate::event::{EventSource, PartitionOffset, Record};
 use crate::kafka_source::{decode, SourceContext};
 use crate::metrics;
-use crate::time::{current_tick, now_ms};
+use crate::time::now_ms;
 use crate::validate::CachedValidators;
 
 /// Where the payloads of a [`memory_source`] come from.
@@ -47,6 +47,11 @@ pub fn memory_source<'s>(
         let mut offset = 0i64;
         let mut payloads = Vec::new();
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
+        let ticks = crate::time::TickPolicy {
+            tick_ms: ctx.tick_ms,
+            catch_up_ms: ctx.settings.catch_up_tick_ms.max(ctx.tick_ms),
+        };
+        let mut behind = false;
         move |(input, frontier), output| {
             input.for_each(|_cap, data| data.clear());
             let Some(cap) = capability.as_mut() else {
@@ -56,10 +61,11 @@ pub fn memory_source<'s>(
                 capability = None;
                 return;
             }
-            let tick = current_tick(ctx.tick_ms);
+            let tick = ticks.advance(*cap.time(), behind, now_ms());
             if *cap.time() < tick {
                 cap.downgrade(&tick);
             }
+            behind = false;
             if frontier.less_equal(&0) {
                 activator.activate_after(Duration::from_millis(ctx.tick_ms));
                 return;
@@ -74,6 +80,7 @@ pub fn memory_source<'s>(
                 capability = None;
                 return;
             }
+            behind = payloads.len() >= ctx.settings.poll_budget;
             let now_us = (now_ms() as i64) * 1000;
             let mut session = output.session(&*cap);
             for payload in payloads.drain(..) {

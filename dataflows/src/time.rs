@@ -25,6 +25,35 @@ pub fn tick_ceil(ms: u64, tick_ms: u64) -> u64 {
     ms.div_ceil(tick) * tick
 }
 
+/// When a source moves its capability to the current tick.
+///
+/// Normally every tick: live state advances every `tick_ms`. While the
+/// source is behind (its previous read filled the whole poll budget, so
+/// more is waiting), it keeps stamping what it reads with the tick it holds
+/// for up to `catch_up_ms`: a backlog is then processed in ticks of up to
+/// `catch_up_ms`, and the per-tick work (one update per window touched, one
+/// snapshot, one commit group) is spread over more events. Live state is
+/// stale while a backlog lasts anyway; as soon as a read comes back short
+/// the source is caught up and ticks are `tick_ms` again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickPolicy {
+    pub tick_ms: u64,
+    pub catch_up_ms: u64,
+}
+
+impl TickPolicy {
+    /// The time to hold, given the time held, whether the source is behind
+    /// and the wall clock.
+    pub fn advance(&self, held: u64, behind: bool, now_ms: u64) -> u64 {
+        let now = tick_floor(now_ms, self.tick_ms);
+        if behind && now < held.saturating_add(self.catch_up_ms) {
+            held
+        } else {
+            now.max(held)
+        }
+    }
+}
+
 /// The least time of a `u64` frontier; `u64::MAX` once it is empty.
 pub fn frontier_min(frontier: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
     frontier
@@ -43,6 +72,28 @@ pub fn current_tick(tick_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_behind_holds_its_tick_up_to_the_catch_up_bound() {
+        let p = TickPolicy {
+            tick_ms: 100,
+            catch_up_ms: 1_000,
+        };
+        // Caught up: every tick.
+        assert_eq!(p.advance(1_000, false, 1_250), 1_200);
+        // Behind: the held tick stays until catch_up_ms have passed.
+        assert_eq!(p.advance(1_000, true, 1_250), 1_000);
+        assert_eq!(p.advance(1_000, true, 1_999), 1_000);
+        assert_eq!(p.advance(1_000, true, 2_000), 2_000);
+        // Never backwards.
+        assert_eq!(p.advance(2_000, false, 1_950), 2_000);
+        // catch_up_ms equal to the tick: every tick, behind or not.
+        let fixed = TickPolicy {
+            tick_ms: 100,
+            catch_up_ms: 100,
+        };
+        assert_eq!(fixed.advance(1_000, true, 1_100), 1_100);
+    }
 
     #[test]
     fn rounding() {
