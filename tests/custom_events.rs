@@ -280,7 +280,7 @@ async fn rest_violations_are_refused_with_pointers_and_become_dead_letters() {
         json!([
             {"event_type": "kyc.checked", "properties": {"level": 2}},
             {"event_type": "kyc.checked", "properties": {}},
-            {"event_type": "order.placed", "properties": {"symbol": "BTCUSDT", "side": "buy", "price": "cheap"}},
+            {"event_type": "order.placed", "properties": {"symbol": "BTCUSDT", "side": "bid", "price": "cheap"}},
         ]),
     )
     .await;
@@ -324,11 +324,17 @@ async fn rest_violations_are_refused_with_pointers_and_become_dead_letters() {
         "/api/v1/events",
         json!([
             {"event_type": "kyc.checked", "properties": {"level": 2, "country": "FR"}},
-            {"event_type": "order.placed", "properties": {"symbol": "BTCUSDT", "side": "BUY", "price": "50000.5"}},
+            {"event_type": "order.placed", "properties": {"symbol": "BTCUSDT", "side": "buy", "price": "50000.5"}},
         ]),
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    // A side in another case is accepted and stored in its canonical form.
+    assert_eq!(
+        env.count("SELECT count(*) FROM events WHERE event_type = 'order.placed' AND properties->>'side' = 'BUY'")
+            .await,
+        1
+    );
     let failed = metric(
         &env,
         "analytics_events_failed_total{reason=\"schema_violation\"}",

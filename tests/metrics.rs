@@ -153,6 +153,11 @@ async fn check_metric(
             "{metric} {start}: max"
         );
         for (q, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+            let estimate = point[name].as_f64().expect(name);
+            assert!(
+                point["min"].as_f64() <= Some(estimate) && Some(estimate) <= point["max"].as_f64(),
+                "{metric} {interval} {start}: {name} {estimate} outside [min, max] {point}"
+            );
             close(
                 &point[name],
                 exact_quantile(values, q),

@@ -236,7 +236,7 @@ pub async fn replay(
         .schemas
         .registry()
         .snapshot()
-        .validate(&event)
+        .validate(&mut event)
         .map_err(|r| still_invalid(r.reason, r.errors))?;
     let new = crate::events::commit_events(&state, &[event]).await?;
     let replayed_at = sink::dead_letters::mark_replayed(&state.pool, id, event_id).await?;

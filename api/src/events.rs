@@ -88,7 +88,7 @@ pub async fn ingest(
             now_us,
             state.settings.time_bounds,
         ) {
-            Ok(event) => match validators.validate(&event) {
+            Ok(mut event) => match validators.validate(&mut event) {
                 Ok(()) => events.push(event),
                 Err(rejection) => {
                     for e in &rejection.errors {

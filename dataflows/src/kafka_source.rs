@@ -384,7 +384,7 @@ pub(crate) fn decode(
         _ => uuid::Uuid::new_v4(),
     };
     match parse_event(payload, source.clone(), id, now_us, bounds) {
-        Ok(event) => match validators.current().validate(&event) {
+        Ok(mut event) => match validators.current().validate(&mut event) {
             Ok(()) => Record::Event(event),
             Err(rejection) => Record::Dead(rejection.into_dead_letter(payload, source, now_us)),
         },

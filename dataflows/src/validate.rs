@@ -219,10 +219,15 @@ impl ValidatorSet {
     }
 
     /// Checks a parsed event: built-in checks for known types, the schema of
-    /// its definition for custom types.
-    pub fn validate(&self, event: &Event) -> Result<(), Rejection> {
+    /// its definition for custom types. A known type's fixed-spelling value
+    /// written in another case (`"side": "buy"`) is accepted and rewritten
+    /// in its canonical form (`"BUY"`), which is what is stored.
+    pub fn validate(&self, event: &mut Event) -> Result<(), Rejection> {
         if is_known_type(&event.event_type) {
-            return builtin_check(&event.event_type, &event.properties);
+            if let Some(side) = builtin_check(&event.event_type, &event.properties)? {
+                event.properties = with_side(&event.properties, side);
+            }
+            return Ok(());
         }
         let Some(compiled) = self.by_name.get(&event.event_type) else {
             return Ok(());
@@ -393,9 +398,14 @@ fn as_string(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
 /// Built-in checks of a known type's `properties` (JSON object text):
 /// `order.*` events need a non-empty string `symbol`; wherever present,
 /// `symbol`, `order_id` and `strategy_id` are strings, `side` is `BUY` or
-/// `SELL`, and `price` and `quantity` are finite numbers or numeric strings.
-/// `null` counts as absent.
-pub fn builtin_check(event_type: &str, properties: &str) -> Result<(), Rejection> {
+/// `SELL` in any case (surrounding blanks ignored), and `price` and
+/// `quantity` are finite numbers or numeric strings. `null` counts as
+/// absent. `Ok(Some(side))` asks for `side` to be stored as `side` (it was
+/// written in another spelling).
+pub fn builtin_check(
+    event_type: &str,
+    properties: &str,
+) -> Result<Option<&'static str>, Rejection> {
     let fields: TradingFields<'_> = serde_json::from_str(properties).map_err(|e| {
         Rejection::new(
             DeadReason::InvalidField,
@@ -418,12 +428,18 @@ pub fn builtin_check(event_type: &str, properties: &str) -> Result<(), Rejection
             )),
         }
     }
+    let mut rewrite = None;
     if let Some(raw) = fields.side {
-        if !matches!(as_string(raw).as_deref(), Some("BUY") | Some("SELL")) {
-            errors.push(field_error(
+        match as_string(raw).as_deref().map(canonical_side) {
+            Some(Some((side, exact))) => {
+                if !exact {
+                    rewrite = Some(side);
+                }
+            }
+            _ => errors.push(field_error(
                 "/properties/side",
-                "side must be \"BUY\" or \"SELL\"",
-            ));
+                "side must be \"BUY\" or \"SELL\" (any case)",
+            )),
         }
     }
     for (name, raw) in [("price", fields.price), ("quantity", fields.quantity)] {
@@ -456,9 +472,31 @@ pub fn builtin_check(event_type: &str, properties: &str) -> Result<(), Rejection
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(rewrite)
     } else {
         Err(Rejection::new(DeadReason::InvalidField, errors))
+    }
+}
+
+/// `BUY` or `SELL` for a side in any case, and whether it was written
+/// exactly so.
+fn canonical_side(written: &str) -> Option<(&'static str, bool)> {
+    ["BUY", "SELL"].into_iter().find_map(|side| {
+        written
+            .trim()
+            .eq_ignore_ascii_case(side)
+            .then_some((side, written == side))
+    })
+}
+
+/// `properties` (a JSON object, already parsed once) with `side` set.
+fn with_side(properties: &str, side: &str) -> String {
+    match serde_json::from_str::<serde_json::Map<String, Value>>(properties) {
+        Ok(mut map) => {
+            map.insert("side".into(), Value::String(side.into()));
+            Value::Object(map).to_string()
+        }
+        Err(_) => properties.to_string(),
     }
 }
 
@@ -506,10 +544,13 @@ mod tests {
         registry.replace(vec![spec("deposit", 1, deposit_schema())]);
         let set = registry.snapshot();
         assert!(set
-            .validate(&event("deposit", json!({"amount": 5, "currency": "USD"})))
+            .validate(&mut event(
+                "deposit",
+                json!({"amount": 5, "currency": "USD"})
+            ))
             .is_ok());
         let err = set
-            .validate(&event(
+            .validate(&mut event(
                 "deposit",
                 json!({"amount": -1, "currency": "GBP", "tags": ["a", 7]}),
             ))
@@ -526,12 +567,12 @@ mod tests {
             ]
         );
         let missing = set
-            .validate(&event("deposit", json!({})))
+            .validate(&mut event("deposit", json!({})))
             .expect_err("required");
         assert_eq!(missing.errors.len(), 2, "{missing:?}");
         assert!(missing.errors.iter().all(|e| e.pointer == "/properties"));
         // A type without a definition is accepted as it is.
-        assert!(set.validate(&event("other", json!({"x": 1}))).is_ok());
+        assert!(set.validate(&mut event("other", json!({"x": 1}))).is_ok());
     }
 
     #[test]
@@ -545,7 +586,7 @@ mod tests {
         let huge = "x".repeat(100_000);
         let err = registry
             .snapshot()
-            .validate(&event("note", json!({ "text": huge })))
+            .validate(&mut event("note", json!({ "text": huge })))
             .expect_err("too long");
         assert!(err.errors[0].message.len() <= MAX_MESSAGE_CHARS * 4);
         assert!(err.detail().len() < 2_000);
@@ -562,7 +603,7 @@ mod tests {
         let xs: Vec<i32> = (0..1000).collect();
         let err = registry
             .snapshot()
-            .validate(&event("many", json!({ "xs": xs })))
+            .validate(&mut event("many", json!({ "xs": xs })))
             .expect_err("1000 violations");
         assert_eq!(err.errors.len(), MAX_ERRORS + 1);
         assert!(err.errors[MAX_ERRORS].message.contains("936 more"));
@@ -615,9 +656,9 @@ mod tests {
         assert!(cached.current().is_empty());
         registry.replace(vec![spec("a", 1, json!({"required": ["x"]}))]);
         let e = event("a", json!({}));
-        assert!(cached.current().validate(&e).is_err());
+        assert!(cached.current().validate(&mut e.clone()).is_err());
         registry.replace(Vec::new());
-        assert!(cached.current().validate(&e).is_ok());
+        assert!(cached.current().validate(&mut e.clone()).is_ok());
     }
 
     #[test]
@@ -647,7 +688,12 @@ mod tests {
             ),
             (
                 "order.placed",
-                json!({"symbol": "X", "side": "buy"}),
+                json!({"symbol": "X", "side": "bye"}),
+                vec!["/properties/side"],
+            ),
+            (
+                "order.placed",
+                json!({"symbol": "X", "side": 1}),
                 vec!["/properties/side"],
             ),
             (
@@ -676,12 +722,30 @@ mod tests {
     }
 
     #[test]
+    fn side_is_accepted_in_any_case_and_stored_canonical() {
+        let registry = Registry::default();
+        for (written, stored) in [("buy", "BUY"), (" Sell ", "SELL"), ("BUY", "BUY")] {
+            let mut e = event(
+                "order.placed",
+                json!({"symbol": "X", "side": written, "price": 1.5}),
+            );
+            registry.snapshot().validate(&mut e).expect("accepted");
+            let p: Value = serde_json::from_str(&e.properties).expect("json");
+            assert_eq!(p["side"], stored, "{written}");
+            assert_eq!(p["symbol"], "X");
+            assert_eq!(p["price"], 1.5);
+        }
+        let exact = r#"{"side":"SELL","symbol":"X"}"#;
+        assert_eq!(builtin_check("order.placed", exact).ok(), Some(None));
+    }
+
+    #[test]
     fn builtin_types_ignore_definitions() {
         let registry = Registry::default();
         registry.replace(vec![spec("page.view", 1, json!(false))]);
         assert!(registry
             .snapshot()
-            .validate(&event("page.view", json!({})))
+            .validate(&mut event("page.view", json!({})))
             .is_ok());
     }
 }

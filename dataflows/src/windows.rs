@@ -281,12 +281,16 @@ impl Agg {
         self.has_values().then(|| from_nano(self.sum))
     }
 
+    /// The sketch's estimate of the value of rank `floor(q·(n−1))` (0-based,
+    /// the DDSketch convention; within 0.5 % of it), clamped to the
+    /// window's exact `[min, max]`: a bucket's representative value may lie
+    /// outside the values it holds, an answer never does.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.has_values() {
-            self.sketch.quantile(q)
-        } else {
-            None
+        if !self.has_values() {
+            return None;
         }
+        let estimate = self.sketch.quantile(q)?;
+        Some(estimate.clamp(from_nano(self.min), from_nano(self.max)))
     }
 
     /// The stored form (bincode 2, standard configuration): the whole
@@ -433,6 +437,34 @@ mod tests {
     use super::*;
 
     use super::test_spec as spec;
+
+    #[test]
+    fn quantiles_stay_inside_the_exact_min_and_max() {
+        // One value: its bucket's estimate lies above it (the case seen in
+        // a 1m window: p99 50,265.67 with max 50,248.93).
+        let one = Agg::of_value(50_248.93);
+        assert!(one.sketch.quantile(0.99).expect("estimate") > 50_248.93);
+        for q in [0.0, 0.5, 0.99, 1.0] {
+            assert_eq!(one.quantile(q), Some(50_248.93), "q {q}");
+        }
+        // Many values: every estimate within [min, max] and within 0.5 %
+        // of the exact rank floor(q·(n−1)).
+        let mut agg = Agg::default();
+        let values: Vec<f64> = (1..=1000).map(|i| 100.0 + f64::from(i) * 0.37).collect();
+        for v in &values {
+            agg.plus_equals(&Agg::of_value(*v));
+        }
+        for q in [0.0, 0.5, 0.9, 0.95, 0.99, 1.0] {
+            let got = agg.quantile(q).expect("quantile");
+            let exact = values[(q * 999.0).floor() as usize];
+            assert!((values[0]..=values[999]).contains(&got), "q {q}: {got}");
+            assert!(
+                (got - exact).abs() <= exact * 0.005,
+                "q {q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(Agg::default().quantile(0.5), None);
+    }
 
     #[test]
     fn agg_bytes_round_trip() {
