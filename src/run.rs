@@ -1,6 +1,8 @@
 //! Wiring: PostgreSQL (migrations, partitions, restore), the timely
 //! workers, the sink writer, Kafka offset commits, the three HTTP servers,
-//! and shutdown (stop ingesting, drain the sink, exit).
+//! and shutdown (stop ingesting, drain the sink within the grace period,
+//! exit). [`run`] reads as the lifecycle: restore, spawn background tasks,
+//! start the dataflow, serve, shut down.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -253,279 +255,36 @@ async fn shutdown_signal(flag: Arc<AtomicBool>) {
     flag.store(true, Ordering::SeqCst);
 }
 
-/// `analytics run`.
+/// `analytics run`: the lifecycle, one step per function below, in order.
 pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::Result<()> {
     exit_on_dataflow_panic();
-    dataflows::metrics::init(&config.kafka.topics);
-    sink::metrics::init();
-    api::metrics::init();
-    if config.security.api_key_enabled {
-        info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
-    }
+    register_metrics(&config);
     let rt = runtime()?;
-    let timely_config = cluster.timely_config()?;
-    let tick_ms = config.analytics.dataflow.tick.as_millis().max(1) as u64;
-    let horizon_ms = config.analytics.dataflow.live_horizon.as_millis() as u64;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let window_spec = Arc::new(window_spec(&config, tick_ms));
-    let time_bounds = TimeBounds {
-        max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
-        max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
-    };
-
-    let validators = Arc::new(dataflows::validate::Registry::default());
-    let (pool, partitions, restored, schemas) = rt.block_on(async {
-        let pool = prepare_database(&config).await?;
-        // Custom event schemas are in force before the first message is read.
-        let schemas = Arc::new(sink::schema_sync::SchemaSync::new(
-            pool.clone(),
-            Arc::clone(&validators),
-        ));
-        schemas.reload().await.context("custom event definitions")?;
-        let partitions = Arc::new(Partitions::default());
-        let client = pool.get().await?;
-        partitions
-            .ensure_ahead(
-                &**client,
-                dataflows::time::now_ms() as i64 * 1000,
-                config.analytics.dataflow.partitions_ahead_days,
-            )
-            .await?;
-        drop(client);
-        let restored = if cluster.process == 0 {
-            let now_ms = dataflows::time::now_ms();
-            let from_second = (now_ms as i64 - horizon_ms as i64) / 1000 - 2;
-            let users_ms = config.analytics.dashboard.active_users_window.as_millis() as i64;
-            let users_from = (now_ms as i64 - users_ms) / 1000 - 2;
-            let r = sink::queries::restore(&pool, from_second, &window_spec, now_ms, users_from)
-                .await?;
-            info!(
-                counts = r.counts.len(),
-                offsets = r.offsets.len(),
-                windows = r.windows.len(),
-                users = r.users.len(),
-                strategies = r.strategies.len(),
-                "restored state from postgresql"
-            );
-            r
-        } else {
-            Restored::default()
-        };
-        anyhow::Ok((pool, partitions, restored, schemas))
-    })?;
-    rt.spawn(
-        Arc::clone(&schemas)
-            .run(db_settings(&config), SCHEMA_REFRESH)
-            .instrument(tracing::info_span!("schema_sync")),
-    );
-
-    rt.spawn(
-        retention_loop(
-            pool.clone(),
-            Arc::clone(&partitions),
-            retention_policy(&config),
-        )
-        .instrument(tracing::info_span!("retention")),
-    );
-
-    let kafka = KafkaSettings {
-        brokers: config.kafka_brokers(),
-        group_id: config.kafka.consumer_group.clone(),
-        topics: config.kafka.topics.clone(),
-        session_timeout_ms: config.kafka.session_timeout.as_millis() as u64,
-        poll_budget: config.analytics.dataflow.poll_budget,
-        max_pending_rows: config.analytics.dataflow.max_pending_rows,
-        catch_up_tick_ms: config.analytics.dataflow.catch_up_tick.as_millis() as u64,
-        time_bounds,
-    };
-    let directory = Arc::new(PartitionDirectory::default());
-    let positions: sink::writer::Positions = Arc::new(RwLock::new(
-        restored
-            .offsets
-            .iter()
-            .map(|(t, p, o)| ((Arc::clone(t), *p), *o))
-            .collect(),
-    ));
-    let _metadata = spawn_metadata_refresher(
-        kafka.clone(),
-        Arc::clone(&directory),
-        Arc::clone(&positions),
-        Duration::from_secs(5),
-        Arc::clone(&shutdown),
-    )?;
-    let group_commits = spawn_group_committer(&kafka, Arc::clone(&shutdown))?;
-
-    let (sink_tx, sink_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (feed, _) = tokio::sync::broadcast::channel(4096);
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(LiveSnapshot::default()));
-    let committed = Arc::new(CommittedQueue::default());
-    let committed_windows = Arc::new(CommittedQueue::default());
-    let stats = Arc::new(sink::metrics::IngestionStats::default());
-    let sink_degraded = Arc::new(AtomicBool::new(false));
-    let group_commits = Mutex::new(group_commits);
-    let writer = rt.spawn(sink::writer::run(
-        sink::writer::WriterContext {
-            pool: pool.clone(),
-            partitions: Arc::clone(&partitions),
-            stats: Arc::clone(&stats),
-            positions: Arc::clone(&positions),
-            on_commit: Some(Box::new(move |offsets| {
-                if let Ok(tx) = group_commits.lock() {
-                    let _ = tx.send(offsets.to_vec());
-                }
-            })),
-            degraded: Arc::clone(&sink_degraded),
-            max_group_rows: config.analytics.dataflow.max_commit_rows,
-            feed: Some(feed.clone()),
-        },
-        sink_rx,
-    ));
-
-    let acks: Vec<Arc<WorkerAck>> = (0..cluster.workers)
-        .map(|_| Arc::new(WorkerAck::default()))
-        .collect();
-    let ctx = Arc::new(ProcessContext {
-        kafka,
-        tick_ms,
-        horizon_ms,
-        active_users_ms: config.analytics.dashboard.active_users_window.as_millis() as u64,
-        windows: Arc::clone(&window_spec),
-        workers_per_process: cluster.workers,
-        directory,
-        sink: sink_tx,
-        acks: acks.clone(),
-        committed: Arc::clone(&committed),
-        committed_windows: Arc::clone(&committed_windows),
-        snapshots: Arc::new(snap_tx),
-        restored: Mutex::new(Some(restored)),
-        shutdown: Arc::clone(&shutdown),
-        validators,
-        feed: None,
-    });
-    let worker_ctx = Arc::clone(&ctx);
-    let guards = timely::execute(timely_config, move |worker| {
-        pipeline::run_worker(worker, &worker_ctx);
-        if !worker_ctx.shutdown.load(Ordering::SeqCst) {
-            error!(
-                worker = worker.index(),
-                "dataflow worker stopped without a shutdown request; exiting (status {EXIT_DATAFLOW_FAILED}) so that the supervisor restarts the process"
-            );
-            std::process::exit(EXIT_DATAFLOW_FAILED);
-        }
-        info!(worker = worker.index(), "worker finished");
-    })
-    .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
-    drop(ctx);
-    info!(
-        workers = cluster.workers,
-        processes = cluster.processes,
-        process = cluster.process,
-        "dataflow started"
-    );
-
-    let state = api::AppState {
-        settings: Arc::new(api::ApiSettings {
-            default_limit: config.analytics.query.default_limit,
-            max_results: config.analytics.query.max_results,
-            max_body_bytes: config.server.max_body_bytes,
-            max_batch_events: config.server.max_batch_events,
-            request_timeout: config.server.write_timeout,
-            cors_enabled: config.security.cors.enabled,
-            cors_origins: config.security.cors.allowed_origins.clone(),
-            cors_methods: config.security.cors.allowed_methods.clone(),
-            cors_headers: config.security.cors.allowed_headers.clone(),
-            time_bounds,
-            max_points: config.analytics.query.max_points,
-            orders_window_secs: config.analytics.dashboard.orders_window.as_secs() as i64,
-            strategy_timeout_us: config.analytics.dashboard.strategy_timeout.as_micros() as i64,
-            session_timeout: config.analytics.dashboard.session_timeout,
-            api_key_enabled: config.security.api_key_enabled,
-            api_key_cache_ttl: config.security.api_key_cache_ttl,
-        }),
-        pool: pool.clone(),
-        partitions: Arc::clone(&partitions),
-        snapshots: snap_rx,
-        committed,
-        committed_windows,
-        feed,
-        windows: window_spec,
-        guard: Arc::new(std::sync::Mutex::new(Default::default())),
-        cache: api::cache::Cache::new(&redis_url(&config), config.analytics.query.cache_ttl),
-        stats,
-        sink_degraded,
-        rate_limiter: rate_limiter(&config),
-        schemas,
-        dataflow: Arc::new(dataflows::liveness::DataflowWatch {
-            workers: acks.clone(),
-            max_staleness: config.health.max_staleness,
-            stuck_after: config.health.liveness_timeout,
-        }),
-    };
-
+    let basis = Basis::of(&config);
+    let mut stored = rt.block_on(restore(&config, &cluster, &basis))?;
+    let background = spawn_background(&rt, &config, &basis, &stored)?;
+    let restored = std::mem::take(&mut stored.restored);
+    let dataflow = start_dataflow(&config, &cluster, &basis, restored, &background)?;
+    let state = app_state(&config, &basis, &stored, &background, &dataflow);
     let result = rt.block_on(async {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|v| *v).await;
-            }
-        };
-        let host = config.server.host.clone();
-        let api_listener = TcpListener::bind((host.as_str(), config.server.port))
-            .await
-            .with_context(|| format!("bind {host}:{}", config.server.port))?;
-        let health_listener = TcpListener::bind((host.as_str(), config.health.port))
-            .await
-            .with_context(|| format!("bind {host}:{}", config.health.port))?;
-        let mut servers = vec![
-            tokio::spawn(api::serve(
-                api_listener,
-                api::router(state.clone()),
-                stopped(),
-            )),
-            tokio::spawn(api::serve(
-                health_listener,
-                api::health_router(state.clone()),
-                stopped(),
-            )),
-        ];
-        if config.metrics.enabled {
-            let metrics_listener = TcpListener::bind((host.as_str(), config.metrics.port))
-                .await
-                .with_context(|| format!("bind {host}:{}", config.metrics.port))?;
-            servers.push(tokio::spawn(api::serve(
-                metrics_listener,
-                api::metrics_router(&config.metrics.path, state.snapshots.clone()),
-                stopped(),
-            )));
-        }
-        info!(
-            port = config.server.port,
-            health = config.health.port,
-            metrics = config.metrics.port,
-            "serving"
-        );
+        let (servers, stop) = serve(&config, state).await?;
         let demo = demo_rate.map(|rate| {
             crate::demo::spawn(
                 config.kafka_brokers(),
                 config.kafka.topics.clone(),
                 rate,
-                Arc::clone(&shutdown),
+                Arc::clone(&basis.shutdown),
             )
         });
-
-        shutdown_signal(Arc::clone(&shutdown)).await;
-        shut_down(
-            config.server.shutdown_timeout,
-            Stopping {
-                guards,
-                writer,
-                servers,
-                stop: stop_tx,
-                acks,
-            },
-        )
-        .await;
+        shutdown_signal(Arc::clone(&basis.shutdown)).await;
+        let stopping = Stopping {
+            guards: dataflow.guards,
+            writer: background.writer,
+            servers,
+            stop,
+            acks: dataflow.acks,
+        };
+        shut_down(config.server.shutdown_timeout, stopping).await;
         if let Some(Ok(handle)) = demo {
             if handle.is_finished() {
                 let _ = handle.join();
@@ -538,6 +297,357 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     rt.shutdown_background();
     info!("stopped");
     result
+}
+
+/// Every metric, with a series per known label value, before anything runs.
+fn register_metrics(config: &Config) {
+    dataflows::metrics::init(&config.kafka.topics);
+    sink::metrics::init();
+    api::metrics::init();
+    if config.security.api_key_enabled {
+        info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
+    }
+}
+
+/// What every step shares: settings derived from the configuration, the
+/// validators and the shutdown flag.
+struct Basis {
+    tick_ms: u64,
+    horizon_ms: u64,
+    window_spec: Arc<WindowSpec>,
+    time_bounds: TimeBounds,
+    validators: Arc<dataflows::validate::Registry>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Basis {
+    fn of(config: &Config) -> Basis {
+        let tick_ms = config.analytics.dataflow.tick.as_millis().max(1) as u64;
+        Basis {
+            tick_ms,
+            horizon_ms: config.analytics.dataflow.live_horizon.as_millis() as u64,
+            window_spec: Arc::new(window_spec(config, tick_ms)),
+            time_bounds: TimeBounds {
+                max_age_us: config.analytics.retention.raw_events.as_micros() as i64,
+                max_future_us: config.analytics.dataflow.max_future.as_micros() as i64,
+            },
+            validators: Arc::new(dataflows::validate::Registry::default()),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// What [`restore`] reads from PostgreSQL.
+struct Stored {
+    pool: Pool,
+    partitions: Arc<Partitions>,
+    schemas: Arc<sink::schema_sync::SchemaSync>,
+    restored: Restored,
+}
+
+/// Migrations, partitions, custom event schemas (in force before the first
+/// message is read), and on process 0 the live state stored in PostgreSQL.
+async fn restore(config: &Config, cluster: &Cluster, basis: &Basis) -> anyhow::Result<Stored> {
+    let pool = prepare_database(config).await?;
+    let schemas = Arc::new(sink::schema_sync::SchemaSync::new(
+        pool.clone(),
+        Arc::clone(&basis.validators),
+    ));
+    schemas.reload().await.context("custom event definitions")?;
+    let partitions = Arc::new(Partitions::default());
+    let client = pool.get().await?;
+    partitions
+        .ensure_ahead(
+            &**client,
+            dataflows::time::now_ms() as i64 * 1000,
+            config.analytics.dataflow.partitions_ahead_days,
+        )
+        .await?;
+    drop(client);
+    let restored = if cluster.process == 0 {
+        let now_ms = dataflows::time::now_ms();
+        let from_second = (now_ms as i64 - basis.horizon_ms as i64) / 1000 - 2;
+        let users_ms = config.analytics.dashboard.active_users_window.as_millis() as i64;
+        let users_from = (now_ms as i64 - users_ms) / 1000 - 2;
+        let r = sink::queries::restore(&pool, from_second, &basis.window_spec, now_ms, users_from)
+            .await?;
+        info!(
+            counts = r.counts.len(),
+            offsets = r.offsets.len(),
+            windows = r.windows.len(),
+            users = r.users.len(),
+            strategies = r.strategies.len(),
+            "restored state from postgresql"
+        );
+        r
+    } else {
+        Restored::default()
+    };
+    Ok(Stored {
+        pool,
+        partitions,
+        schemas,
+        restored,
+    })
+}
+
+/// The background tasks and the channels that join them to the dataflow
+/// and the API.
+struct Background {
+    kafka: KafkaSettings,
+    directory: Arc<PartitionDirectory>,
+    sink: tokio::sync::mpsc::UnboundedSender<dataflows::durable::SinkBatch>,
+    writer: tokio::task::JoinHandle<()>,
+    feed: sink::writer::EventFeed,
+    stats: Arc<sink::metrics::IngestionStats>,
+    sink_degraded: Arc<AtomicBool>,
+}
+
+/// Schema sync, retention, Kafka metadata refresh, Kafka group commits
+/// (for lag monitoring), and the sink writer.
+fn spawn_background(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    basis: &Basis,
+    stored: &Stored,
+) -> anyhow::Result<Background> {
+    rt.spawn(
+        Arc::clone(&stored.schemas)
+            .run(db_settings(config), SCHEMA_REFRESH)
+            .instrument(tracing::info_span!("schema_sync")),
+    );
+    rt.spawn(
+        retention_loop(
+            stored.pool.clone(),
+            Arc::clone(&stored.partitions),
+            retention_policy(config),
+        )
+        .instrument(tracing::info_span!("retention")),
+    );
+    let kafka = KafkaSettings {
+        brokers: config.kafka_brokers(),
+        group_id: config.kafka.consumer_group.clone(),
+        topics: config.kafka.topics.clone(),
+        session_timeout_ms: config.kafka.session_timeout.as_millis() as u64,
+        poll_budget: config.analytics.dataflow.poll_budget,
+        max_pending_rows: config.analytics.dataflow.max_pending_rows,
+        catch_up_tick_ms: config.analytics.dataflow.catch_up_tick.as_millis() as u64,
+        time_bounds: basis.time_bounds,
+    };
+    let directory = Arc::new(PartitionDirectory::default());
+    let positions: sink::writer::Positions = Arc::new(RwLock::new(
+        stored
+            .restored
+            .offsets
+            .iter()
+            .map(|(t, p, o)| ((Arc::clone(t), *p), *o))
+            .collect(),
+    ));
+    // Runs until shutdown; nothing waits for it.
+    spawn_metadata_refresher(
+        kafka.clone(),
+        Arc::clone(&directory),
+        Arc::clone(&positions),
+        Duration::from_secs(5),
+        Arc::clone(&basis.shutdown),
+    )?;
+    let group_commits = Mutex::new(spawn_group_committer(&kafka, Arc::clone(&basis.shutdown))?);
+    let (sink, sink_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (feed, _) = tokio::sync::broadcast::channel(4096);
+    let stats = Arc::new(sink::metrics::IngestionStats::default());
+    let sink_degraded = Arc::new(AtomicBool::new(false));
+    let writer = rt.spawn(sink::writer::run(
+        sink::writer::WriterContext {
+            pool: stored.pool.clone(),
+            partitions: Arc::clone(&stored.partitions),
+            stats: Arc::clone(&stats),
+            positions,
+            on_commit: Some(Box::new(move |offsets| {
+                if let Ok(tx) = group_commits.lock() {
+                    let _ = tx.send(offsets.to_vec());
+                }
+            })),
+            degraded: Arc::clone(&sink_degraded),
+            max_group_rows: config.analytics.dataflow.max_commit_rows,
+            feed: Some(feed.clone()),
+        },
+        sink_rx,
+    ));
+    Ok(Background {
+        kafka,
+        directory,
+        sink,
+        writer,
+        feed,
+        stats,
+        sink_degraded,
+    })
+}
+
+/// The running dataflow and what the API reads of it.
+struct Dataflow {
+    guards: timely::communication::WorkerGuards<()>,
+    acks: Vec<Arc<WorkerAck>>,
+    snapshots: watch::Receiver<Arc<LiveSnapshot>>,
+    committed: Arc<CommittedQueue<dataflows::Event>>,
+    committed_windows:
+        Arc<CommittedQueue<(dataflows::windows::WindowKey, dataflows::windows::Agg)>>,
+}
+
+/// Starts the timely workers (connecting to the cluster's peers first).
+fn start_dataflow(
+    config: &Config,
+    cluster: &Cluster,
+    basis: &Basis,
+    restored: Restored,
+    background: &Background,
+) -> anyhow::Result<Dataflow> {
+    let (snap_tx, snapshots) = watch::channel(Arc::new(LiveSnapshot::default()));
+    let committed = Arc::new(CommittedQueue::default());
+    let committed_windows = Arc::new(CommittedQueue::default());
+    let acks: Vec<Arc<WorkerAck>> = (0..cluster.workers)
+        .map(|_| Arc::new(WorkerAck::default()))
+        .collect();
+    let ctx = Arc::new(ProcessContext {
+        kafka: background.kafka.clone(),
+        tick_ms: basis.tick_ms,
+        horizon_ms: basis.horizon_ms,
+        active_users_ms: config.analytics.dashboard.active_users_window.as_millis() as u64,
+        windows: Arc::clone(&basis.window_spec),
+        workers_per_process: cluster.workers,
+        directory: Arc::clone(&background.directory),
+        sink: background.sink.clone(),
+        acks: acks.clone(),
+        committed: Arc::clone(&committed),
+        committed_windows: Arc::clone(&committed_windows),
+        snapshots: Arc::new(snap_tx),
+        restored: Mutex::new(Some(restored)),
+        shutdown: Arc::clone(&basis.shutdown),
+        validators: Arc::clone(&basis.validators),
+        feed: None,
+    });
+    let guards = timely::execute(cluster.timely_config()?, move |worker| {
+        pipeline::run_worker(worker, &ctx);
+        if !ctx.shutdown.load(Ordering::SeqCst) {
+            error!(
+                worker = worker.index(),
+                "dataflow worker stopped without a shutdown request; exiting (status {EXIT_DATAFLOW_FAILED}) so that the supervisor restarts the process"
+            );
+            std::process::exit(EXIT_DATAFLOW_FAILED);
+        }
+        info!(worker = worker.index(), "worker finished");
+    })
+    .map_err(|e| anyhow::anyhow!("timely: {e}"))?;
+    info!(
+        workers = cluster.workers,
+        processes = cluster.processes,
+        process = cluster.process,
+        "dataflow started"
+    );
+    Ok(Dataflow {
+        guards,
+        acks,
+        snapshots,
+        committed,
+        committed_windows,
+    })
+}
+
+/// The handlers' shared state.
+fn app_state(
+    config: &Config,
+    basis: &Basis,
+    stored: &Stored,
+    background: &Background,
+    dataflow: &Dataflow,
+) -> api::AppState {
+    api::AppState {
+        settings: Arc::new(api::ApiSettings {
+            default_limit: config.analytics.query.default_limit,
+            max_results: config.analytics.query.max_results,
+            max_body_bytes: config.server.max_body_bytes,
+            max_batch_events: config.server.max_batch_events,
+            request_timeout: config.server.write_timeout,
+            cors_enabled: config.security.cors.enabled,
+            cors_origins: config.security.cors.allowed_origins.clone(),
+            cors_methods: config.security.cors.allowed_methods.clone(),
+            cors_headers: config.security.cors.allowed_headers.clone(),
+            time_bounds: basis.time_bounds,
+            max_points: config.analytics.query.max_points,
+            orders_window_secs: config.analytics.dashboard.orders_window.as_secs() as i64,
+            strategy_timeout_us: config.analytics.dashboard.strategy_timeout.as_micros() as i64,
+            session_timeout: config.analytics.dashboard.session_timeout,
+            api_key_enabled: config.security.api_key_enabled,
+            api_key_cache_ttl: config.security.api_key_cache_ttl,
+        }),
+        pool: stored.pool.clone(),
+        partitions: Arc::clone(&stored.partitions),
+        snapshots: dataflow.snapshots.clone(),
+        committed: Arc::clone(&dataflow.committed),
+        committed_windows: Arc::clone(&dataflow.committed_windows),
+        feed: background.feed.clone(),
+        windows: Arc::clone(&basis.window_spec),
+        guard: Arc::new(std::sync::Mutex::new(Default::default())),
+        cache: api::cache::Cache::new(&redis_url(config), config.analytics.query.cache_ttl),
+        stats: Arc::clone(&background.stats),
+        sink_degraded: Arc::clone(&background.sink_degraded),
+        rate_limiter: rate_limiter(config),
+        schemas: Arc::clone(&stored.schemas),
+        dataflow: Arc::new(dataflows::liveness::DataflowWatch {
+            workers: dataflow.acks.clone(),
+            max_staleness: config.health.max_staleness,
+            stuck_after: config.health.liveness_timeout,
+        }),
+    }
+}
+
+type Servers = Vec<tokio::task::JoinHandle<std::io::Result<()>>>;
+
+/// Binds and serves the API, health and metrics ports until the returned
+/// sender says stop.
+async fn serve(
+    config: &Config,
+    state: api::AppState,
+) -> anyhow::Result<(Servers, watch::Sender<bool>)> {
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let host = config.server.host.as_str();
+    let bind = |port: u16| async move {
+        TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("bind {host}:{port}"))
+    };
+    let mut servers = vec![
+        tokio::spawn(api::serve(
+            bind(config.server.port).await?,
+            api::router(state.clone()),
+            stopped(),
+        )),
+        tokio::spawn(api::serve(
+            bind(config.health.port).await?,
+            api::health_router(state.clone()),
+            stopped(),
+        )),
+    ];
+    if config.metrics.enabled {
+        servers.push(tokio::spawn(api::serve(
+            bind(config.metrics.port).await?,
+            api::metrics_router(&config.metrics.path, state.snapshots.clone()),
+            stopped(),
+        )));
+    }
+    info!(
+        port = config.server.port,
+        health = config.health.port,
+        metrics = config.metrics.port,
+        "serving"
+    );
+    Ok((servers, stop))
 }
 
 /// Exit status of a process whose dataflow failed (`EX_SOFTWARE`).
@@ -570,7 +680,7 @@ fn exit_on_dataflow_panic() {
 struct Stopping {
     guards: timely::communication::WorkerGuards<()>,
     writer: tokio::task::JoinHandle<()>,
-    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    servers: Servers,
     stop: watch::Sender<bool>,
     acks: Vec<Arc<WorkerAck>>,
 }
