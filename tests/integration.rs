@@ -569,10 +569,19 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
         assert_eq!(stats_map(&live), expected, "process {}", env.name);
     }
 
-    // Losing a peer ends the survivor with a failure status, instead of
-    // serving frozen live state as healthy.
+    // Losing a peer under load ends the survivor with a failure status
+    // within 15 s, instead of serving frozen live state as healthy.
+    let load = trading_events(20_000, 101, base, 120);
+    p0.produce(&kafka_records(&p0.topics, &load, load.len()))
+        .await;
+    events.extend(load);
     p1.kill9();
-    let status = p0.wait_exit(Duration::from_secs(30)).await;
+    let killed = std::time::Instant::now();
+    let status = p0.wait_exit(Duration::from_secs(15)).await;
+    eprintln!(
+        "survivor exited {:?} after its peer's SIGKILL",
+        killed.elapsed()
+    );
     assert_eq!(
         status.code(),
         Some(70),
@@ -595,13 +604,13 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
     events.extend(more);
     p0.wait_count(
         "SELECT count(*) FROM events",
-        5_001,
-        Duration::from_secs(120),
+        25_001,
+        Duration::from_secs(180),
     )
     .await;
     assert_eq!(
         p0.count("SELECT count(DISTINCT id) FROM events").await,
-        5_001
+        25_001
     );
     let expected = by_type(&events);
     for env in [&p0, &p1] {
@@ -615,4 +624,20 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
     }
     p1.stop().await;
     p0.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_panic_ends_the_process_with_a_failure_status() {
+    let mut env = TestEnv::new("panic", 1).await;
+    // Debug builds only: worker 0 panics 3 s after its dataflow starts.
+    env.env = vec![("ANALYTICS_TEST_WORKER_PANIC_AFTER_MS".into(), "3000".into())];
+    env.args = vec!["-w".into(), "2".into()];
+    env.spawn();
+    let status = env.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(70), "exit status; log:\n{}", env.log());
+    let log = env.log();
+    assert!(
+        log.contains("dataflow thread panicked") && log.contains("timely:work-0"),
+        "one line names the thread and the cause; log:\n{log}"
+    );
 }

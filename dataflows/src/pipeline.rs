@@ -154,8 +154,12 @@ pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
     let park = std::time::Duration::from_millis(ctx.tick_ms);
     let mut last_maintenance = std::time::Instant::now();
     let ack = Arc::clone(&ctx.acks[worker.index() % ctx.workers_per_process.max(1)]);
+    let injected_panic = injected_panic_at(worker.index());
     loop {
         ack.beat(crate::time::now_ms());
+        if injected_panic.is_some_and(|at| std::time::Instant::now() >= at) {
+            panic!("injected worker panic (ANALYTICS_TEST_WORKER_PANIC_AFTER_MS)");
+        }
         worker.step_or_park(Some(park));
         if last_maintenance.elapsed() >= std::time::Duration::from_secs(1) {
             dataflow.maintain();
@@ -165,6 +169,28 @@ pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
             break;
         }
     }
+}
+
+/// Test-only switch, compiled into debug builds only (release builds, the
+/// ones `make run` and the benchmarks use, do not read it): with
+/// `ANALYTICS_TEST_WORKER_PANIC_AFTER_MS=N`, worker 0 panics N ms after its
+/// dataflow starts, so that the integration tests can check that a worker
+/// panic ends the process.
+#[cfg(debug_assertions)]
+fn injected_panic_at(worker: usize) -> Option<std::time::Instant> {
+    if worker != 0 {
+        return None;
+    }
+    let ms: u64 = std::env::var("ANALYTICS_TEST_WORKER_PANIC_AFTER_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(std::time::Instant::now() + std::time::Duration::from_millis(ms))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_panic_at(_worker: usize) -> Option<std::time::Instant> {
+    None
 }
 
 /// An update of a per-`(name, second)` collection: `((name, second), tick, diff)`.

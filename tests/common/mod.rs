@@ -77,6 +77,8 @@ pub struct TestEnv {
     pub redis_port: u16,
     /// Arguments before the `run` command (timely cluster flags).
     pub args: Vec<String>,
+    /// Extra environment of the service process.
+    pub env: Vec<(String, String)>,
     /// `analytics.dashboard.active_users_window` (humantime).
     pub active_users_window: String,
     /// `analytics.dashboard.strategy_timeout` (humantime).
@@ -143,6 +145,7 @@ impl TestEnv {
             db_port: 5432,
             redis_port: 6379,
             args: Vec::new(),
+            env: Vec::new(),
             active_users_window: "5m".into(),
             strategy_timeout: "15m".into(),
             rate_limit: None,
@@ -170,6 +173,7 @@ impl TestEnv {
             db_port: self.db_port,
             redis_port: self.redis_port,
             args: Vec::new(),
+            env: Vec::new(),
             active_users_window: "5m".into(),
             strategy_timeout: "15m".into(),
             rate_limit: self.rate_limit,
@@ -313,6 +317,7 @@ security:
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
             .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("spawn analytics");
         self.child = Some(child);
