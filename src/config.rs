@@ -261,7 +261,48 @@ section!(Config {
     logging: LoggingConfig = LoggingConfig::default(),
     health: HealthConfig = HealthConfig::default(),
     security: SecurityConfig = SecurityConfig::default(),
+    /// Keys of the replaced service's format that the file sets and that
+    /// have no effect here, with why (logged as warnings at start-up).
+    #[serde(skip)]
+    inert: Vec<(&'static str, &'static str)> = Vec::new(),
 });
+
+/// Keys of the format with no meaning in this design, and why. Every other
+/// key takes effect (README, "Configuration").
+pub const INERT_KEYS: &[(&str, &str)] = &[
+    (
+        "database.max_idle_connections",
+        "the pool keeps up to database.max_connections connections open and closes each after database.connection_lifetime",
+    ),
+    (
+        "redis.pool_size",
+        "one multiplexed Redis connection serves every request",
+    ),
+    (
+        "redis.min_idle_conns",
+        "one multiplexed Redis connection serves every request",
+    ),
+    (
+        "kafka.enable_auto_commit",
+        "offsets are stored in PostgreSQL in the transaction of the rows they carried (exactly once); Kafka's group offsets are committed after it, for lag monitoring only",
+    ),
+    (
+        "analytics.ingestion.batch_size",
+        "events are batched per processing-time tick: see analytics.dataflow.poll_budget and analytics.dataflow.max_commit_rows",
+    ),
+    (
+        "analytics.ingestion.batch_timeout",
+        "events are batched per processing-time tick: see analytics.dataflow.tick",
+    ),
+    (
+        "analytics.ingestion.buffer_size",
+        "the sources pause while analytics.dataflow.max_pending_rows rows wait for PostgreSQL",
+    ),
+    (
+        "analytics.aggregation.workers",
+        "aggregation runs in the ingestion dataflow, on analytics.ingestion.workers worker threads (-w)",
+    ),
+];
 
 pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
 
@@ -293,7 +334,18 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text)
+        let mut config: Config = serde_yaml::from_str(text)?;
+        let tree: serde_yaml::Value = serde_yaml::from_str(text)?;
+        config.inert = INERT_KEYS
+            .iter()
+            .filter(|(key, _)| {
+                key.split('.')
+                    .try_fold(&tree, |node, part| node.get(part))
+                    .is_some()
+            })
+            .copied()
+            .collect();
+        Ok(config)
     }
 
     /// SERVER_PORT, DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD,
@@ -672,6 +724,55 @@ mod tests {
         assert!(c.security.rate_limit.enabled);
         assert!(!c.security.rate_limit.trust_forwarded_for);
         assert_eq!(c.security.cors.allowed_origins.len(), 2);
+    }
+
+    #[test]
+    fn every_key_of_the_format_takes_effect_or_is_reported_inert() {
+        let yaml = r#"
+server:
+  read_timeout: 7s
+database:
+  max_idle_connections: 3
+  connection_lifetime: 2m
+redis:
+  pool_size: 4
+  min_idle_conns: 1
+kafka:
+  enable_auto_commit: true
+analytics:
+  ingestion:
+    batch_size: 10
+    batch_timeout: 1s
+    buffer_size: 20
+    workers: 3
+  aggregation:
+    workers: 5
+  query:
+    timeout: 9s
+health:
+  path: "/status"
+"#;
+        let c = Config::from_yaml(yaml).expect("parses");
+        c.validate().expect("valid");
+        // Wired: each is read where it acts (run.rs, api, sink::pool, main.rs).
+        assert_eq!(c.server.read_timeout, Duration::from_secs(7));
+        assert_eq!(c.database.connection_lifetime, Duration::from_secs(120));
+        assert_eq!(c.analytics.query.timeout, Duration::from_secs(9));
+        assert_eq!(c.health.path, "/status");
+        assert_eq!(c.analytics.ingestion.workers, 3);
+        // Inert: named with a reason, exactly the keys the file set.
+        let inert: Vec<&str> = c.inert.iter().map(|(k, _)| *k).collect();
+        let all: Vec<&str> = INERT_KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(inert, all);
+        assert!(c.inert.iter().all(|(_, why)| why.len() > 20));
+        // Unset keys are not reported.
+        let quiet = Config::from_yaml("server:\n  port: 9000\n").expect("parses");
+        assert!(quiet.inert.is_empty());
+        let example = Config::from_yaml(EXAMPLE).expect("example parses");
+        assert!(example
+            .inert
+            .iter()
+            .any(|(k, _)| *k == "analytics.ingestion.batch_size"));
     }
 
     #[test]

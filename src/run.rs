@@ -94,6 +94,8 @@ fn db_settings(config: &Config) -> DbSettings {
         max_connections: config.database.max_connections,
         connect_timeout: Duration::from_secs(5),
         application_name: "analytics".into(),
+        max_lifetime: Some(config.database.connection_lifetime)
+            .filter(|lifetime| !lifetime.is_zero()),
     }
 }
 
@@ -306,6 +308,9 @@ fn register_metrics(config: &Config) {
     api::metrics::init();
     if config.security.api_key_enabled {
         info!(cache_ttl = ?config.security.api_key_cache_ttl, "api keys required on /api/v1");
+    }
+    for (key, why) in &config.inert {
+        warn!(key, why, "configuration key has no effect in this service");
     }
 }
 
@@ -579,6 +584,9 @@ fn app_state(
             session_timeout: config.analytics.dashboard.session_timeout,
             api_key_enabled: config.security.api_key_enabled,
             api_key_cache_ttl: config.security.api_key_cache_ttl,
+            read_timeout: config.server.read_timeout,
+            query_timeout: config.analytics.query.timeout,
+            health_path: config.health.path.clone(),
         }),
         pool: stored.pool.clone(),
         partitions: Arc::clone(&stored.partitions),

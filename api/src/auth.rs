@@ -365,6 +365,7 @@ mod tests {
             max_connections: 2,
             connect_timeout: Duration::from_millis(500),
             application_name: "auth-test".into(),
+            max_lifetime: None,
         })
         .expect("pool");
         Arc::new(Auth::new(pool, Duration::from_secs(60)))

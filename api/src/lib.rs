@@ -36,7 +36,7 @@ use dataflows::LiveSnapshot;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use error::AppError;
@@ -82,6 +82,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/livez", get(health::live))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(settings.read_timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            settings.query_timeout,
+            query_timeout,
+        ))
         // Inside the key check: with keys enabled, only verified keys name
         // a bucket (random fake keys are refused before they get one).
         .layer(axum::middleware::from_fn_with_state(
@@ -150,14 +155,45 @@ fn cors(settings: &ApiSettings) -> CorsLayer {
 
 /// The health port (9099): health endpoints only. `/livez` answers
 /// liveness, `/ready` readiness, `/health` and `/healthz` the overall status
-/// (see [`health`]).
+/// (see [`health`]), also at `health.path`.
 pub fn health_router(state: AppState) -> Router {
-    Router::new()
+    let fixed = ["/health", "/healthz", "/ready", "/livez"];
+    let router = Router::new()
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/livez", get(health::live))
-        .with_state(state)
+        .route("/livez", get(health::live));
+    let path = state.settings.health_path.as_str();
+    let router = if path.starts_with('/') && !fixed.contains(&path) {
+        router.route(path, get(health::health))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// `analytics.query.timeout`: a GET whose answer has not started within it
+/// gets 504 (a stream, once started, is not cut).
+async fn query_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.method() != axum::http::Method::GET {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            axum::Json(serde_json::json!({
+                "error": format!("query did not finish within {limit:?} (analytics.query.timeout)"),
+                "details": null,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// The metrics port (9098): Prometheus text format at `path`. The age of

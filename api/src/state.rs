@@ -38,6 +38,13 @@ pub struct ApiSettings {
     pub api_key_enabled: bool,
     /// How long a key lookup is cached (revocations take this long).
     pub api_key_cache_ttl: Duration,
+    /// Longest time to receive a request body (`server.read_timeout`).
+    pub read_timeout: Duration,
+    /// Longest time a GET may take before its answer starts
+    /// (`analytics.query.timeout`): 504 after it.
+    pub query_timeout: Duration,
+    /// Another path of `/health` on the health port (`health.path`).
+    pub health_path: String,
 }
 
 impl Default for ApiSettings {
@@ -59,6 +66,9 @@ impl Default for ApiSettings {
             session_timeout: Duration::from_secs(1800),
             api_key_enabled: false,
             api_key_cache_ttl: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            query_timeout: Duration::from_secs(30),
+            health_path: "/health".into(),
         }
     }
 }

@@ -72,6 +72,7 @@ impl ServiceArgs {
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
             application_name: "bench-baseline".into(),
+            max_lifetime: None,
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct DbSettings {
     pub max_connections: usize,
     pub connect_timeout: Duration,
     pub application_name: String,
+    /// A connection older than this is closed instead of reused
+    /// (`database.connection_lifetime`); `None`: kept while it works.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl DbSettings {
@@ -46,11 +49,24 @@ pub fn connect_pool(settings: &DbSettings) -> Result<Pool, SinkError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Ok(Pool::builder(manager)
+    let mut builder = Pool::builder(manager)
         .max_size(settings.max_connections.max(2))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(settings.connect_timeout))
         .create_timeout(Some(settings.connect_timeout))
-        .recycle_timeout(Some(settings.connect_timeout))
-        .build()?)
+        .recycle_timeout(Some(settings.connect_timeout));
+    if let Some(lifetime) = settings.max_lifetime {
+        // A failed pre-recycle hook drops the connection; the pool opens a
+        // new one in its place.
+        builder = builder.pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+            if metrics.age() > lifetime {
+                Err(deadpool_postgres::HookError::Message(
+                    "database.connection_lifetime reached".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }));
+    }
+    Ok(builder.build()?)
 }
