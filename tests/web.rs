@@ -1,7 +1,9 @@
 //! The web dashboard in a real headless Chromium (Debian's `chromium`,
 //! driven by `tests/web/dashboard.mjs` through playwright-core): the page
 //! loads from the service, shows the numbers of the API for the same
-//! `as_of`, and updates when events arrive.
+//! `as_of`, updates when events arrive, draws the percentile chart for one
+//! symbol with labelled axes, and logs no console error; with API keys on,
+//! it asks for a key and then works with it.
 
 mod common;
 
@@ -12,7 +14,36 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_dashboard_shows_live_numbers_that_move() {
-    let mut env = TestEnv::new("web", 1).await;
+    browse(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_the_web_dashboard_asks_for_one_and_works() {
+    browse(true).await;
+}
+
+async fn browse(with_keys: bool) {
+    let mut env = TestEnv::new(if with_keys { "webkeys" } else { "web" }, 1).await;
+    let key = with_keys.then(|| {
+        env.enable_api_keys("30s");
+        let out = env.cli(&[
+            "api-key",
+            "create",
+            "--name",
+            "browser",
+            "--scopes",
+            "read,ingest",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    });
     env.start().await;
     let events: Vec<_> = (0..20)
         .map(|i| json!({"event_type": if i % 2 == 0 { "order.placed" } else { "order.filled" }, "user_id": format!("u{i}"), "properties": {"symbol": "BTCUSDT", "price": 100.0 + i as f64, "quantity": 1.0}}))
@@ -30,6 +61,7 @@ async fn the_web_dashboard_shows_live_numbers_that_move() {
             .arg(format!("{dir}/dashboard.mjs"))
             .arg(base)
             .arg(shot)
+            .args(key)
             .current_dir(dir)
             .output()
     })
