@@ -62,6 +62,9 @@ section!(DatabaseConfig {
     database: String = "analytics".into(),
     user: String = "analytics_user".into(),
     password: String = "change_me".into(),
+    /// A file holding the password (as orchestrators mount secrets); read
+    /// at start-up, trailing newline removed. Excludes `password`.
+    password_file: String = String::new(),
     ssl_mode: String = "disable".into(),
     max_connections: usize = 50,
     max_idle_connections: usize = 10,
@@ -73,6 +76,8 @@ section!(RedisConfig {
     host: String = "127.0.0.1".into(),
     port: u16 = 6379,
     password: String = String::new(),
+    /// As `database.password_file`.
+    password_file: String = String::new(),
     db: i64 = 0,
     pool_size: usize = 10,
     min_idle_conns: usize = 5,
@@ -265,7 +270,27 @@ section!(Config {
     /// have no effect here, with why (logged as warnings at start-up).
     #[serde(skip)]
     inert: Vec<(&'static str, &'static str)> = Vec::new(),
+    /// Secret keys the file sets inline (checked against their `*_file`).
+    #[serde(skip)]
+    inline_secrets: Vec<&'static str> = Vec::new(),
 });
+
+/// Each secret: the key, its `*_file` form, and the environment variables
+/// that set them.
+const SECRETS: &[(&str, &str, &str, &str)] = &[
+    (
+        "database.password",
+        "database.password_file",
+        "DB_PASSWORD",
+        "DB_PASSWORD_FILE",
+    ),
+    (
+        "redis.password",
+        "redis.password_file",
+        "REDIS_PASSWORD",
+        "REDIS_PASSWORD_FILE",
+    ),
+];
 
 /// Keys of the format with no meaning in this design, and why. Every other
 /// key takes effect (README, "Configuration").
@@ -325,7 +350,8 @@ impl Config {
                 })?
             }
         };
-        config.apply_env(env)?;
+        config.apply_env(&env)?;
+        config.read_secret_files(&env)?;
         config.validate()?;
         Ok(config)
     }
@@ -336,20 +362,78 @@ impl Config {
         }
         let mut config: Config = serde_yaml::from_str(text)?;
         let tree: serde_yaml::Value = serde_yaml::from_str(text)?;
+        let set = |key: &str| {
+            key.split('.')
+                .try_fold(&tree, |node, part| node.get(part))
+                .is_some()
+        };
         config.inert = INERT_KEYS
             .iter()
-            .filter(|(key, _)| {
-                key.split('.')
-                    .try_fold(&tree, |node, part| node.get(part))
-                    .is_some()
-            })
+            .filter(|(key, _)| set(key))
             .copied()
+            .collect();
+        config.inline_secrets = SECRETS
+            .iter()
+            .map(|(key, ..)| *key)
+            .filter(|key| set(key))
             .collect();
         Ok(config)
     }
 
     /// SERVER_PORT, DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD,
     /// REDIS_HOST, REDIS_PORT, KAFKA_BROKERS (comma separated), LOG_LEVEL.
+    /// Reads each `*_file` secret (`database.password_file`,
+    /// `redis.password_file`, or the environment's `DB_PASSWORD_FILE`,
+    /// `REDIS_PASSWORD_FILE`), without its trailing newline. A secret set
+    /// both inline (in the file or its environment variable) and as a file
+    /// is refused. Errors name the key and the path, never the secret.
+    fn read_secret_files(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for &(key, file_key, var, file_var) in SECRETS {
+            let inline = self.inline_secrets.contains(&key) || env(var).is_some();
+            let (value, file) = if key == "database.password" {
+                (
+                    &mut self.database.password,
+                    &mut self.database.password_file,
+                )
+            } else {
+                (&mut self.redis.password, &mut self.redis.password_file)
+            };
+            if let Some(path) = env(file_var) {
+                *file = path;
+            }
+            if file.is_empty() {
+                continue;
+            }
+            if inline {
+                return Err(ConfigError::Invalid {
+                    key: file_key,
+                    why: format!("{key} (or {var}) is set too: set only one"),
+                });
+            }
+            let text = std::fs::read_to_string(&*file).map_err(|source| ConfigError::Read {
+                path: format!("{file_key} {file}"),
+                source,
+            })?;
+            *value = text.trim_end_matches(['\n', '\r']).to_string();
+        }
+        Ok(())
+    }
+
+    /// This configuration with every secret replaced by `***` (for
+    /// `analytics check-config`).
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        for secret in [&mut shown.database.password, &mut shown.redis.password] {
+            if !secret.is_empty() {
+                *secret = "***".into();
+            }
+        }
+        shown
+    }
+
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn port(var: &'static str, value: String) -> Result<u16, ConfigError> {
             value
@@ -378,6 +462,9 @@ impl Config {
         }
         if let Some(v) = env("DB_PASSWORD") {
             self.database.password = v;
+        }
+        if let Some(v) = env("REDIS_PASSWORD") {
+            self.redis.password = v;
         }
         if let Some(v) = env("REDIS_HOST") {
             self.redis.host = v;
@@ -773,6 +860,74 @@ health:
             .inert
             .iter()
             .any(|(k, _)| *k == "analytics.ingestion.batch_size"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_their_newline() {
+        let dir = std::env::temp_dir().join(format!("analytics-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (db, redis, config) = (dir.join("db"), dir.join("redis"), dir.join("c.yaml"));
+        std::fs::write(&db, "s3cret\n").expect("db secret");
+        std::fs::write(&redis, "r3dis").expect("redis secret");
+        let load = |yaml: String, env: &[(&str, String)]| {
+            std::fs::write(&config, yaml).expect("config");
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            Config::load(Some(&config), |k| {
+                env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
+        };
+        let c = load(
+            format!(
+                "database:\n  password_file: \"{}\"\nredis:\n  password_file: \"{}\"\n",
+                db.display(),
+                redis.display()
+            ),
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(c.database.password, "s3cret");
+        assert_eq!(c.redis.password, "r3dis");
+        let shown = format!("{:?}", c.redacted());
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("r3dis"),
+            "{shown}"
+        );
+        // The environment's *_FILE form.
+        let c = load(
+            String::new(),
+            &[("DB_PASSWORD_FILE", db.display().to_string())],
+        );
+        assert_eq!(c.expect("loads").database.password, "s3cret");
+        // Both forms at once: refused, naming the key, not the secret.
+        let both = load(
+            format!(
+                "database:\n  password: \"inline-pw\"\n  password_file: \"{}\"\n",
+                db.display()
+            ),
+            &[],
+        )
+        .expect_err("both refused")
+        .to_string();
+        assert!(both.contains("database.password_file"), "{both}");
+        assert!(
+            !both.contains("inline-pw") && !both.contains("s3cret"),
+            "{both}"
+        );
+        // A missing file: the key and the path.
+        let missing = load(
+            "database:\n  password_file: \"/nonexistent/pw\"\n".into(),
+            &[],
+        )
+        .expect_err("missing file")
+        .to_string();
+        assert!(
+            missing.contains("database.password_file /nonexistent/pw"),
+            "{missing}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

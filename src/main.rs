@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::Retention => run::retention_once(&config),
         Command::ApiKey(command) => keys::run(&config, command),
         Command::CheckConfig => {
-            println!("{config:#?}");
+            println!("{:#?}", config.redacted());
             Ok(())
         }
     }

@@ -120,6 +120,15 @@ pub(crate) async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
                 info!(ran, "database migrated");
                 return Ok(pool);
             }
+            Err(deadpool_postgres::PoolError::Backend(e)) if refused_credentials(&e) => {
+                // Retrying cannot help; the message names the user, never
+                // the password.
+                return Err(anyhow::anyhow!(
+                    "PostgreSQL refused the credentials of database.user {:?}: {} (check database.password or database.password_file)",
+                    config.database.user,
+                    e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
+                ));
+            }
             Err(e) if Instant::now() < deadline => {
                 warn!(error = %e, "waiting for postgresql");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -127,6 +136,16 @@ pub(crate) async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
             Err(e) => return Err(e).context("cannot reach postgresql"),
         }
     }
+}
+
+/// An authentication failure (wrong password, unknown user, no
+/// `pg_hba.conf` entry).
+fn refused_credentials(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
 }
 
 /// `analytics migrate`.

@@ -466,3 +466,28 @@ async fn request_ids_are_echoed_and_logged() {
     uuid::Uuid::parse_str(&id_of(&r)).expect("uuid on a 400");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_files_work_and_a_wrong_one_never_reaches_the_log() {
+    let mut env = TestEnv::new("secrets", 1).await;
+    // A wrong password from a file: start-up fails at once (no retries for
+    // refused credentials), names the settings, never shows the secret.
+    let wrong = "Wr0ng-s3cret-from-a-file";
+    env.use_password_file(wrong);
+    env.spawn();
+    let status = env.wait_exit(Duration::from_secs(60)).await;
+    let log = env.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("refused the credentials") && log.contains("database.password_file"),
+        "a clear error naming the setting:\n{log}"
+    );
+    assert!(!log.contains(wrong), "the secret is in the log:\n{log}");
+    let shown = env.cli(&["check-config"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(!shown.contains(wrong) && shown.contains("***"), "{shown}");
+    // The right one, with the trailing newline `echo` writes: it starts.
+    env.use_password_file("change_me\n");
+    env.start().await;
+    env.stop().await;
+}

@@ -280,6 +280,19 @@ security:
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
 
+    /// Takes the database password from a file holding `secret`
+    /// (`database.password_file`) instead of the config file.
+    pub fn use_password_file(&self, secret: &str) {
+        let path = self.config_path.with_file_name("db-password");
+        std::fs::write(&path, secret).expect("secret file");
+        let yaml = std::fs::read_to_string(&self.config_path).expect("read config");
+        let yaml = yaml.replace(
+            "  password: \"change_me\"\n",
+            &format!("  password_file: \"{}\"\n", path.display()),
+        );
+        std::fs::write(&self.config_path, yaml).expect("write config");
+    }
+
     /// Runs `analytics --config <this test's config> ARGS` to completion.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_analytics"))
