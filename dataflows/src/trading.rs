@@ -23,7 +23,8 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::windows::{identifier, number, to_nano, Interval, INTERVALS};
+use crate::panes::Fields;
+use crate::windows::{to_nano, Interval, INTERVALS};
 
 /// Order lifecycle kinds, ordered so that at equal event times the later
 /// stage wins.
@@ -273,12 +274,12 @@ pub struct Contribution {
     pub session: Option<(String, SessionState)>,
 }
 
-fn ident(props: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
-    props.get(name).and_then(identifier)
+fn ident(props: &Fields<'_>, name: &str) -> Option<String> {
+    props.identifier(name).map(std::borrow::Cow::into_owned)
 }
 
-fn nano(props: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<i128> {
-    props.get(name).and_then(number).map(to_nano)
+fn nano(props: &Fields<'_>, name: &str) -> Option<i128> {
+    props.number(name).map(to_nano)
 }
 
 /// The trading contribution of `event`.
@@ -309,8 +310,8 @@ pub fn contribution(event: &Event) -> Contribution {
     if kind.is_none() && !market_data {
         return out;
     }
-    let props: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&event.properties).unwrap_or_default();
+    // The raw-text reader of the windows' fold: no `Value` tree.
+    let props = Fields::parse(&event.properties);
     let price = nano(&props, "price");
     let quantity = nano(&props, "quantity");
     let symbol = ident(&props, "symbol");
@@ -385,8 +386,10 @@ pub fn contribution(event: &Event) -> Contribution {
                 // nano × nano / 10⁹ stays in nano-units.
                 order.notional = p * q / 1_000_000_000;
             }
-            if let Some(serde_json::Value::Bool(m)) = props.get("is_maker") {
-                order.maker = Some((t, *m));
+            match props.get("is_maker").map(|raw| raw.get()) {
+                Some("true") => order.maker = Some((t, true)),
+                Some("false") => order.maker = Some((t, false)),
+                _ => {}
             }
         }
         out.order = Some((order_id, order));
@@ -423,13 +426,36 @@ pub fn from_bytes<S: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<S> {
 pub type BucketKey = (String, Interval, i64);
 
 /// Contributions of a batch of events, merged per key (sorted, so that
-/// writers lock rows in one order).
+/// writers lock rows in one order). Strategy and market buckets are kept
+/// per one-minute pane, as the windows' fold does, and spread over every
+/// interval only when written ([`TradingBatch::strategies`],
+/// [`TradingBatch::markets`]): off the worker, once per pane instead of
+/// once per event (every interval is a whole number of minutes, and the
+/// states merge exactly).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TradingBatch {
     pub orders: std::collections::BTreeMap<String, OrderState>,
-    pub strategies: std::collections::BTreeMap<BucketKey, StrategyPerf>,
-    pub markets: std::collections::BTreeMap<BucketKey, Ohlcv>,
+    strategy_panes: std::collections::BTreeMap<(String, i64), StrategyPerf>,
+    market_panes: std::collections::BTreeMap<(String, i64), Ohlcv>,
     pub sessions: std::collections::BTreeMap<String, SessionState>,
+}
+
+/// Panes `(id, minute start)` spread over every interval.
+fn spread<S: Semigroup + Clone>(
+    panes: &std::collections::BTreeMap<(String, i64), S>,
+) -> std::collections::BTreeMap<BucketKey, S> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((id, minute), state) in panes {
+        for i in 0..INTERVALS.len() {
+            let interval = Interval(i as u8);
+            merge_into(
+                &mut out,
+                (id.clone(), interval, interval.window_of(*minute)),
+                state.clone(),
+            );
+        }
+    }
+    out
 }
 
 fn merge_into<K: Ord, S: Semigroup>(map: &mut std::collections::BTreeMap<K, S>, key: K, state: S) {
@@ -445,31 +471,29 @@ impl TradingBatch {
     /// Adds the contribution of `event`.
     pub fn add(&mut self, event: &Event) {
         let c = contribution(event);
-        let second = event.second();
+        let minute = Interval(0).window_of(event.second());
         if let Some((id, s)) = c.order {
             merge_into(&mut self.orders, id, s);
         }
         if let Some((id, s)) = c.session {
             merge_into(&mut self.sessions, id, s);
         }
-        for i in 0..INTERVALS.len() {
-            let interval = Interval(i as u8);
-            let start = interval.window_of(second);
-            if let Some((id, s)) = &c.strategy {
-                merge_into(
-                    &mut self.strategies,
-                    (id.clone(), interval, start),
-                    s.clone(),
-                );
-            }
-            if let Some((symbol, s)) = &c.market {
-                merge_into(
-                    &mut self.markets,
-                    (symbol.clone(), interval, start),
-                    s.clone(),
-                );
-            }
+        if let Some((id, s)) = c.strategy {
+            merge_into(&mut self.strategy_panes, (id, minute), s);
         }
+        if let Some((symbol, s)) = c.market {
+            merge_into(&mut self.market_panes, (symbol, minute), s);
+        }
+    }
+
+    /// Strategy performance per (strategy, interval, bucket start).
+    pub fn strategies(&self) -> std::collections::BTreeMap<BucketKey, StrategyPerf> {
+        spread(&self.strategy_panes)
+    }
+
+    /// Candles per (symbol, interval, bucket start).
+    pub fn markets(&self) -> std::collections::BTreeMap<BucketKey, Ohlcv> {
+        spread(&self.market_panes)
     }
 
     /// Merges `other` into this batch.
@@ -477,11 +501,11 @@ impl TradingBatch {
         for (k, s) in &other.orders {
             merge_into(&mut self.orders, k.clone(), s.clone());
         }
-        for (k, s) in &other.strategies {
-            merge_into(&mut self.strategies, k.clone(), s.clone());
+        for (k, s) in &other.strategy_panes {
+            merge_into(&mut self.strategy_panes, k.clone(), s.clone());
         }
-        for (k, s) in &other.markets {
-            merge_into(&mut self.markets, k.clone(), s.clone());
+        for (k, s) in &other.market_panes {
+            merge_into(&mut self.market_panes, k.clone(), s.clone());
         }
         for (k, s) in &other.sessions {
             merge_into(&mut self.sessions, k.clone(), s.clone());
@@ -498,8 +522,8 @@ impl TradingBatch {
 
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty()
-            && self.strategies.is_empty()
-            && self.markets.is_empty()
+            && self.strategy_panes.is_empty()
+            && self.market_panes.is_empty()
             && self.sessions.is_empty()
     }
 }
@@ -557,7 +581,7 @@ mod tests {
         assert_eq!(o.latency_ms(), Some(500.0));
         let attrs = &o.attrs.as_ref().expect("attrs").1;
         assert_eq!(attrs.side.as_deref(), Some("BUY"));
-        let perf = &done.strategies[&("s".to_string(), Interval(0), 0)];
+        let perf = &done.strategies()[&("s".to_string(), Interval(0), 0)];
         assert_eq!((perf.trades, perf.wins, perf.losses), (2, 0, 2));
         assert_eq!(perf.largest_loss, Some(to_nano(-1.5)));
         assert_eq!(perf.profit_factor(), Some(0.0), "losses and no profit");
@@ -579,13 +603,13 @@ mod tests {
             &md(5.0, 2.0, 2_000_000),
             &md(0.5, 1.0, 61_000_000),
         ]);
-        let c = &b.markets[&("X".to_string(), Interval(0), 0)];
+        let c = &b.markets()[&("X".to_string(), Interval(0), 0)];
         assert_eq!(c.open, Some((1_000_000, to_nano(1.0))));
         assert_eq!(c.close, Some((3_000_000, to_nano(3.0))));
         assert_eq!((c.high, c.low), (Some(to_nano(5.0)), Some(to_nano(1.0))));
         assert_eq!(c.volume, to_nano(4.0));
         assert_eq!(c.points, 3);
-        let hour = &b.markets[&("X".to_string(), Interval(4), 0)];
+        let hour = &b.markets()[&("X".to_string(), Interval(4), 0)];
         assert_eq!(hour.points, 4);
         assert_eq!(hour.close, Some((61_000_000, to_nano(0.5))));
     }

@@ -337,8 +337,8 @@ pub async fn merge(tx: &Transaction<'_>, batch: &TradingBatch) -> Result<(), Sin
         return Ok(());
     }
     merge_table(tx, &batch.orders).await?;
-    merge_table(tx, &batch.strategies).await?;
-    merge_table(tx, &batch.markets).await?;
+    merge_table(tx, &batch.strategies()).await?;
+    merge_table(tx, &batch.markets()).await?;
     merge_table(tx, &batch.sessions).await?;
     Ok(())
 }
