@@ -473,6 +473,30 @@ async fn postgres_outage_pauses_ingestion_and_resumes_without_loss() {
     env.stop().await;
 }
 
+/// Every event of `events` is stored exactly once, and every process of
+/// the cluster serves the oracle's live stats over `range`.
+async fn stored_once_and_served_by_all(
+    cluster: &[&TestEnv],
+    events: &[Value],
+    range: &(String, String),
+) {
+    let n = events.len() as i64;
+    cluster[0]
+        .wait_count("SELECT count(*) FROM events", n, Duration::from_secs(180))
+        .await;
+    assert_eq!(
+        cluster[0]
+            .count("SELECT count(DISTINCT id) FROM events")
+            .await,
+        n
+    );
+    let expected = by_type(events);
+    for env in cluster {
+        let live = wait_for_stats(env, &range.0, &range.1, &expected, "live").await;
+        assert_eq!(stats_map(&live), expected, "process {}", env.name);
+    }
+}
+
 /// The sum of the samples of `name` (over all its label values) in
 /// Prometheus text.
 fn metric_value(text: &str, name: &str) -> f64 {
@@ -552,22 +576,8 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
     assert_eq!(r.status().as_u16(), 201);
     events.push(posted);
 
-    p0.wait_count(
-        "SELECT count(*) FROM events",
-        4_001,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(
-        p0.count("SELECT count(DISTINCT id) FROM events").await,
-        4_001
-    );
-    let expected = by_type(&events);
-    let (start, end) = aligned_range(base);
-    for env in [&p0, &p1] {
-        let live = wait_for_stats(env, &start, &end, &expected, "live").await;
-        assert_eq!(stats_map(&live), expected, "process {}", env.name);
-    }
+    let range = aligned_range(base);
+    stored_once_and_served_by_all(&[&p0, &p1], &events, &range).await;
 
     // Losing a peer under load ends the survivor with a failure status
     // within 15 s, instead of serving frozen live state as healthy.
@@ -602,26 +612,7 @@ async fn a_two_process_cluster_stores_once_and_every_process_serves_the_same_cou
     p1.produce(&kafka_records(&p1.topics, &more, more.len()))
         .await;
     events.extend(more);
-    p0.wait_count(
-        "SELECT count(*) FROM events",
-        25_001,
-        Duration::from_secs(180),
-    )
-    .await;
-    assert_eq!(
-        p0.count("SELECT count(DISTINCT id) FROM events").await,
-        25_001
-    );
-    let expected = by_type(&events);
-    for env in [&p0, &p1] {
-        let live = wait_for_stats(env, &start, &end, &expected, "live").await;
-        assert_eq!(
-            stats_map(&live),
-            expected,
-            "process {} after restart",
-            env.name
-        );
-    }
+    stored_once_and_served_by_all(&[&p0, &p1], &events, &range).await;
     p1.stop().await;
     p0.stop().await;
 }
