@@ -74,6 +74,47 @@ pub static SINK_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static SINK_PHASE_SECONDS: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
+    or_die(
+        prometheus::register_counter_vec!(
+            "analytics_sink_phase_seconds_total",
+            "Time spent in each phase of the sink's commits (share of a commit = rate of a phase / rate of all)",
+            &["phase"]
+        ),
+        "analytics_sink_phase_seconds_total",
+    )
+});
+
+/// The phases of [`SINK_PHASE_SECONDS`], in commit order.
+pub const SINK_PHASES: [&str; 9] = [
+    "partitions",
+    "copy_events",
+    "dead_letters",
+    "counts",
+    "dashboard",
+    "trading",
+    "offsets",
+    "rollups",
+    "commit",
+];
+
+/// Adds the time since the previous lap to a phase of a commit.
+pub struct PhaseClock(std::time::Instant);
+
+impl PhaseClock {
+    pub fn start() -> PhaseClock {
+        PhaseClock(std::time::Instant::now())
+    }
+
+    pub fn lap(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        SINK_PHASE_SECONDS
+            .with_label_values(&[phase])
+            .inc_by(now.duration_since(self.0).as_secs_f64());
+        self.0 = now;
+    }
+}
+
 /// Registers the sink's metrics with a series for each known label value
 /// (see `dataflows::metrics::init`).
 pub fn init() {
@@ -87,6 +128,9 @@ pub fn init() {
     LazyLock::force(&BATCHES);
     LazyLock::force(&BATCH_DURATION);
     LazyLock::force(&SINK_ERRORS);
+    for phase in SINK_PHASES {
+        SINK_PHASE_SECONDS.with_label_values(&[phase]);
+    }
 }
 
 /// Counters for the internal ingestion endpoint.

@@ -155,23 +155,30 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
 
 async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), SinkError> {
     let mut client = ctx.pool.get().await?;
+    let mut clock = crate::metrics::PhaseClock::start();
     let days: Vec<i64> = group
         .iter()
         .flat_map(|b| b.events.iter().map(|e| day_of(e.timestamp_us)))
         .collect();
     ctx.partitions.ensure(&**client, "events", days).await?;
     let tx = client.transaction().await?;
+    clock.lap("partitions");
     let events: Vec<&Event> = group.iter().flat_map(|b| b.events.iter()).collect();
     copy_events(&tx, &events).await?;
+    clock.lap("copy_events");
     let dead: Vec<&DeadLetter> = group.iter().flat_map(|b| b.dead.iter()).collect();
     insert_dead_letters(&tx, &dead).await?;
+    clock.lap("dead_letters");
     upsert_counts(&tx, &events).await?;
+    clock.lap("counts");
     crate::dashboard::merge(&tx, &events).await?;
+    clock.lap("dashboard");
     let mut trading = TradingBatch::default();
     for batch in group {
         trading.absorb(&batch.trading);
     }
     crate::trading::merge(&tx, &trading).await?;
+    clock.lap("trading");
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for batch in group {
         for (t, p, o) in &batch.offsets {
@@ -180,6 +187,7 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
         }
     }
     upsert_offsets(&tx, &offsets).await?;
+    clock.lap("offsets");
     // Ids become strings here, on the writer, not on the workers. Every id
     // was interned by this process's workers, and its dictionary only
     // grows, so none can be missing; if one were, say so rather than drop
@@ -196,7 +204,9 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     }
     let rollups: Vec<(&WindowKey, &Agg)> = keyed.iter().map(|(k, a)| (k, *a)).collect();
     crate::rollups::merge(&tx, &ctx.partitions, &rollups).await?;
+    clock.lap("rollups");
     tx.commit().await?;
+    clock.lap("commit");
     Ok(())
 }
 
