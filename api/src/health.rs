@@ -23,7 +23,8 @@ use crate::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
-async fn check(state: &AppState) -> (StatusCode, Value) {
+/// The overall status, its code, and the dataflow's state it reports.
+async fn check(state: &AppState) -> (StatusCode, Value, DataflowState) {
     let (db, cache, rate_limit) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, sink::queries::ping(&state.pool)),
         state.cache.ping(),
@@ -57,20 +58,21 @@ async fn check(state: &AppState) -> (StatusCode, Value) {
             "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "service": "analytics",
         }),
+        dataflow,
     )
 }
 
 /// `/health`, `/healthz`.
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (code, body) = check(&state).await;
+    let (code, body, _) = check(&state).await;
     (code, Json(body))
 }
 
 /// `/ready`: also 503 unless the dataflow is `running` (its snapshot is at
 /// most `health.max_staleness` old).
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (mut code, body) = check(&state).await;
-    if body["dataflow"] != DataflowState::Running.as_str() {
+    let (mut code, body, dataflow) = check(&state).await;
+    if dataflow != DataflowState::Running {
         code = StatusCode::SERVICE_UNAVAILABLE;
     }
     (code, Json(body))
@@ -79,8 +81,10 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// `/livez`: 503 only when this process is broken (a stuck worker); no
 /// dependency is checked, so an outage of one never restarts the process.
 pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let dataflow = state.dataflow_state();
+    // One read of the snapshot for the state and the age.
     let as_of_ms = state.snapshot().as_of_ms;
+    let now_ms = dataflows::time::now_ms();
+    let dataflow = state.dataflow.state(as_of_ms, now_ms);
     let code = if dataflow == DataflowState::Failed {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -89,7 +93,7 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let body = json!({
         "status": if code == StatusCode::OK { "alive" } else { "broken" },
         "dataflow": dataflow.as_str(),
-        "as_of_age_seconds": DataflowWatch::age_seconds(as_of_ms, dataflows::time::now_ms()),
+        "as_of_age_seconds": DataflowWatch::age_seconds(as_of_ms, now_ms),
         "service": "analytics",
     });
     (code, Json(body))

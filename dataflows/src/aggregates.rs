@@ -14,9 +14,9 @@
 //!   when its interval's horizon passes ([`WindowSpec::expire_at`]) it reads
 //!   the window's aggregate from the arrangement it feeds (arranged on the
 //!   same worker, without a second exchange) and emits its negation, which
-//!   cancels it. The operator itself holds only ids and the schedule. Deltas of windows already past their horizon (late
-//!   events) are not held in memory at all: they only reach PostgreSQL, and
-//!   are counted.
+//!   cancels it. The operator itself holds only ids and the schedule.
+//!   Deltas of windows already past their horizon (late events) are not
+//!   held in memory at all: they only reach PostgreSQL, and are counted.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};

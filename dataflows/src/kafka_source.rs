@@ -217,10 +217,7 @@ pub fn kafka_source<'s>(
         // Per partition read this time: its next offset and how many messages.
         let mut moved: HashMap<Partition, (i64, u64)> = HashMap::new();
         let tick_ms = ctx.tick_ms;
-        let ticks = crate::time::TickPolicy {
-            tick_ms,
-            catch_up_ms: ctx.settings.catch_up_tick_ms.max(tick_ms),
-        };
+        let ticks = crate::time::TickPolicy::new(tick_ms, ctx.settings.catch_up_tick_ms);
         // The previous read filled its budget: more is waiting.
         let mut behind = false;
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));

@@ -47,10 +47,7 @@ pub fn memory_source<'s>(
         let mut offset = 0i64;
         let mut payloads = Vec::new();
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
-        let ticks = crate::time::TickPolicy {
-            tick_ms: ctx.tick_ms,
-            catch_up_ms: ctx.settings.catch_up_tick_ms.max(ctx.tick_ms),
-        };
+        let ticks = crate::time::TickPolicy::new(ctx.tick_ms, ctx.settings.catch_up_tick_ms);
         let mut behind = false;
         move |(input, frontier), output| {
             input.for_each(|_cap, data| data.clear());

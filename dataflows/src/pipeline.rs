@@ -89,6 +89,14 @@ pub struct ProcessContext {
     pub feed: Option<Arc<dyn PayloadFeed>>,
 }
 
+impl ProcessContext {
+    /// The acknowledgements (and heartbeat) of the worker with this global
+    /// index, which runs in this process.
+    pub fn ack(&self, worker: usize) -> Arc<WorkerAck> {
+        Arc::clone(&self.acks[worker % self.workers_per_process.max(1)])
+    }
+}
+
 pub type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
 pub use crate::aggregates::WindowTrace;
 pub type SumTrace = TraceAgent<KeySpine<(String, i64), u64, CountSum>>;
@@ -153,7 +161,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &ProcessContext) {
     dataflow.maintain();
     let park = std::time::Duration::from_millis(ctx.tick_ms);
     let mut last_maintenance = std::time::Instant::now();
-    let ack = Arc::clone(&ctx.acks[worker.index() % ctx.workers_per_process.max(1)]);
+    let ack = ctx.ack(worker.index());
     let injected_panic = injected_panic_at(worker.index());
     loop {
         ack.beat(crate::time::now_ms());
@@ -208,7 +216,7 @@ pub fn build_counts<'s>(
     records: Stream<'s, u64, Vec<Record>>,
     restored: Stream<'s, u64, Vec<SecondUpdate<isize>>>,
     horizon: Horizon,
-) -> Counts<'s> {
+) -> Branch<'s, CountTrace> {
     let counts = count_updates(records, horizon)
         .concat(restored)
         .as_collection()
@@ -218,13 +226,10 @@ pub fn build_counts<'s>(
         .flat_map_ref(|key, _| Some(key.clone()))
         .inner
         .map(|(key, time, diff)| (time, LiveUpdate::Count(key, diff)));
-    Counts { trace, updates }
-}
-
-/// The count branch (see [`build_counts`]).
-pub struct Counts<'s> {
-    pub trace: CountTrace,
-    pub updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
+    Branch {
+        traces: trace,
+        updates,
+    }
 }
 
 /// What the dashboard branch restores from PostgreSQL (worker 0, time 0).
@@ -358,7 +363,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         horizon_ms: ctx.horizon_ms,
         tick_ms: ctx.tick_ms,
     };
-    let ack = Arc::clone(&ctx.acks[local]);
+    let ack = ctx.ack(index);
     worker.dataflow::<u64, _, _>(|scope| {
         let offsets = start_offsets(scope, restored.offsets);
         let source = SourceContext {
@@ -432,7 +437,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         );
         WorkerDataflow {
             probe,
-            trace: counts.trace,
+            trace: counts.traces,
             window_trace: windows.trace,
             dashboard_traces: dashboard.traces,
             worker: index,

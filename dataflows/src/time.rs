@@ -42,6 +42,15 @@ pub struct TickPolicy {
 }
 
 impl TickPolicy {
+    /// Ticks of `tick_ms`, stretched up to `catch_up_ms` (never below
+    /// `tick_ms`) while behind.
+    pub fn new(tick_ms: u64, catch_up_ms: u64) -> TickPolicy {
+        TickPolicy {
+            tick_ms,
+            catch_up_ms: catch_up_ms.max(tick_ms),
+        }
+    }
+
     /// The time to hold, given the time held, whether the source is behind
     /// and the wall clock.
     pub fn advance(&self, held: u64, behind: bool, now_ms: u64) -> u64 {
