@@ -27,6 +27,9 @@
 #   Kafka bootstrap 127.0.0.1:9092, topics trading.events market.data
 #   order.events user.actions (6 partitions, replication factor 1)
 set -euo pipefail
+# runuser, service and pg_ctlcluster live in the sbin folders, which a
+# minimal environment (cron, `env -i`, some CI runners) leaves out of PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd -P)"
