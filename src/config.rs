@@ -169,6 +169,11 @@ section!(DataflowConfig {
     max_pending_rows: i64 = 200_000,
     /// Most rows committed in one PostgreSQL transaction.
     max_commit_rows: usize = 50_000,
+    /// How often pending rollup deltas are folded into
+    /// `metric_aggregations` (readers count pending ones, so this bounds
+    /// only how far that table's own columns lag).
+    #[serde(with = "humantime_serde")]
+    rollup_compaction_interval: Duration = Duration::from_secs(10),
     /// Most Kafka messages one worker reads per activation.
     poll_budget: usize = 4096,
     /// Daily partitions created ahead of today.
@@ -608,6 +613,12 @@ impl Config {
             df.max_commit_rows,
             1,
             10_000_000,
+        )?;
+        range(
+            "analytics.dataflow.rollup_compaction_interval",
+            df.rollup_compaction_interval.as_millis() as u64,
+            10,
+            3_600_000,
         )?;
         range(
             "analytics.dataflow.poll_budget",

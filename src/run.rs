@@ -448,6 +448,20 @@ fn spawn_background(
         )
         .instrument(tracing::info_span!("retention")),
     );
+    rt.spawn(
+        sink::rollups::run_compactor(
+            stored.pool.clone(),
+            Arc::clone(&stored.partitions),
+            basis
+                .window_spec
+                .intervals
+                .iter()
+                .map(|(i, _)| *i)
+                .collect(),
+            config.analytics.dataflow.rollup_compaction_interval,
+        )
+        .instrument(tracing::info_span!("rollup_compaction")),
+    );
     let kafka = KafkaSettings {
         brokers: config.kafka_brokers(),
         group_id: config.kafka.consumer_group.clone(),

@@ -198,6 +198,10 @@ async fn check_all(env: &TestEnv, events: &[Value], range: (&str, &str)) {
 async fn windows_match_an_oracle_before_and_after_sigkill() {
     const N: usize = 20_000;
     let mut env = TestEnv::new("metrics", 4).await;
+    // No compaction until the clean restart below: the restart after
+    // SIGKILL restores from pending rollup deltas alone, and history is
+    // read from them.
+    env.set_rollup_compaction_interval("1h");
     env.start().await;
     let now = Utc::now();
     let events = skewed_events(N, 5, now, 5);
@@ -225,6 +229,16 @@ async fn windows_match_an_oracle_before_and_after_sigkill() {
     )
     .await;
     check_all(&env, &events, (&start, &end)).await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM metric_aggregations").await,
+        0,
+        "nothing compacted yet"
+    );
+    assert!(
+        env.count("SELECT count(*) FROM metric_aggregation_deltas")
+            .await
+            > 0
+    );
 
     // The historical part is now cached in Redis under the same key.
     let path = format!("/api/v1/metrics?metric_name=order.filled.price&interval=1m&start_time={start}&end_time={end}");
@@ -314,6 +328,52 @@ async fn windows_match_an_oracle_before_and_after_sigkill() {
         notional["result"]["data_points"]
     );
     assert_eq!(volume["result"]["aggregation"], "sum");
+
+    // With compaction on, every delta is folded into metric_aggregations,
+    // whose readable columns then equal the oracle.
+    env.stop().await;
+    env.set_rollup_compaction_interval("100ms");
+    env.start().await;
+    env.wait_count(
+        "SELECT count(*) FROM metric_aggregation_deltas",
+        0,
+        Duration::from_secs(60),
+    )
+    .await;
+    let expected = oracle(&events, "order.filled.price", 3_600, &[]);
+    let rows = env
+        .pg()
+        .await
+        .query(
+            "SELECT extract(epoch FROM time_bucket)::bigint, count, sum, min, max
+             FROM metric_aggregations
+             WHERE metric_name = 'order.filled.price' AND \"interval\" = '1h'
+               AND dimensions = '{}'::jsonb
+             ORDER BY time_bucket",
+            &[],
+        )
+        .await
+        .expect("rollup rows");
+    assert_eq!(rows.len(), expected.len(), "1h rollup rows");
+    for (row, (start, values)) in rows.iter().zip(&expected) {
+        assert_eq!(row.get::<_, i64>(0), *start);
+        assert_eq!(row.get::<_, i64>(1), values.len() as i64, "{start}: count");
+        let sum: i128 = values.iter().map(|v| to_nano(*v)).sum();
+        assert_eq!(
+            row.get::<_, Option<f64>>(2),
+            Some(sum as f64 / 1e9),
+            "{start}: sum"
+        );
+        assert_eq!(
+            row.get::<_, Option<f64>>(3),
+            Some(to_nano(values[0]) as f64 / 1e9)
+        );
+        assert_eq!(
+            row.get::<_, Option<f64>>(4),
+            Some(to_nano(values[values.len() - 1]) as f64 / 1e9)
+        );
+    }
+    check_all(&env, &events, (&start, &end)).await;
 
     // A clean restart restores live windows from the stored rollups.
     env.stop().await;

@@ -6,7 +6,7 @@
 //! task that keeps the validators current ([`schema_sync`]), dead-letter
 //! reads ([`dead_letters`]).
 //!
-//! Raw rows go in with binary COPY; offsets, dead letters and per-second
+//! Raw rows and rollup deltas go in with binary COPY; offsets, dead letters and per-second
 //! counts with multi-row statements over `unnest`, all in one transaction
 //! per group of ticks. No row-at-a-time INSERT on the hot path.
 
@@ -31,11 +31,12 @@ pub mod writer;
 pub use error::SinkError;
 
 /// Serialises read-merge-write merges into `table` across concurrent
-/// transactions (the sink writer of every process and the REST path) until
+/// transactions (the sink writer of every process and the REST path for
+/// the trading tables, every process's compactor for the rollups) until
 /// this one ends. Without it, two transactions that both find no row for a
 /// new key would both insert their own part, and the later upsert would
-/// overwrite the earlier one. Callers take tables in one fixed order
-/// (trading tables, then rollups), so that they cannot deadlock.
+/// overwrite the earlier one. A transaction takes tables in one fixed
+/// order, so that they cannot deadlock.
 pub async fn lock_merges(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,

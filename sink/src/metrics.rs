@@ -85,6 +85,27 @@ pub static SINK_PHASE_SECONDS: LazyLock<prometheus::CounterVec> = LazyLock::new(
     )
 });
 
+pub static ROLLUP_DELTAS_FOLDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_die(
+        register_int_counter!(
+            "analytics_rollup_deltas_folded_total",
+            "Rollup deltas folded into metric_aggregations by the compactor"
+        ),
+        "analytics_rollup_deltas_folded_total",
+    )
+});
+
+pub static ROLLUP_COMPACTION_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    or_die(
+        register_histogram!(
+            "analytics_rollup_compaction_seconds",
+            "Time of one compaction turn that folded rollup deltas",
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        ),
+        "analytics_rollup_compaction_seconds",
+    )
+});
+
 /// The phases of [`SINK_PHASE_SECONDS`], in commit order.
 pub const SINK_PHASES: [&str; 9] = [
     "partitions",
@@ -128,6 +149,8 @@ pub fn init() {
     LazyLock::force(&BATCHES);
     LazyLock::force(&BATCH_DURATION);
     LazyLock::force(&SINK_ERRORS);
+    LazyLock::force(&ROLLUP_DELTAS_FOLDED);
+    LazyLock::force(&ROLLUP_COMPACTION_SECONDS);
     for phase in SINK_PHASES {
         SINK_PHASE_SECONDS.with_label_values(&[phase]);
     }

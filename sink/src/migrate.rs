@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "trading",
         include_str!("../../migrations/0005_trading.sql"),
     ),
+    (
+        6,
+        "rollup_deltas",
+        include_str!("../../migrations/0006_rollup_deltas.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x616e_616c_7974_6963; // "analytic"

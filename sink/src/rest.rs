@@ -63,7 +63,7 @@ pub async fn commit_rest(
     crate::trading::merge(&tx, &trading).await?;
     let contributions = windows(&new);
     let refs: Vec<(&WindowKey, &Agg)> = contributions.iter().map(|(k, a)| (k, a)).collect();
-    crate::rollups::merge(&tx, partitions, &refs).await?;
+    crate::rollups::append(&tx, &refs).await?;
     let dead_refs: Vec<&DeadLetter> = dead.iter().collect();
     insert_dead_letters(&tx, &dead_refs).await?;
     tx.commit().await?;

@@ -1,11 +1,18 @@
-//! Rollups in `metric_aggregations`: window contributions are merged into
-//! the stored rows in the same transaction as the raw events they come
-//! from, so that the rollups always equal the aggregate of the committed
-//! events (late ones included) and live state can be restored from them.
+//! Rollups in `metric_aggregations`. Each sink commit appends its window
+//! contributions to `metric_aggregation_deltas` ([`append`]: binary COPY,
+//! no read, no lock) in the same transaction as the raw events they come
+//! from; a compactor ([`compact`], run by [`run_compactor`]) folds pending
+//! deltas into the rows and deletes them in one transaction. Every reader
+//! ([`load`], [`series`], [`names`]) adds the pending deltas in the same
+//! statement, so rollups always equal the aggregate of the committed events
+//! (late ones included) and live state can be restored from them, while a
+//! row of a long window is rewritten once per compaction instead of once
+//! per commit.
 //!
 //! The `sketch` column holds the whole mergeable state ([`Agg`], bincode);
 //! `count`, `sum`, `avg`, `min`, `max` and the percentiles are derived from
-//! it for SQL readers and the replaced service's clients.
+//! it for SQL readers and the replaced service's clients. Those columns lag
+//! the committed events by at most one compaction.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +21,12 @@ use dataflows::windows::{
     contribute, Agg, DimSet, DimensionGuard, Dims, Interval, Partials, WindowKey, WindowSpec,
 };
 use differential_dataflow::difference::Semigroup;
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Transaction};
 
+use crate::encode::{PgMicros, RawJsonb};
 use crate::partitions::{day_of, Partitions};
 use crate::SinkError;
 
@@ -58,21 +69,130 @@ fn stored_windows(rows: &[tokio_postgres::Row]) -> Vec<StoredWindow> {
         .collect()
 }
 
-/// Merges `deltas` into the stored rows (locked `FOR UPDATE`, keys in a
-/// fixed order so that concurrent writers cannot deadlock).
-pub async fn merge(
+/// Sums contributions per window, in key order.
+fn sum_by_key<'a, K: Ord>(deltas: impl IntoIterator<Item = (K, &'a Agg)>) -> BTreeMap<K, Agg> {
+    let mut merged: BTreeMap<K, Agg> = BTreeMap::new();
+    for (key, agg) in deltas {
+        merged.entry(key).or_default().plus_equals(agg);
+    }
+    merged
+}
+
+const DELTA_TYPES: &[Type] = &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::BYTEA];
+
+/// Appends `deltas` (summed per window) to `metric_aggregation_deltas`
+/// with binary COPY, in the caller's transaction: the commit path neither
+/// reads nor locks rollup rows. [`compact`] folds them in later.
+///
+/// `deltas` hold every configured interval's windows of the same panes;
+/// only the finest interval's are stored. It divides every other one
+/// (1m | 5m | 15m | 30m | 1h | 4h | 1d), so the others are sums of its
+/// windows, which readers and the compactor form ([`derive`]): seven
+/// times fewer rows to write with the default intervals.
+pub async fn append(tx: &Transaction<'_>, deltas: &[(&WindowKey, &Agg)]) -> Result<(), SinkError> {
+    let Some(finest) = deltas
+        .iter()
+        .map(|(k, _)| k.interval)
+        .min_by_key(|i| i.seconds())
+    else {
+        return Ok(());
+    };
+    let merged = sum_by_key(
+        deltas
+            .iter()
+            .filter(|(k, _)| k.interval == finest)
+            .map(|(k, a)| (*k, *a)),
+    );
+    let sink = tx
+        .copy_in(
+            "COPY metric_aggregation_deltas (metric_name, \"interval\", dimensions, bucket, sketch)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, DELTA_TYPES);
+    pin_mut!(writer);
+    for (key, agg) in &merged {
+        let dims = key.dims.to_json().to_string();
+        let sketch = agg.to_bytes();
+        let row: [&(dyn ToSql + Sync); 5] = [
+            &&*key.metric,
+            &key.interval.name(),
+            &dims,
+            &key.start,
+            &sketch,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The window of `interval` that holds the window `key`, when `interval`
+/// is a multiple of the key's interval.
+pub fn derive(key: &WindowKey, interval: Interval) -> Option<WindowKey> {
+    (interval.seconds() % key.interval.seconds() == 0).then(|| WindowKey {
+        metric: std::sync::Arc::clone(&key.metric),
+        interval,
+        dims: key.dims.clone(),
+        start: interval.window_of(key.start),
+    })
+}
+
+/// Folds at most `limit` pending deltas into the rows of `intervals` in
+/// `metric_aggregations`, in one transaction that deletes what it folds:
+/// each delta counts exactly once, before or after, for every reader.
+/// Returns how many were folded.
+pub async fn compact(
+    client: &mut tokio_postgres::Client,
+    partitions: &Partitions,
+    intervals: &[Interval],
+    limit: i64,
+) -> Result<usize, SinkError> {
+    let tx = client.transaction().await?;
+    crate::lock_merges(&tx, "metric_aggregations").await?;
+    let rows = tx
+        .query(
+            "DELETE FROM metric_aggregation_deltas
+             WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas LIMIT $1))
+             RETURNING metric_name, \"interval\", dimensions, bucket, sketch",
+            &[&limit],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let folded = rows.len();
+    let windows = stored_windows(&rows);
+    if windows.len() < folded {
+        tracing::error!(
+            unreadable = folded - windows.len(),
+            "rollup deltas that cannot be decoded; dropped"
+        );
+    }
+    let derived: Vec<(WindowKey, &Agg)> = windows
+        .iter()
+        .flat_map(|w| {
+            intervals
+                .iter()
+                .filter_map(move |i| Some((derive(&w.key, *i)?, &w.agg)))
+        })
+        .collect();
+    let merged = sum_by_key(derived.iter().map(|(k, a)| (k, *a)));
+    fold(&tx, partitions, merged).await?;
+    tx.commit().await?;
+    Ok(folded)
+}
+
+/// Adds `merged` to the stored rows, writing the derived columns: the rows
+/// that exist are deleted and their state returned (one join), then every
+/// merged row is written with binary COPY. The caller holds the merge lock,
+/// and only compactions write rollup rows, so nothing else changes them
+/// meanwhile; readers see the transaction whole or not at all.
+async fn fold(
     tx: &Transaction<'_>,
     partitions: &Partitions,
-    deltas: &[(&WindowKey, &Agg)],
+    mut merged: BTreeMap<&WindowKey, Agg>,
 ) -> Result<(), SinkError> {
-    if deltas.is_empty() {
-        return Ok(());
-    }
-    crate::lock_merges(tx, "metric_aggregations").await?;
-    let mut merged: BTreeMap<&WindowKey, Agg> = BTreeMap::new();
-    for (key, agg) in deltas {
-        merged.entry(*key).or_default().plus_equals(agg);
-    }
     partitions
         .ensure(
             tx.client(),
@@ -80,62 +200,151 @@ pub async fn merge(
             merged.keys().map(|k| day_of(k.start * 1_000_000)),
         )
         .await?;
+    // A hash join in memory: the default plan sorts both sides on the
+    // jsonb key (spilling to disk), in every parallel worker.
+    tx.batch_execute(
+        "SET LOCAL work_mem = '256MB'; SET LOCAL enable_mergejoin = off;
+         SET LOCAL max_parallel_workers_per_gather = 0",
+    )
+    .await?;
     let keys: Vec<&WindowKey> = merged.keys().copied().collect();
     let (names, intervals, dims, starts) = key_arrays(&keys);
     let existing = tx
         .query(
-            "SELECT m.metric_name, m.\"interval\", m.dimensions::text,
-                    extract(epoch FROM m.time_bucket)::bigint, m.sketch
-             FROM metric_aggregations m
-             JOIN unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(n, i, d, b)
-               ON m.metric_name = u.n AND m.\"interval\" = u.i
-              AND m.dimensions = u.d::jsonb AND m.time_bucket = to_timestamp(u.b)
-             ORDER BY 1, 2, 3, 4
-             FOR UPDATE OF m",
+            "DELETE FROM metric_aggregations m
+             USING unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(n, i, d, b)
+             WHERE m.metric_name = u.n AND m.\"interval\" = u.i
+               AND m.dimensions = u.d::jsonb AND m.time_bucket = to_timestamp(u.b)
+             RETURNING m.metric_name, m.\"interval\", m.dimensions::text,
+                       extract(epoch FROM m.time_bucket)::bigint, m.sketch",
             &[&names, &intervals, &dims, &starts],
         )
         .await?;
     for row in &existing {
-        let (Some(key), Some(bytes)) = (row_key(row), row.get::<_, Option<&[u8]>>(4)) else {
-            continue;
-        };
-        if let (Some(agg), Some(stored)) = (merged.get_mut(&key), Agg::from_bytes(bytes)) {
-            agg.plus_equals(&stored);
+        let Some(key) = row_key(row) else { continue };
+        if let (Some(agg), Some(Some(old))) = (
+            merged.get_mut(&key),
+            row.get::<_, Option<&[u8]>>(4).map(Agg::from_bytes),
+        ) {
+            agg.plus_equals(&old);
         }
     }
-    let aggs: Vec<&Agg> = merged.values().collect();
-    let counts: Vec<i64> = aggs.iter().map(|a| a.count).collect();
-    let sums: Vec<Option<f64>> = aggs.iter().map(|a| a.sum_value()).collect();
-    let avgs: Vec<Option<f64>> = aggs.iter().map(|a| a.avg()).collect();
-    let mins: Vec<Option<f64>> = aggs.iter().map(|a| a.min_value()).collect();
-    let maxs: Vec<Option<f64>> = aggs.iter().map(|a| a.max_value()).collect();
-    let q = |p: f64| -> Vec<Option<f64>> { aggs.iter().map(|a| a.quantile(p)).collect() };
-    let (p50, p90, p95, p99) = (q(0.5), q(0.9), q(0.95), q(0.99));
-    let sketches: Vec<Vec<u8>> = aggs.iter().map(|a| a.to_bytes()).collect();
-    tx.execute(
-        "INSERT INTO metric_aggregations
-            (metric_name, \"interval\", dimensions, time_bucket, count, sum, avg, min, max,
-             p50, p90, p95, p99, sketch, updated_at)
-         SELECT n, i, d::jsonb, to_timestamp(b), c, s, a, mi, ma, q50, q90, q95, q99, sk, now()
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                     $6::float8[], $7::float8[], $8::float8[], $9::float8[],
-                     $10::float8[], $11::float8[], $12::float8[], $13::float8[], $14::bytea[])
-           AS u(n, i, d, b, c, s, a, mi, ma, q50, q90, q95, q99, sk)
-         ON CONFLICT (metric_name, \"interval\", dimensions, time_bucket) DO UPDATE SET
-            count = EXCLUDED.count, sum = EXCLUDED.sum, avg = EXCLUDED.avg,
-            min = EXCLUDED.min, max = EXCLUDED.max, p50 = EXCLUDED.p50, p90 = EXCLUDED.p90,
-            p95 = EXCLUDED.p95, p99 = EXCLUDED.p99, sketch = EXCLUDED.sketch,
-            updated_at = EXCLUDED.updated_at",
-        &[
-            &names, &intervals, &dims, &starts, &counts, &sums, &avgs, &mins, &maxs, &p50, &p90,
-            &p95, &p99, &sketches,
-        ],
-    )
-    .await?;
+    copy_rows(tx, &merged).await
+}
+
+/// The readable columns of a rollup row, derived from its state.
+struct Columns {
+    count: i64,
+    sum: Option<f64>,
+    avg: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    quantiles: [Option<f64>; 4],
+    sketch: Vec<u8>,
+}
+
+impl Columns {
+    fn of(agg: &Agg) -> Columns {
+        Columns {
+            count: agg.count,
+            sum: agg.sum_value(),
+            avg: agg.avg(),
+            min: agg.min_value(),
+            max: agg.max_value(),
+            quantiles: [0.5, 0.9, 0.95, 0.99].map(|q| agg.quantile(q)),
+            sketch: agg.to_bytes(),
+        }
+    }
+}
+
+const ROW_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::BYTEA,
+];
+
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    rows: &BTreeMap<&WindowKey, Agg>,
+) -> Result<(), SinkError> {
+    let sink = tx
+        .copy_in(
+            "COPY metric_aggregations (metric_name, \"interval\", dimensions, time_bucket, count,
+                sum, avg, min, max, p50, p90, p95, p99, sketch) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, ROW_TYPES);
+    pin_mut!(writer);
+    for (key, agg) in rows {
+        let c = Columns::of(agg);
+        let dims = key.dims.to_json().to_string();
+        let [q50, q90, q95, q99] = c.quantiles;
+        let row: [&(dyn ToSql + Sync); 14] = [
+            &&*key.metric,
+            &key.interval.name(),
+            &RawJsonb(&dims),
+            &PgMicros(key.start * 1_000_000),
+            &c.count,
+            &c.sum,
+            &c.avg,
+            &c.min,
+            &c.max,
+            &q50,
+            &q90,
+            &q95,
+            &q99,
+            &c.sketch,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
     Ok(())
 }
 
-/// Stored windows of `interval` starting at or after `from_start`.
+/// Rows and pending deltas as windows of `interval` starting in
+/// `[from, to)`, one per key (summed).
+fn summed(
+    rows: &[tokio_postgres::Row],
+    interval: Interval,
+    from: i64,
+    to: i64,
+) -> Vec<StoredWindow> {
+    sum_windows(stored_windows(rows), interval, from, to)
+}
+
+/// [`summed`] of decoded windows.
+fn sum_windows(
+    stored: Vec<StoredWindow>,
+    interval: Interval,
+    from: i64,
+    to: i64,
+) -> Vec<StoredWindow> {
+    let mut windows: BTreeMap<WindowKey, Agg> = BTreeMap::new();
+    for w in stored {
+        if let Some(key) = derive(&w.key, interval).filter(|k| k.start >= from && k.start < to) {
+            windows.entry(key).or_default().plus_equals(&w.agg);
+        }
+    }
+    windows
+        .into_iter()
+        .map(|(key, agg)| StoredWindow { key, agg })
+        .collect()
+}
+
+/// Stored windows of `interval` starting at or after `from_start` (a
+/// window start), with their pending deltas (one statement, so one snapshot: a compaction is
+/// seen whole or not at all).
 pub async fn load<C: GenericClient>(
     client: &C,
     interval: Interval,
@@ -146,16 +355,21 @@ pub async fn load<C: GenericClient>(
             "SELECT metric_name, \"interval\", dimensions::text,
                     extract(epoch FROM time_bucket)::bigint, sketch
              FROM metric_aggregations
-             WHERE \"interval\" = $1 AND time_bucket >= to_timestamp($2)",
-            &[&interval.name(), &(from_start as f64)],
+             WHERE \"interval\" = $1 AND time_bucket >= to_timestamp($2::bigint)
+             UNION ALL
+             SELECT metric_name, \"interval\", dimensions, bucket, sketch
+             FROM metric_aggregation_deltas
+             WHERE bucket >= $2",
+            &[&interval.name(), &from_start],
         )
         .await?;
-    Ok(stored_windows(&rows))
+    Ok(summed(&rows, interval, from_start, i64::MAX))
 }
 
 /// Stored windows of one metric and interval with starts in `[from, to)`,
 /// of the row whose dimensions are exactly `filter` (the total when it is
-/// empty): rollups exist for the configured dimension sets only.
+/// empty), pending deltas included: rollups exist for the configured
+/// dimension sets only.
 pub async fn series<C: GenericClient>(
     client: &C,
     metric: &str,
@@ -170,18 +384,23 @@ pub async fn series<C: GenericClient>(
                     extract(epoch FROM time_bucket)::bigint, sketch
              FROM metric_aggregations
              WHERE metric_name = $1 AND \"interval\" = $2 AND dimensions = $3::text::jsonb
-               AND time_bucket >= to_timestamp($4) AND time_bucket < to_timestamp($5)
-             ORDER BY time_bucket",
+               AND time_bucket >= to_timestamp($4::bigint) AND time_bucket < to_timestamp($5::bigint)
+             UNION ALL
+             SELECT metric_name, \"interval\", dimensions, bucket, sketch
+             FROM metric_aggregation_deltas
+             WHERE metric_name = $1 AND dimensions = $3
+               AND bucket >= $4 AND bucket < $5 + $6",
             &[
                 &metric,
                 &interval.name(),
                 &filter.to_json().to_string(),
-                &(from as f64),
-                &(to as f64),
+                &from,
+                &to,
+                &interval.seconds(),
             ],
         )
         .await?;
-    Ok(stored_windows(&rows))
+    Ok(summed(&rows, interval, from, to))
 }
 
 /// Windows of one metric and interval with starts in `[from, to)` for a
@@ -249,11 +468,112 @@ pub async fn raw_series<C: GenericClient>(
 pub async fn names<C: GenericClient>(client: &C) -> Result<Vec<String>, SinkError> {
     Ok(client
         .query(
-            "SELECT DISTINCT metric_name FROM metric_aggregations ORDER BY 1",
+            "SELECT metric_name FROM metric_aggregations
+             UNION SELECT metric_name FROM metric_aggregation_deltas ORDER BY 1",
             &[],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// Most deltas folded in one compaction transaction.
+const COMPACTION_ROWS: i64 = 200_000;
+
+/// Folds pending deltas into the rows of `intervals` every `every` (all of them, in transactions of at
+/// most [`COMPACTION_ROWS`]) until the process ends. Every process of a
+/// cluster runs one; the merge lock serialises them. A failed compaction
+/// leaves its deltas pending (readers still count them) and is retried at
+/// the next turn.
+pub async fn run_compactor(
+    pool: crate::Pool,
+    partitions: std::sync::Arc<Partitions>,
+    intervals: Vec<Interval>,
+    every: std::time::Duration,
+) {
+    let mut turns = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        turns.tick().await;
+        let started = std::time::Instant::now();
+        let mut folded = 0;
+        let result = async {
+            let mut client = pool.get().await?;
+            loop {
+                let n = compact(&mut client, &partitions, &intervals, COMPACTION_ROWS).await?;
+                folded += n;
+                if (n as i64) < COMPACTION_ROWS {
+                    return Ok::<(), SinkError>(());
+                }
+            }
+        }
+        .await;
+        if folded > 0 {
+            crate::metrics::ROLLUP_DELTAS_FOLDED.inc_by(folded as u64);
+            crate::metrics::ROLLUP_COMPACTION_SECONDS.observe(started.elapsed().as_secs_f64());
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, folded, "rollup compaction failed; deltas stay pending");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(interval: &str, start: i64, values: &[f64]) -> StoredWindow {
+        let mut agg = Agg::default();
+        for v in values {
+            agg.plus_equals(&Agg::of_value(*v));
+        }
+        StoredWindow {
+            key: WindowKey {
+                metric: "order.filled.price".into(),
+                interval: Interval::parse(interval).expect("interval"),
+                dims: Dims::default(),
+                start,
+            },
+            agg,
+        }
+    }
+
+    #[test]
+    fn derive_maps_a_window_into_the_multiples_of_its_interval() {
+        let one = window("1m", 3_660, &[]).key;
+        let hour = derive(&one, Interval::parse("1h").expect("1h")).expect("1h is 60 minutes");
+        assert_eq!((hour.interval.name(), hour.start), ("1h", 3_600));
+        let five = window("5m", 3_600, &[]).key;
+        assert!(derive(&five, Interval::parse("1m").expect("1m")).is_none());
+        assert_eq!(derive(&five, five.interval).expect("itself").start, 3_600);
+    }
+
+    #[test]
+    fn rows_and_pending_deltas_sum_per_window_of_the_asked_interval() {
+        let five = Interval::parse("5m").expect("5m");
+        let stored = vec![
+            // The stored 5m row of [3600, 3900) and two pending 1m panes of it.
+            window("5m", 3_600, &[1.0, 9.0]),
+            window("1m", 3_600, &[0.5]),
+            window("1m", 3_840, &[20.0]),
+            // A pane of the next window, and one before the range.
+            window("1m", 3_900, &[7.0]),
+            window("1m", 3_000, &[3.0]),
+            // A 15m delta cannot be split into 5m windows.
+            window("15m", 3_600, &[11.0]),
+        ];
+        let got = sum_windows(stored, five, 3_600, 4_200);
+        let starts: Vec<i64> = got.iter().map(|w| w.key.start).collect();
+        assert_eq!(starts, vec![3_600, 3_900]);
+        let first = &got[0].agg;
+        assert_eq!((first.count, first.sum_value()), (4, Some(30.5)));
+        assert_eq!(
+            (first.min_value(), first.max_value()),
+            (Some(0.5), Some(20.0))
+        );
+        assert_eq!(first.sketch.count(), 4);
+        assert_eq!(got[1].agg.count, 1);
+        assert!(got.iter().all(|w| w.key.interval == five));
+    }
 }

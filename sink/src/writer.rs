@@ -192,8 +192,17 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     // was interned by this process's workers, and its dictionary only
     // grows, so none can be missing; if one were, say so rather than drop
     // it silently.
+    // Only the finest interval's windows are stored (see rollups::append).
+    let finest = group
+        .iter()
+        .flat_map(|b| b.rollups.iter().map(|(id, _)| id.interval))
+        .min_by_key(|i| i.seconds());
     let mut keyed: Vec<(WindowKey, &Agg)> = Vec::new();
-    for (id, a) in group.iter().flat_map(|b| b.rollups.iter()) {
+    for (id, a) in group
+        .iter()
+        .flat_map(|b| b.rollups.iter())
+        .filter(|(id, _)| Some(id.interval) == finest)
+    {
         match id.key() {
             Some(key) => keyed.push((key, a)),
             None => tracing::error!(
@@ -203,7 +212,7 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
         }
     }
     let rollups: Vec<(&WindowKey, &Agg)> = keyed.iter().map(|(k, a)| (k, *a)).collect();
-    crate::rollups::merge(&tx, &ctx.partitions, &rollups).await?;
+    crate::rollups::append(&tx, &rollups).await?;
     clock.lap("rollups");
     tx.commit().await?;
     clock.lap("commit");

@@ -85,6 +85,8 @@ pub struct TestEnv {
     pub strategy_timeout: String,
     /// `security.rate_limit` as (requests_per_minute, burst); `None`: off.
     pub rate_limit: Option<(u32, u32)>,
+    /// `analytics.dataflow.rollup_compaction_interval` (humantime).
+    pub rollup_compaction_interval: String,
 }
 
 impl TestEnv {
@@ -149,6 +151,7 @@ impl TestEnv {
             active_users_window: "5m".into(),
             strategy_timeout: "15m".into(),
             rate_limit: None,
+            rollup_compaction_interval: "1s".into(),
         };
         env.write_config();
         env
@@ -177,6 +180,7 @@ impl TestEnv {
             active_users_window: "5m".into(),
             strategy_timeout: "15m".into(),
             rate_limit: self.rate_limit,
+            rollup_compaction_interval: self.rollup_compaction_interval.clone(),
         };
         env.write_config();
         env
@@ -186,6 +190,12 @@ impl TestEnv {
     pub fn set_dashboard(&mut self, active_users_window: &str, strategy_timeout: &str) {
         self.active_users_window = active_users_window.into();
         self.strategy_timeout = strategy_timeout.into();
+        self.write_config();
+    }
+
+    /// Sets how often rollup deltas are compacted (before `start`).
+    pub fn set_rollup_compaction_interval(&mut self, every: &str) {
+        self.rollup_compaction_interval = every.into();
         self.write_config();
     }
 
@@ -235,6 +245,7 @@ analytics:
   dataflow:
     tick: 100ms
     live_horizon: 25h
+    rollup_compaction_interval: {rollup_compaction_interval}
   dashboard:
     active_users_window: {active_users_window}
     strategy_timeout: {strategy_timeout}
@@ -264,6 +275,7 @@ security:
             rl_enabled = self.rate_limit.is_some(),
             rl_rpm = self.rate_limit.map_or(1000, |(rpm, _)| rpm),
             rl_burst = self.rate_limit.map_or(100, |(_, burst)| burst),
+            rollup_compaction_interval = self.rollup_compaction_interval,
         );
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
