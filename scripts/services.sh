@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Local backing services for the analytics service: PostgreSQL, Redis and a
 # single-node Kafka 4.1.1 (KRaft), all bound to 127.0.0.1, no Docker needed.
+# PostgreSQL and Kafka also offer TLS endpoints (private CA) for the
+# integration tests.
 #
 #   scripts/services.sh [start]   install what is missing, start, wait until ready
 #   scripts/services.sh stop      stop everything started by this script
-#   scripts/services.sh status    one line per service (exit 0 only if all run)
+#   scripts/services.sh status    one line per service and TLS endpoint
+#                                 (exit 0 only if all run)
+#   scripts/services.sh tls-env   print `export` lines for the TLS tests:
+#                                 eval "$(scripts/services.sh tls-env)"
 #
 # All state lives under $ROOT/.data (git-ignored):
 #   .data/postgres/   our own PostgreSQL cluster (data/, run/ = unix socket,
-#                     postgres.log). Owned by the `postgres` OS user when run
+#                     postgres.log, tls/ = copies of server.crt, server.key
+#                     and ca.crt owned by the cluster owner, mode 0600).
+#                     Owned by the `postgres` OS user when run
 #                     as root. If that user cannot traverse the parents of
 #                     .data (e.g. the repo is under /root), the cluster lives
 #                     in /var/tmp/analytics-pg-<hash of ROOT> instead and
@@ -16,16 +23,50 @@
 #   .data/redis/      redis.pid, redis.log (no persistence)
 #   .data/kafka/      libs/ (jars from Maven Central, see scripts/kafka/pom.xml),
 #                     server.properties, log4j2*.properties, cluster.id,
-#                     logs/ (topic data), kafka.log, kafka.pid
+#                     logs/ (topic data), kafka.log, kafka.pid,
+#                     tls-keystore.pem (server.key + server.crt),
+#                     sasl-client.properties (Java client settings for 9095),
+#                     config.sha256 (what the running broker was started with:
+#                     a broker from an older config is restarted),
+#                     scram.done (the SCRAM user exists in this log dir)
+#   .data/tls/        private CA and certificates (openssl, RSA 2048), made
+#                     once, remade when missing, not signed by the current CA
+#                     or expiring within 30 days:
+#                       ca.crt, ca.key            the CA (10 years)
+#                       server.crt, server.key    SAN DNS:localhost, IP:127.0.0.1
+#                                                 (serverAuth, clientAuth)
+#                       wrong-host.crt, .key      SAN DNS:wrong.example only
+#                                                 (served by nothing)
+#                       client.crt, client.key    CN=analytics_tls (clientAuth)
+#                     Keys are PKCS#8 PEM, mode 0600; certificates 0644.
+#                     .profile and .keys-match: what was made and a hash of
+#                     the files when keys and certificates last matched.
 #
 # Environment overrides: PGPORT (5432), REDIS_PORT (6379), KAFKA_PORT (9092),
-# KAFKA_CONTROLLER_PORT (9093).
+# KAFKA_CONTROLLER_PORT (9093), KAFKA_SSL_PORT (9094), KAFKA_SASL_SSL_PORT
+# (9095).
 #
 # Connection details (the defaults the service expects):
 #   postgres://analytics_user:change_me@127.0.0.1:5432/analytics
 #   redis://127.0.0.1:6379
 #   Kafka bootstrap 127.0.0.1:9092, topics trading.events market.data
 #   order.events user.actions (6 partitions, replication factor 1)
+#
+# TLS endpoints (CA: .data/tls/ca.crt):
+#   PostgreSQL  postgres://analytics_tls:tls_secret@localhost:5432/analytics
+#               (sslmode=verify-full). The role may only log in over TLS
+#               (hostnossl ... reject); its sessions run as analytics_user
+#               (member, plus ALTER ROLE ... SET role), so it owns and sees
+#               what the service creates (analytics_user is granted
+#               pg_read_all_stats, so that such a session sees its own row
+#               in pg_stat_ssl). PostgreSQL also listens on
+#               127.0.0.2, which is not in the certificate: verify-full to
+#               host 127.0.0.2 fails the host name check. A client
+#               certificate (client.crt) is verified against the CA when sent.
+#   Kafka SSL       127.0.0.1:9094 (client certificate optional: requested)
+#   Kafka SASL_SSL  127.0.0.1:9095, SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN,
+#                   user analytics, password scram_secret
+#   No ACLs (no authorizer). PLAINTEXT 9092 stays the inter-broker listener.
 set -euo pipefail
 # runuser, service and pg_ctlcluster live in the sbin folders, which a
 # minimal environment (cron, `env -i`, some CI runners) leaves out of PATH.
@@ -40,14 +81,24 @@ PG_PORT="${PGPORT:-5432}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-9094}"
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-9095}"
 
 PG_DB=analytics
 PG_USER=analytics_user
 PG_PASSWORD=change_me
+# TLS-only role for the TLS tests; its sessions run as $PG_USER.
+PG_TLS_USER=analytics_tls
+PG_TLS_PASSWORD=tls_secret
+# Loopback address PostgreSQL also listens on, absent from the server
+# certificate: the target of the "verify-full must fail" test.
+PG_TLS_WRONG_HOST=127.0.0.2
 
 KAFKA_TOPICS=(trading.events market.data order.events user.actions)
 KAFKA_TOPIC_PARTITIONS=6
 KAFKA_POM="$SCRIPT_DIR/kafka/pom.xml"
+KAFKA_SCRAM_USER=analytics
+KAFKA_SCRAM_PASSWORD=scram_secret
 
 PG_READY_TIMEOUT=60
 REDIS_READY_TIMEOUT=30
@@ -125,6 +176,166 @@ apt_install() {
         || { tail -n 30 "$aptlog" >&2; die "apt-get install $* failed"; }
 }
 
+# --------------------------------------------------------------------- TLS --
+
+TLS_DIR="$DATA/tls"
+TLS_CA_DAYS=3650
+TLS_LEAF_DAYS=825
+TLS_RENEW_SECONDS=$(( 30 * 24 * 3600 ))
+# The certificates below, in words. A different text (edit it whenever the
+# profiles in tls_write_openssl_conf change) remakes all of them.
+TLS_PROFILE="v1 rsa2048 ca server(DNS:localhost,IP:127.0.0.1) wrong-host(DNS:wrong.example) client(CN=analytics_tls)"
+# file name -> openssl config section, and the subject's common name.
+TLS_LEAVES=(server wrong-host client)
+declare -A TLS_SECTION=([server]=server [wrong-host]=wrong_host [client]=client)
+declare -A TLS_CN=([server]=localhost [wrong-host]=wrong.example [client]=analytics_tls)
+
+# tls_write_openssl_conf FILE: the request and extension profiles, without
+# depending on the system's openssl.cnf.
+tls_write_openssl_conf() {
+    cat >"$1" <<'CNF'
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth,clientAuth
+subjectAltName = DNS:localhost,IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid,issuer
+[wrong_host]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth,clientAuth
+subjectAltName = DNS:wrong.example
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid,issuer
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid,issuer
+CNF
+}
+
+# tls_new_key FILE: RSA 2048, PKCS#8 PEM (what Kafka's PEM keystore reads).
+tls_new_key() {
+    (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null) \
+        || die "tls: openssl genpkey failed for $1"
+}
+
+# tls_key_matches NAME: NAME.key is the private key of NAME.crt.
+tls_key_matches() {
+    local crt_pub key_pub
+    crt_pub="$(openssl x509 -noout -pubkey -in "$TLS_DIR/$1.crt" 2>/dev/null)" || return 1
+    key_pub="$(openssl pkey -pubout -in "$TLS_DIR/$1.key" 2>/dev/null)" || return 1
+    [[ -n $crt_pub && $crt_pub == "$key_pub" ]]
+}
+
+# tls_files_hash: sha256 over all keys and certificates; .keys-match holds it
+# from the last time they were made or found to match (skips tls_key_matches).
+tls_files_hash() {
+    local name
+    for name in ca "${TLS_LEAVES[@]}"; do
+        cat "$TLS_DIR/$name.crt" "$TLS_DIR/$name.key" 2>/dev/null || true
+    done | sha256sum | cut -d' ' -f1
+}
+
+# tls_verified WHEN NAME...: the names (ca included) whose certificate chains
+# to ca.crt and is valid at the epoch second WHEN, one per line.
+tls_verified() {
+    local when=$1 name files=()
+    shift
+    for name in "$@"; do
+        [[ -s $TLS_DIR/$name.crt ]] && files+=("$name.crt")
+    done
+    (( ${#files[@]} > 0 )) || return 0
+    # Exit status 2 when any of them fails; the per-file lines tell which.
+    (cd "$TLS_DIR" || exit 0; openssl verify -CAfile ca.crt -attime "$when" "${files[@]}" 2>/dev/null; true) \
+        | sed -n 's/^\(.*\)\.crt: OK$/\1/p'
+}
+
+# tls_ensure: the CA and the certificates in $TLS_DIR exist, match their
+# keys, chain to the CA and stay valid for 30 more days; otherwise they are
+# made (all of them when the CA is remade).
+tls_ensure() {
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    mkdir -p "$TLS_DIR"
+    chmod 755 "$TLS_DIR"
+    rm -rf "$TLS_DIR"/.tmp.*
+
+    local all=(ca "${TLS_LEAVES[@]}") name t ok_now ok_later remake=() keys_checked=0
+    t=$(now)
+    if [[ ! -s $TLS_DIR/.profile || "$(<"$TLS_DIR/.profile")" != "$TLS_PROFILE" ]]; then
+        remake=("${all[@]}")
+    else
+        ok_now="$(tls_verified "$t" "${all[@]}")"
+        ok_later="$(tls_verified $(( t + TLS_RENEW_SECONDS )) "${all[@]}")"
+        if [[ -s $TLS_DIR/.keys-match && "$(<"$TLS_DIR/.keys-match")" == "$(tls_files_hash)" ]]; then
+            keys_checked=1
+        fi
+        for name in "${all[@]}"; do
+            if ! grep -qxF -- "$name" <<<"$ok_now" || ! grep -qxF -- "$name" <<<"$ok_later" \
+                || [[ ! -s $TLS_DIR/$name.key ]] || { (( ! keys_checked )) && ! tls_key_matches "$name"; }; then
+                if [[ $name == ca ]]; then
+                    remake=("${all[@]}")
+                    break
+                fi
+                remake+=("$name")
+            fi
+        done
+    fi
+    if (( ${#remake[@]} == 0 )); then
+        (( keys_checked )) || tls_files_hash >"$TLS_DIR/.keys-match"
+        return 0
+    fi
+
+    local tmp cnf
+    tmp="$(mktemp -d "$TLS_DIR/.tmp.XXXXXX")"
+    cnf="$tmp/openssl.cnf"
+    tls_write_openssl_conf "$cnf"
+    rm -f "$TLS_DIR/.profile" "$TLS_DIR/.keys-match"
+    if [[ ${remake[0]} == ca ]]; then
+        log "tls: creating a private CA in $TLS_DIR"
+        tls_new_key "$tmp/ca.key"
+        openssl req -x509 -new -key "$tmp/ca.key" -sha256 -days "$TLS_CA_DAYS" \
+            -subj "/CN=analytics dev CA $ROOT_HASH" -config "$cnf" -extensions ca \
+            -out "$tmp/ca.crt" 2>"$tmp/err" \
+            || { cat "$tmp/err" >&2; die "tls: creating the CA certificate failed"; }
+        chmod 644 "$tmp/ca.crt"
+        mv -f "$tmp/ca.key" "$TLS_DIR/ca.key"
+        mv -f "$tmp/ca.crt" "$TLS_DIR/ca.crt"
+        remake=("${remake[@]:1}")
+    fi
+    for name in "${remake[@]}"; do
+        log "tls: creating $name.crt (CN=${TLS_CN[$name]})"
+        tls_new_key "$tmp/$name.key"
+        openssl req -new -key "$tmp/$name.key" -subj "/CN=${TLS_CN[$name]}" -config "$cnf" \
+            -out "$tmp/$name.csr" 2>"$tmp/err" \
+            || { cat "$tmp/err" >&2; die "tls: certificate request for $name failed"; }
+        openssl x509 -req -in "$tmp/$name.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+            -set_serial "$(printf '0x%04x%04x%04x%04x%04x%04x%04x%04x' \
+                $(( RANDOM | 0x1000 )) "$RANDOM" "$RANDOM" "$RANDOM" "$RANDOM" "$RANDOM" "$RANDOM" "$RANDOM")" \
+            -days "$TLS_LEAF_DAYS" -sha256 -extfile "$cnf" -extensions "${TLS_SECTION[$name]}" \
+            -out "$tmp/$name.crt" 2>"$tmp/err" \
+            || { cat "$tmp/err" >&2; die "tls: signing $name.crt failed"; }
+        chmod 644 "$tmp/$name.crt"
+        mv -f "$tmp/$name.key" "$TLS_DIR/$name.key"
+        mv -f "$tmp/$name.crt" "$TLS_DIR/$name.crt"
+    done
+    rm -rf "$tmp"
+    tls_files_hash >"$TLS_DIR/.keys-match"
+    printf '%s\n' "$TLS_PROFILE" >"$TLS_DIR/.profile"
+}
+
 # -------------------------------------------------------------- PostgreSQL --
 
 PG_OS_USER=""
@@ -132,7 +343,14 @@ PG_BASE=""
 PGDATA_DIR=""
 PG_SOCK=""
 PG_LOG=""
+PG_TLS_DIR=""
 PGBIN=""
+# Set by pg_install_tls, pg_write_conf, pg_write_hba: 1 when the file changed.
+PG_TLS_CHANGED=0
+PG_CONF_CHANGED=0
+PG_HBA_CHANGED=0
+PG_HBA_BEGIN="# BEGIN analytics TLS role (scripts/services.sh rewrites this block on every start)"
+PG_HBA_END="# END analytics TLS role"
 
 pg_find_bin() {
     local ver
@@ -166,6 +384,7 @@ pg_paths() {
     PGDATA_DIR="$PG_BASE/data"
     PG_LOG="$PG_BASE/postgres.log"
     PG_SOCK="$PG_BASE/run"
+    PG_TLS_DIR="$PG_BASE/tls"
     # Unix socket paths are limited to 107 bytes.
     if (( ${#PG_SOCK} > 90 )); then
         PG_SOCK="/tmp/analytics-pg-$ROOT_HASH"
@@ -203,13 +422,16 @@ pg_running() {
     as_pg "$PGBIN/pg_ctl" status -D "$PGDATA_DIR" >/dev/null 2>&1
 }
 
+# pg_write_conf: analytics.conf; PG_CONF_CHANGED=1 when it differs from the
+# file the cluster has (a running cluster must then restart: listen_addresses).
 pg_write_conf() {
     local conf="$PGDATA_DIR/analytics.conf"
     local tmp
     tmp="$(mktemp)"
     cat >"$tmp" <<EOF
 # Written by scripts/services.sh on every start; edit the script, not this file.
-listen_addresses = '$HOST'
+# $PG_TLS_WRONG_HOST: same server certificate, a host name it does not name.
+listen_addresses = '$HOST,$PG_TLS_WRONG_HOST'
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCK'
 max_connections = 200
@@ -224,10 +446,85 @@ logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 log_timezone = 'UTC'
 timezone = 'UTC'
+ssl = on
+ssl_cert_file = '$PG_TLS_DIR/server.crt'
+ssl_key_file = '$PG_TLS_DIR/server.key'
+ssl_ca_file = '$PG_TLS_DIR/ca.crt'
+ssl_min_protocol_version = 'TLSv1.2'
 EOF
+    if cmp -s "$tmp" "$conf"; then
+        rm -f "$tmp"
+        PG_CONF_CHANGED=0
+        return 0
+    fi
     if is_root; then chown "$PG_OS_USER" "$tmp"; fi
     chmod 600 "$tmp"
     mv -f "$tmp" "$conf"
+    PG_CONF_CHANGED=1
+}
+
+# pg_write_hba: our block at the top of pg_hba.conf (ahead of initdb's generic
+# rules, which stay as they are): the TLS role logs in over TLS only.
+# PG_HBA_CHANGED=1 when the file changed (a reload applies it).
+pg_write_hba() {
+    local hba="$PGDATA_DIR/pg_hba.conf" tmp
+    tmp="$(mktemp)"
+    {
+        printf '%s\n' "$PG_HBA_BEGIN"
+        printf '%-9s %-15s %-15s %-23s %s\n' \
+            hostssl all "$PG_TLS_USER" "$HOST/32" scram-sha-256 \
+            hostssl all "$PG_TLS_USER" "$PG_TLS_WRONG_HOST/32" scram-sha-256 \
+            hostssl all "$PG_TLS_USER" ::1/128 scram-sha-256 \
+            hostnossl all "$PG_TLS_USER" 0.0.0.0/0 reject \
+            hostnossl all "$PG_TLS_USER" ::/0 reject
+        printf '%s\n' "$PG_HBA_END"
+        awk -v b="$PG_HBA_BEGIN" -v e="$PG_HBA_END" \
+            '$0 == b { skip = 1; next } $0 == e { skip = 0; next } !skip' "$hba"
+    } >"$tmp"
+    if cmp -s "$tmp" "$hba"; then
+        rm -f "$tmp"
+        PG_HBA_CHANGED=0
+        return 0
+    fi
+    if is_root; then chown "$PG_OS_USER" "$tmp"; fi
+    chmod 600 "$tmp"
+    mv -f "$tmp" "$hba"
+    PG_HBA_CHANGED=1
+}
+
+# pg_install_tls: copies of server.crt, server.key and ca.crt where the
+# cluster owner reads them (PostgreSQL wants its key owned by the server user,
+# mode 0600). PG_TLS_CHANGED=1 when a copy changed (a reload applies it).
+pg_install_tls() {
+    local f changed=0
+    if [[ ! -d $PG_TLS_DIR ]]; then
+        mkdir -m 700 "$PG_TLS_DIR"
+        if is_root; then chown "$PG_OS_USER:" "$PG_TLS_DIR"; fi
+    fi
+    for f in server.crt server.key ca.crt; do
+        cmp -s "$TLS_DIR/$f" "$PG_TLS_DIR/$f" && continue
+        (umask 077 && cp "$TLS_DIR/$f" "$PG_TLS_DIR/$f.tmp")
+        if is_root; then chown "$PG_OS_USER:" "$PG_TLS_DIR/$f.tmp"; fi
+        mv -f "$PG_TLS_DIR/$f.tmp" "$PG_TLS_DIR/$f"
+        changed=1
+    done
+    PG_TLS_CHANGED=$changed
+}
+
+# pg_reload: SIGHUP, then wait until the postmaster has read its files again
+# (a new session sees a later pg_conf_load_time()).
+pg_reload() {
+    local q="SELECT (extract(epoch FROM pg_conf_load_time()) * 1000000)::bigint"
+    local before after deadline
+    before="$(pg_psql_super -tA -c "$q")"
+    as_pg "$PGBIN/pg_ctl" reload -D "$PGDATA_DIR" >/dev/null
+    deadline=$(( $(now) + 15 ))
+    while after="$(pg_psql_super -tA -c "$q")"; (( after <= before )); do
+        if (( $(now) >= deadline )); then
+            die "postgres: configuration reload not applied after 15s (log: $PG_LOG)"
+        fi
+        sleep 0.1
+    done
 }
 
 pg_initdb() {
@@ -282,6 +579,23 @@ BEGIN
   ELSE
     ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
   END IF;
+  -- The TLS role works as $PG_USER: member (INHERIT), and its sessions
+  -- SET ROLE to it, so the objects it creates belong to $PG_USER too.
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_TLS_USER') THEN
+    CREATE ROLE $PG_TLS_USER LOGIN INHERIT PASSWORD '$PG_TLS_PASSWORD';
+  ELSE
+    ALTER ROLE $PG_TLS_USER LOGIN INHERIT PASSWORD '$PG_TLS_PASSWORD';
+  END IF;
+  IF NOT pg_has_role('$PG_TLS_USER', '$PG_USER', 'MEMBER') THEN
+    GRANT $PG_USER TO $PG_TLS_USER;
+  END IF;
+  ALTER ROLE $PG_TLS_USER SET role = '$PG_USER';
+  -- pg_stat_ssl / pg_stat_activity show a session's details only to roles
+  -- with the privileges of its session user (or pg_read_all_stats); a TLS
+  -- session runs as $PG_USER, which must see its own ssl = t.
+  IF NOT pg_has_role('$PG_USER', 'pg_read_all_stats', 'MEMBER') THEN
+    GRANT pg_read_all_stats TO $PG_USER;
+  END IF;
 END
 \$\$;
 EOF
@@ -290,10 +604,22 @@ EOF
     if [[ $exists != 1 ]]; then
         pg_psql_super -c "CREATE DATABASE $PG_DB OWNER $PG_USER" >/dev/null
     fi
+    pg_psql_super -c "GRANT ALL ON DATABASE $PG_DB TO $PG_TLS_USER" >/dev/null
     # Prove that password auth over TCP works the way the service connects.
     PGPASSWORD="$PG_PASSWORD" "$PGBIN/psql" -X -q -tA \
         "postgresql://$PG_USER@$HOST:$PG_PORT/$PG_DB?connect_timeout=5" -c 'select 1' >/dev/null \
         || die "postgres: password login as $PG_USER over TCP failed"
+    pg_tls_check || die "postgres: TLS login as $PG_TLS_USER (verify-full, host localhost) failed"
+}
+
+# pg_tls_check: the TLS role logs in over TLS with verify-full against our CA.
+pg_tls_check() {
+    local ssl
+    ssl="$(PGPASSWORD="$PG_TLS_PASSWORD" "$PGBIN/psql" -X -q -tA \
+        "host=localhost port=$PG_PORT dbname=$PG_DB user=$PG_TLS_USER sslmode=verify-full sslrootcert=$TLS_DIR/ca.crt connect_timeout=5" \
+        -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>&1)" \
+        || { printf '%s\n' "$ssl" >&2; return 1; }
+    [[ $ssl == t ]]
 }
 
 pg_start() {
@@ -311,11 +637,21 @@ pg_start() {
     if is_root; then chown "$PG_OS_USER" "$PG_SOCK"; fi
     chmod 700 "$PG_SOCK"
 
+    pg_install_tls
+    pg_write_conf
+    pg_write_hba
     if pg_running; then
-        :
-    else
+        if (( PG_CONF_CHANGED )); then
+            log "postgres: analytics.conf changed, restarting the cluster"
+            as_pg "$PGBIN/pg_ctl" stop -D "$PGDATA_DIR" -m fast -w -t "$STOP_TIMEOUT" >/dev/null \
+                || die "postgres: stopping the cluster for the new configuration failed (log: $PG_LOG)"
+        elif (( PG_HBA_CHANGED || PG_TLS_CHANGED )); then
+            log "postgres: pg_hba.conf or certificates changed, reloading"
+            pg_reload
+        fi
+    fi
+    if ! pg_running; then
         pg_free_port
-        pg_write_conf
         as_pg "$PGBIN/pg_ctl" start -W -D "$PGDATA_DIR" -l "$PG_LOG" >/dev/null 9>&- \
             || { tail -n 30 "$PG_LOG" >&2 || true; die "pg_ctl start failed"; }
     fi
@@ -330,6 +666,7 @@ pg_start() {
     done
     pg_bootstrap_db
     log "postgres: ready  postgres://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$PG_DB  (data: $PGDATA_DIR)"
+    log "postgres: TLS    postgres://$PG_TLS_USER:$PG_TLS_PASSWORD@localhost:$PG_PORT/$PG_DB  (sslmode=verify-full, CA $TLS_DIR/ca.crt)"
 }
 
 pg_stop() {
@@ -356,7 +693,12 @@ pg_status() {
         pid="$(head -n 1 "$PGDATA_DIR/postmaster.pid" 2>/dev/null || true)"
         if "$PGBIN/pg_isready" -q -h "$HOST" -p "$PG_PORT" -t 2; then
             log "postgres: running (pid $pid) $HOST:$PG_PORT db=$PG_DB"
-            return 0
+            if pg_tls_check 2>/dev/null; then
+                log "postgres: TLS ok (verify-full as $PG_TLS_USER@localhost:$PG_PORT, also listening on $PG_TLS_WRONG_HOST)"
+                return 0
+            fi
+            log "postgres: TLS login as $PG_TLS_USER (verify-full, localhost:$PG_PORT) fails"
+            return 1
         fi
         log "postgres: running (pid $pid) but not accepting connections on $HOST:$PG_PORT"
         return 1
@@ -446,6 +788,12 @@ KAFKA_LOG="$KAFKA_DIR/kafka.log"
 KAFKA_OUT="$KAFKA_DIR/kafka.out"
 KAFKA_CLUSTER_ID_FILE="$KAFKA_DIR/cluster.id"
 KAFKA_BOOTSTRAP="$HOST:$KAFKA_PORT"
+KAFKA_SSL_BOOTSTRAP="$HOST:$KAFKA_SSL_PORT"
+KAFKA_SASL_SSL_BOOTSTRAP="$HOST:$KAFKA_SASL_SSL_PORT"
+KAFKA_KEYSTORE="$KAFKA_DIR/tls-keystore.pem"
+KAFKA_SASL_CLIENT_PROPS="$KAFKA_DIR/sasl-client.properties"
+KAFKA_CONFIG_HASH="$KAFKA_DIR/config.sha256"
+KAFKA_SCRAM_MARKER="$KAFKA_DIR/scram.done"
 
 # Short-lived Kafka CLI JVMs: small heap, C1 only, quiet logging.
 kafka_tool() {
@@ -494,11 +842,24 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SSL://$HOST:$KAFKA_SSL_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SSL://$HOST:$KAFKA_SSL_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+# TLS (SSL and SASL_SSL listeners): server.key + server.crt from $TLS_DIR,
+# client certificates optional, checked against the CA when sent.
+ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_KEYSTORE
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+ssl.client.auth=requested
+# SASL_SSL: SCRAM users live in the cluster metadata (kafka_ensure_scram);
+# PLAIN checks the one user listed here. No authorizer: no ACLs.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SCRAM_USER="$KAFKA_SCRAM_PASSWORD";
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1
@@ -514,6 +875,19 @@ delete.topic.enable=true
 log.retention.hours=24
 EOF
     mv -f "$KAFKA_PROPS.tmp" "$KAFKA_PROPS"
+
+    # PEM keystore: the PKCS#8 key and its certificate in one file.
+    (umask 077 && cat "$TLS_DIR/server.key" "$TLS_DIR/server.crt" >"$KAFKA_KEYSTORE.tmp")
+    mv -f "$KAFKA_KEYSTORE.tmp" "$KAFKA_KEYSTORE"
+
+    # Java client settings for the SASL_SSL listener (kafka_ensure_scram).
+    cat >"$KAFKA_SASL_CLIENT_PROPS" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_SCRAM_USER" password="$KAFKA_SCRAM_PASSWORD";
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+EOF
 
     cat >"$KAFKA_LOG4J" <<EOF
 # Broker logging (log4j2): INFO and above to kafka.log, rolled at 50 MB.
@@ -582,16 +956,65 @@ kafka_list_topics() {
     kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP" --list
 }
 
+# kafka_config_hash: what the broker reads at startup and never again.
+kafka_config_hash() {
+    cat "$KAFKA_PROPS" "$KAFKA_KEYSTORE" "$TLS_DIR/ca.crt" | sha256sum | cut -d' ' -f1
+}
+
+# kafka_ensure_scram: the SCRAM user exists (SHA-256 and SHA-512) and logs in
+# over SASL_SSL. Done once per storage directory: scram.done holds the
+# cluster.id and directory.id of logs/meta.properties (a new directory.id
+# after a re-format) and a hash of the credentials.
+kafka_ensure_scram() {
+    local want dir_id
+    dir_id="$(grep -E '^(cluster|directory)\.id=' "$KAFKA_LOGS/meta.properties" 2>/dev/null | sort | cut -d= -f2 | paste -sd' ' || true)"
+    want="$dir_id $(printf '%s:%s' "$KAFKA_SCRAM_USER" "$KAFKA_SCRAM_PASSWORD" | sha256sum | cut -d' ' -f1)"
+    if [[ -n $dir_id && -s $KAFKA_SCRAM_MARKER && "$(<"$KAFKA_SCRAM_MARKER")" == "$want" ]]; then
+        return 0
+    fi
+    rm -f "$KAFKA_SCRAM_MARKER"
+    log "kafka: creating SCRAM user $KAFKA_SCRAM_USER (SCRAM-SHA-256, SCRAM-SHA-512)"
+    # One mechanism per request: KRaft refuses both at once ("A user
+    # credential cannot be altered twice in the same request").
+    local mech
+    for mech in SCRAM-SHA-256 SCRAM-SHA-512; do
+        kafka_tool kafka.admin.ConfigCommand --bootstrap-server "$KAFKA_BOOTSTRAP" --alter \
+            --add-config "$mech=[password=$KAFKA_SCRAM_PASSWORD]" \
+            --entity-type users --entity-name "$KAFKA_SCRAM_USER" >/dev/null 2>>"$KAFKA_DIR/tools.err" \
+            || die "kafka: ConfigCommand --alter ($mech user $KAFKA_SCRAM_USER) failed (see $KAFKA_DIR/tools.err)"
+    done
+    # The broker applies the credential from the metadata log shortly after
+    # the write: log in over SASL_SSL (SCRAM-SHA-512) until that works.
+    local deadline=$(( $(now) + KAFKA_READY_TIMEOUT ))
+    until kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_SASL_SSL_BOOTSTRAP" \
+            --command-config "$KAFKA_SASL_CLIENT_PROPS" --list >/dev/null 2>>"$KAFKA_DIR/tools.err"; do
+        if (( $(now) >= deadline )); then
+            kafka_print_logs
+            die "kafka: SCRAM login as $KAFKA_SCRAM_USER on $KAFKA_SASL_SSL_BOOTSTRAP kept failing for ${KAFKA_READY_TIMEOUT}s (see $KAFKA_DIR/tools.err)"
+        fi
+        sleep 1
+    done
+    printf '%s\n' "$want" >"$KAFKA_SCRAM_MARKER"
+}
+
 kafka_start() {
     mkdir -p "$KAFKA_DIR"
     kafka_ensure_java
     kafka_fetch_libs
     kafka_write_config
 
+    local config_hash
+    config_hash="$(kafka_config_hash)"
+    if pid_alive "$KAFKA_PID" kafka.Kafka \
+        && [[ ! -s $KAFKA_CONFIG_HASH || "$(<"$KAFKA_CONFIG_HASH")" != "$config_hash" ]]; then
+        log "kafka: configuration or certificates changed, restarting the broker"
+        kafka_stop
+    fi
+
     if ! pid_alive "$KAFKA_PID" kafka.Kafka; then
         rm -f "$KAFKA_PID"
         local p
-        for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+        for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_SASL_SSL_PORT"; do
             if port_open "$p"; then
                 die "port $HOST:$p is used by another process (not our Kafka, pid file $KAFKA_PID). Stop it first."
             fi
@@ -607,10 +1030,11 @@ kafka_start() {
             -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" \
             >>"$KAFKA_OUT" 2>&1 </dev/null 9>&- &
         disown || true
+        printf '%s\n' "$config_hash" >"$KAFKA_CONFIG_HASH"
     fi
 
     local deadline=$(( $(now) + KAFKA_READY_TIMEOUT ))
-    until port_open "$KAFKA_PORT"; do
+    until port_open "$KAFKA_PORT" && port_open "$KAFKA_SSL_PORT" && port_open "$KAFKA_SASL_SSL_PORT"; do
         # The process itself, not its command line: while bash execs nohup
         # and nohup execs java, /proc/PID/cmdline can read empty.
         if [[ -s $KAFKA_PID ]] && ! kill -0 "$(<"$KAFKA_PID")" 2>/dev/null; then
@@ -619,7 +1043,7 @@ kafka_start() {
         fi
         if (( $(now) >= deadline )); then
             kafka_print_logs
-            die "kafka not listening on $KAFKA_BOOTSTRAP after ${KAFKA_READY_TIMEOUT}s (log: $KAFKA_LOG)"
+            die "kafka not listening on $KAFKA_BOOTSTRAP, $KAFKA_SSL_BOOTSTRAP and $KAFKA_SASL_SSL_BOOTSTRAP after ${KAFKA_READY_TIMEOUT}s (log: $KAFKA_LOG)"
         fi
         sleep 0.3
     done
@@ -642,7 +1066,9 @@ kafka_start() {
             log "kafka: created topic $t ($KAFKA_TOPIC_PARTITIONS partitions)"
         fi
     done
+    kafka_ensure_scram
     log "kafka:    ready  $KAFKA_BOOTSTRAP  topics: ${KAFKA_TOPICS[*]}"
+    log "kafka:    TLS    SSL $KAFKA_SSL_BOOTSTRAP, SASL_SSL $KAFKA_SASL_SSL_BOOTSTRAP (SCRAM-SHA-512/256, PLAIN: $KAFKA_SCRAM_USER/$KAFKA_SCRAM_PASSWORD)"
 }
 
 kafka_stop() {
@@ -653,7 +1079,16 @@ kafka_status() {
     if pid_alive "$KAFKA_PID" kafka.Kafka; then
         if port_open "$KAFKA_PORT"; then
             log "kafka:    running (pid $(<"$KAFKA_PID")) $KAFKA_BOOTSTRAP"
-            return 0
+            local rc=0 listener
+            for listener in "SSL $KAFKA_SSL_BOOTSTRAP" "SASL_SSL $KAFKA_SASL_SSL_BOOTSTRAP"; do
+                if port_open "${listener##*:}"; then
+                    log "kafka:    TLS listener ${listener% *} ${listener#* } ok"
+                else
+                    log "kafka:    TLS listener ${listener% *} ${listener#* } not listening"
+                    rc=1
+                fi
+            done
+            return "$rc"
         fi
         log "kafka:    running (pid $(<"$KAFKA_PID")) but not listening on $KAFKA_BOOTSTRAP"
         return 1
@@ -676,6 +1111,7 @@ cmd_start() {
     take_lock
     local t0
     t0=$(now)
+    tls_ensure
     pg_start
     redis_start
     kafka_start
@@ -689,8 +1125,65 @@ cmd_stop() {
     pg_stop
 }
 
+# cmd_tls_env: `export` lines for the TLS integration tests.
+cmd_tls_env() {
+    [[ -s $TLS_DIR/ca.crt ]] || warn "no certificates in $TLS_DIR yet: run scripts/services.sh start"
+    local pairs=(
+        TLS_DIR "$TLS_DIR"
+        TLS_CA_FILE "$TLS_DIR/ca.crt"
+        TLS_SERVER_CERT "$TLS_DIR/server.crt"
+        TLS_SERVER_KEY "$TLS_DIR/server.key"
+        TLS_CLIENT_CERT "$TLS_DIR/client.crt"
+        TLS_CLIENT_KEY "$TLS_DIR/client.key"
+        TLS_WRONG_HOST_CERT "$TLS_DIR/wrong-host.crt"
+        TLS_WRONG_HOST_KEY "$TLS_DIR/wrong-host.key"
+        PG_TLS_URL "postgres://$PG_TLS_USER:$PG_TLS_PASSWORD@localhost:$PG_PORT/$PG_DB"
+        PG_TLS_HOST localhost
+        PG_TLS_PORT "$PG_PORT"
+        PG_TLS_USER "$PG_TLS_USER"
+        PG_TLS_PASSWORD "$PG_TLS_PASSWORD"
+        PG_TLS_DB "$PG_DB"
+        PG_TLS_WRONG_HOST "$PG_TLS_WRONG_HOST"
+        PG_TLS_WRONG_HOST_URL "postgres://$PG_TLS_USER:$PG_TLS_PASSWORD@$PG_TLS_WRONG_HOST:$PG_PORT/$PG_DB"
+        KAFKA_SSL_BROKERS "$KAFKA_SSL_BOOTSTRAP"
+        KAFKA_SASL_SSL_BROKERS "$KAFKA_SASL_SSL_BOOTSTRAP"
+        KAFKA_SASL_MECHANISMS "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
+        KAFKA_SCRAM_USER "$KAFKA_SCRAM_USER"
+        KAFKA_SCRAM_PASSWORD "$KAFKA_SCRAM_PASSWORD"
+    )
+    # Plain values as they are; anything else in single quotes (what both
+    # `eval` and dotenv-style readers take).
+    local i v q="'"
+    for (( i = 0; i < ${#pairs[@]}; i += 2 )); do
+        v=${pairs[i+1]}
+        if [[ ! $v =~ ^[A-Za-z0-9_./:@,=+-]*$ ]]; then
+            v="'${v//$q/$q\\$q$q}'"
+        fi
+        printf 'export %s=%s\n' "${pairs[i]}" "$v"
+    done
+}
+
+# tls_status: the certificates exist and stay valid for 30 more days.
+tls_status() {
+    local all=(ca "${TLS_LEAVES[@]}") ok name missing=()
+    if ! command -v openssl >/dev/null 2>&1 || [[ ! -s $TLS_DIR/ca.crt ]]; then
+        log "tls:      no certificates in $TLS_DIR"
+        return 1
+    fi
+    ok="$(tls_verified $(( $(now) + TLS_RENEW_SECONDS )) "${all[@]}")"
+    for name in "${all[@]}"; do
+        grep -qxF -- "$name" <<<"$ok" || missing+=("$name")
+    done
+    if (( ${#missing[@]} > 0 )); then
+        log "tls:      $TLS_DIR: ${missing[*]} missing, not signed by ca.crt or expiring within 30 days (start remakes them)"
+        return 1
+    fi
+    log "tls:      $TLS_DIR ok (CA $(openssl x509 -noout -enddate -in "$TLS_DIR/ca.crt" | cut -d= -f2-), server.crt $(openssl x509 -noout -enddate -in "$TLS_DIR/server.crt" | cut -d= -f2-))"
+}
+
 cmd_status() {
     local rc=0
+    tls_status || rc=1
     pg_status || rc=1
     redis_status || rc=1
     kafka_status || rc=1
@@ -702,8 +1195,9 @@ case "${1:-start}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     restart) cmd_stop; cmd_start ;;
+    tls-env) cmd_tls_env ;;
     -h|--help|help)
         sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
         ;;
-    *) die "usage: $0 [start|stop|status|restart]" ;;
+    *) die "usage: $0 [start|stop|status|restart|tls-env]" ;;
 esac
