@@ -7,7 +7,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # rdkafka builds the bundled librdkafka (C, via its configure script): the
-# rust:*-bookworm image already has gcc, make, perl and zlib headers.
+# rust:*-bookworm image already has gcc, make, perl, zlib and OpenSSL
+# headers (libssl-dev, for rdkafka's `ssl` feature and PostgreSQL TLS).
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
@@ -18,7 +19,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin analytics
 COPY --from=build /out/analytics /usr/local/bin/analytics

@@ -2,15 +2,15 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test services services-stop build lint fmt compose-check manifests-check bench unit integration
+.PHONY: run test services services-stop build-deps build lint fmt compose-check manifests-check bench unit integration
 
 ## Start the local services, build, and run the service with the demo producer.
-run: services
+run: services build-deps
 	$(CARGO) build --release --bin analytics
 	./target/release/analytics run --demo
 
 ## Everything CI checks: format, lints, compose file, unit and integration tests.
-test: services
+test: services build-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) compose-check
@@ -19,7 +19,7 @@ test: services
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p dataflows --tests
 	scripts/install-test-tools.sh
-	$(CARGO) test --test integration --test metrics --test dashboard --test web --test auth --test ratelimit --test custom_events --test retention --test trading --test grafana -- --test-threads=2
+	$(CARGO) test --test integration --test metrics --test dashboard --test web --test auth --test ratelimit --test custom_events --test retention --test trading --test grafana --test tls -- --test-threads=2
 
 ## Install what is missing and start PostgreSQL, Redis and Kafka on 127.0.0.1.
 services:
@@ -27,6 +27,10 @@ services:
 
 services-stop:
 	scripts/services.sh stop
+
+## System libraries the build links against (OpenSSL via pkg-config).
+build-deps:
+	scripts/install-build-deps.sh
 
 ## Validate docker-compose.yml (builds the compose CLI plugin if it is missing).
 compose-check:
@@ -41,7 +45,7 @@ manifests-check:
 	scripts/install-kubeconform.sh
 	scripts/check-manifests.sh
 
-build:
+build: build-deps
 	$(CARGO) build --workspace --all-targets
 
 fmt:
@@ -54,6 +58,6 @@ fmt:
 ## what the service sustains today, so it is saturated throughout) and
 ## waits at most 120 s more; raise --ingest-rate once it keeps up.
 BENCH_ARGS ?= --core-events 300000 --ingest-rate 20000 --drain-secs 120
-bench: services
+bench: services build-deps
 	$(CARGO) build --release -p analytics -p benchmarks
 	$${CARGO_TARGET_DIR:-target}/release/bench all --analytics $${CARGO_TARGET_DIR:-target}/release/analytics $(BENCH_ARGS)

@@ -54,6 +54,14 @@ section!(ServerConfig {
     max_body_bytes: usize = 1024 * 1024,
     /// Most events in one POSTed batch.
     max_batch_events: usize = 10_000,
+    tls: ServerTlsConfig = ServerTlsConfig::default(),
+});
+
+section!(ServerTlsConfig {
+    /// PEM certificate chain and key: when both are set, the API port
+    /// serves HTTPS only (health and metrics ports stay plain HTTP).
+    cert_file: String = String::new(),
+    key_file: String = String::new(),
 });
 
 section!(DatabaseConfig {
@@ -65,7 +73,14 @@ section!(DatabaseConfig {
     /// A file holding the password (as orchestrators mount secrets); read
     /// at start-up, trailing newline removed. Excludes `password`.
     password_file: String = String::new(),
+    /// libpq's `sslmode`: disable, prefer, require, verify-ca, verify-full.
     ssl_mode: String = "disable".into(),
+    /// PEM file of the roots to trust (libpq's `sslrootcert`); unset with
+    /// verify-ca or verify-full: the system's trusted certificates.
+    ssl_root_cert: String = String::new(),
+    /// Client certificate chain and key (PEM) for servers that ask for one.
+    ssl_cert: String = String::new(),
+    ssl_key: String = String::new(),
     max_connections: usize = 50,
     max_idle_connections: usize = 10,
     #[serde(with = "humantime_serde")]
@@ -95,6 +110,25 @@ section!(KafkaConfig {
     enable_auto_commit: bool = false,
     #[serde(with = "humantime_serde")]
     session_timeout: Duration = Duration::from_secs(30),
+    security: KafkaSecurityConfig = KafkaSecurityConfig::default(),
+});
+
+section!(KafkaSecurityConfig {
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl (librdkafka's
+    /// `security.protocol`).
+    protocol: String = "plaintext".into(),
+    /// PEM roots to trust for the brokers' certificates; unset: the
+    /// system's trusted certificates.
+    ca_file: String = String::new(),
+    /// Client certificate and key (PEM), for brokers that ask for one.
+    cert_file: String = String::new(),
+    key_file: String = String::new(),
+    /// SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (SASL protocols only).
+    sasl_mechanism: String = "SCRAM-SHA-512".into(),
+    username: String = String::new(),
+    password: String = String::new(),
+    /// As `database.password_file`.
+    password_file: String = String::new(),
 });
 
 section!(IngestionConfig {
@@ -295,6 +329,12 @@ const SECRETS: &[(&str, &str, &str, &str)] = &[
         "REDIS_PASSWORD",
         "REDIS_PASSWORD_FILE",
     ),
+    (
+        "kafka.security.password",
+        "kafka.security.password_file",
+        "KAFKA_PASSWORD",
+        "KAFKA_PASSWORD_FILE",
+    ),
 ];
 
 /// Keys of the format with no meaning in this design, and why. Every other
@@ -398,13 +438,16 @@ impl Config {
     ) -> Result<(), ConfigError> {
         for &(key, file_key, var, file_var) in SECRETS {
             let inline = self.inline_secrets.contains(&key) || env(var).is_some();
-            let (value, file) = if key == "database.password" {
-                (
+            let (value, file) = match key {
+                "database.password" => (
                     &mut self.database.password,
                     &mut self.database.password_file,
-                )
-            } else {
-                (&mut self.redis.password, &mut self.redis.password_file)
+                ),
+                "redis.password" => (&mut self.redis.password, &mut self.redis.password_file),
+                _ => (
+                    &mut self.kafka.security.password,
+                    &mut self.kafka.security.password_file,
+                ),
             };
             if let Some(path) = env(file_var) {
                 *file = path;
@@ -431,7 +474,11 @@ impl Config {
     /// `analytics check-config`).
     pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
-        for secret in [&mut shown.database.password, &mut shown.redis.password] {
+        for secret in [
+            &mut shown.database.password,
+            &mut shown.redis.password,
+            &mut shown.kafka.security.password,
+        ] {
             if !secret.is_empty() {
                 *secret = "***".into();
             }
@@ -470,6 +517,9 @@ impl Config {
         }
         if let Some(v) = env("REDIS_PASSWORD") {
             self.redis.password = v;
+        }
+        if let Some(v) = env("KAFKA_PASSWORD") {
+            self.kafka.security.password = v;
         }
         if let Some(v) = env("REDIS_HOST") {
             self.redis.host = v;
@@ -759,11 +809,50 @@ impl Config {
         if !self.metrics.path.starts_with('/') {
             return Err(invalid("metrics.path", "must start with /"));
         }
-        if self.database.ssl_mode != "disable" {
+        if self.server.tls.cert_file.is_empty() != self.server.tls.key_file.is_empty() {
+            return Err(invalid(
+                "server.tls.key_file",
+                "server.tls.cert_file and server.tls.key_file go together",
+            ));
+        }
+        if sink::SslMode::parse(&self.database.ssl_mode).is_none() {
             return Err(invalid(
                 "database.ssl_mode",
-                "only \"disable\" is supported by this build",
+                "must be one of disable, prefer, require, verify-ca, verify-full",
             ));
+        }
+        if self.database.ssl_cert.is_empty() != self.database.ssl_key.is_empty() {
+            return Err(invalid(
+                "database.ssl_key",
+                "database.ssl_cert and database.ssl_key go together",
+            ));
+        }
+        let k = &self.kafka.security;
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&k.protocol.as_str()) {
+            return Err(invalid(
+                "kafka.security.protocol",
+                "must be one of plaintext, ssl, sasl_plaintext, sasl_ssl",
+            ));
+        }
+        if k.cert_file.is_empty() != k.key_file.is_empty() {
+            return Err(invalid(
+                "kafka.security.key_file",
+                "kafka.security.cert_file and kafka.security.key_file go together",
+            ));
+        }
+        if k.protocol.starts_with("sasl") {
+            if !["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].contains(&k.sasl_mechanism.as_str()) {
+                return Err(invalid(
+                    "kafka.security.sasl_mechanism",
+                    "must be SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN",
+                ));
+            }
+            if k.username.is_empty() {
+                return Err(invalid(
+                    "kafka.security.username",
+                    "is required with a sasl protocol",
+                ));
+            }
         }
         Ok(())
     }
@@ -938,7 +1027,81 @@ health:
             missing.contains("database.password_file /nonexistent/pw"),
             "{missing}"
         );
+        // Kafka's SASL password, from the file or KAFKA_PASSWORD_FILE.
+        let c = load(
+            format!(
+                "kafka:
+  security:
+    protocol: sasl_ssl
+    username: u
+    password_file: \"{}\"
+",
+                redis.display()
+            ),
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(c.kafka.security.password, "r3dis");
+        assert!(!format!("{:?}", c.redacted()).contains("r3dis"));
+        let c = load(
+            "kafka:
+  security:
+    protocol: sasl_ssl
+    username: u
+"
+            .into(),
+            &[("KAFKA_PASSWORD_FILE", db.display().to_string())],
+        );
+        assert_eq!(c.expect("loads").kafka.security.password, "s3cret");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn secured_links_are_checked_naming_the_key() {
+        let refused = |yaml: &str, key: &str| {
+            let c = Config::from_yaml(yaml).expect("parses");
+            let e = c.validate().expect_err(yaml).to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        };
+        refused("database:\n  ssl_mode: allow\n", "database.ssl_mode");
+        refused("database:\n  ssl_cert: /c.pem\n", "database.ssl_key");
+        refused(
+            "server:\n  tls:\n    cert_file: /c.pem\n",
+            "server.tls.key_file",
+        );
+        refused(
+            "kafka:\n  security:\n    protocol: tls\n",
+            "kafka.security.protocol",
+        );
+        refused(
+            "kafka:\n  security:\n    protocol: sasl_ssl\n    sasl_mechanism: GSSAPI\n    username: u\n",
+            "kafka.security.sasl_mechanism",
+        );
+        refused(
+            "kafka:\n  security:\n    protocol: sasl_plaintext\n",
+            "kafka.security.username",
+        );
+        for mode in sink::SslMode::NAMES {
+            let c = Config::from_yaml(&format!("database:\n  ssl_mode: {mode}\n")).expect("parses");
+            c.validate().expect(mode);
+        }
+        let c = Config::from_yaml(
+            "kafka:\n  security:\n    protocol: sasl_ssl\n    ca_file: /ca.pem\n    username: u\n    password: p\n",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let props = crate::run::kafka_security(&c);
+        let get = |k: &str| {
+            props
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(get("ssl.ca.location"), Some("/ca.pem"));
+        assert_eq!(get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(get("sasl.password"), Some("p"));
+        assert_eq!(get("ssl.certificate.location"), None);
     }
 
     #[test]

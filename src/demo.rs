@@ -130,6 +130,7 @@ fn next_event(
 /// Produces `rate` events per second until `shutdown`.
 pub fn spawn(
     brokers: String,
+    security: Vec<(String, String)>,
     topics: Vec<String>,
     rate: u32,
     shutdown: Arc<AtomicBool>,
@@ -137,11 +138,14 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("demo-producer".into())
         .spawn(move || {
-            let producer: BaseProducer = match ClientConfig::new()
+            let mut config = ClientConfig::new();
+            config
                 .set("bootstrap.servers", &brokers)
-                .set("linger.ms", "5")
-                .create()
-            {
+                .set("linger.ms", "5");
+            for (key, value) in &security {
+                config.set(key, value);
+            }
+            let producer: BaseProducer = match config.create() {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %e, "demo producer cannot start");

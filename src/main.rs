@@ -9,6 +9,7 @@ mod demo;
 mod keys;
 mod logging;
 mod run;
+mod secure_links;
 
 use std::path::PathBuf;
 

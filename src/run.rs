@@ -84,6 +84,28 @@ impl Cluster {
     }
 }
 
+/// librdkafka's properties for `kafka.security`.
+pub(crate) fn kafka_security(config: &Config) -> Vec<(String, String)> {
+    let k = &config.kafka.security;
+    let mut out = vec![("security.protocol".to_string(), k.protocol.clone())];
+    let mut set = |key: &str, value: &str| {
+        if !value.is_empty() {
+            out.push((key.to_string(), value.to_string()));
+        }
+    };
+    if k.protocol.ends_with("ssl") {
+        set("ssl.ca.location", &k.ca_file);
+        set("ssl.certificate.location", &k.cert_file);
+        set("ssl.key.location", &k.key_file);
+    }
+    if k.protocol.starts_with("sasl") {
+        set("sasl.mechanism", &k.sasl_mechanism);
+        set("sasl.username", &k.username);
+        set("sasl.password", &k.password);
+    }
+    out
+}
+
 fn db_settings(config: &Config) -> DbSettings {
     DbSettings {
         host: config.database.host.clone(),
@@ -96,6 +118,15 @@ fn db_settings(config: &Config) -> DbSettings {
         application_name: "analytics".into(),
         max_lifetime: Some(config.database.connection_lifetime)
             .filter(|lifetime| !lifetime.is_zero()),
+        tls: sink::TlsSettings {
+            mode: sink::SslMode::parse(&config.database.ssl_mode).unwrap_or(sink::SslMode::Disable),
+            root_cert: Some(&config.database.ssl_root_cert)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            client_cert: Some((&config.database.ssl_cert, &config.database.ssl_key))
+                .filter(|(c, k)| !c.is_empty() && !k.is_empty())
+                .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
+        },
     }
 }
 
@@ -120,32 +151,41 @@ pub(crate) async fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
                 info!(ran, "database migrated");
                 return Ok(pool);
             }
-            Err(deadpool_postgres::PoolError::Backend(e)) if refused_credentials(&e) => {
-                // Retrying cannot help; the message names the user, never
-                // the password.
-                return Err(anyhow::anyhow!(
-                    "PostgreSQL refused the credentials of database.user {:?}: {} (check database.password or database.password_file)",
-                    config.database.user,
-                    e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
-                ));
-            }
-            Err(e) if Instant::now() < deadline => {
+            Err(e) => {
+                if let deadpool_postgres::PoolError::Backend(cause) = &e {
+                    // Retrying cannot help; the message names the
+                    // settings, never the password.
+                    if let Some(why) = fatal_connect_error(config, cause) {
+                        anyhow::bail!("{why}");
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Err(e).context("cannot reach postgresql");
+                }
                 warn!(error = %e, "waiting for postgresql");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(e).context("cannot reach postgresql"),
         }
     }
 }
 
-/// An authentication failure (wrong password, unknown user, no
-/// `pg_hba.conf` entry).
-fn refused_credentials(e: &tokio_postgres::Error) -> bool {
+/// Why connecting cannot succeed by retrying: refused credentials (wrong
+/// password, unknown user, no `pg_hba.conf` entry), or TLS that cannot
+/// work as configured.
+fn fatal_connect_error(config: &Config, e: &tokio_postgres::Error) -> Option<String> {
     use tokio_postgres::error::SqlState;
-    e.code().is_some_and(|code| {
+    let refused = e.code().is_some_and(|code| {
         *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-    })
+    });
+    if refused {
+        return Some(format!(
+            "PostgreSQL refused the credentials of database.user {:?}: {} (check database.password or database.password_file)",
+            config.database.user,
+            e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
+        ));
+    }
+    crate::secure_links::postgres_tls_refusal(config, e)
 }
 
 /// `analytics migrate`.
@@ -292,6 +332,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
         let demo = demo_rate.map(|rate| {
             crate::demo::spawn(
                 config.kafka_brokers(),
+                kafka_security(&config),
                 config.kafka.topics.clone(),
                 rate,
                 Arc::clone(&basis.shutdown),
@@ -471,7 +512,9 @@ fn spawn_background(
         max_pending_rows: config.analytics.dataflow.max_pending_rows,
         catch_up_tick_ms: config.analytics.dataflow.catch_up_tick.as_millis() as u64,
         time_bounds: basis.time_bounds,
+        security: dataflows::kafka_source::LinkSecurity(kafka_security(config)),
     };
+    crate::secure_links::check_kafka(config, &kafka, Duration::from_secs(15))?;
     let directory = Arc::new(PartitionDirectory::default());
     let positions: sink::writer::Positions = Arc::new(RwLock::new(
         stored
@@ -663,12 +706,25 @@ async fn serve(
             .await
             .with_context(|| format!("bind {host}:{port}"))
     };
-    let mut servers = vec![
+    let api_listener = bind(config.server.port).await?;
+    let tls = &config.server.tls;
+    let api_server = if tls.cert_file.is_empty() {
         tokio::spawn(api::serve(
-            bind(config.server.port).await?,
+            api_listener,
             api::router(state.clone()),
             stopped(),
-        )),
+        ))
+    } else {
+        let acceptor = api::tls::acceptor(tls.cert_file.as_ref(), tls.key_file.as_ref())
+            .map_err(|e| anyhow::anyhow!(e))?;
+        tokio::spawn(api::serve(
+            api::tls::TlsListener::new(api_listener, acceptor)?,
+            api::router(state.clone()),
+            stopped(),
+        ))
+    };
+    let mut servers = vec![
+        api_server,
         tokio::spawn(api::serve(
             bind(config.health.port).await?,
             api::health_router(state.clone()),
@@ -684,6 +740,7 @@ async fn serve(
     }
     info!(
         port = config.server.port,
+        https = !tls.cert_file.is_empty(),
         health = config.health.port,
         metrics = config.metrics.port,
         "serving"

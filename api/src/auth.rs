@@ -366,6 +366,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             application_name: "auth-test".into(),
             max_lifetime: None,
+            tls: sink::TlsSettings::default(),
         })
         .expect("pool");
         Arc::new(Auth::new(pool, Duration::from_secs(60)))

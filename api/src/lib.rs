@@ -22,6 +22,7 @@ pub mod series;
 pub mod state;
 pub mod stats;
 pub mod stream;
+pub mod tls;
 pub mod trading;
 pub mod web;
 
@@ -33,7 +34,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use dataflows::LiveSnapshot;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
@@ -205,13 +205,19 @@ pub fn metrics_router(path: &str, snapshots: watch::Receiver<Arc<LiveSnapshot>>)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    // Through `tap_io`, whose remote address axum gives as ConnectInfo for
+    // any listener (the TLS one included).
     axum::serve(
-        listener,
+        listener.tap_io(|_| {}),
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)

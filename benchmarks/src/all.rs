@@ -73,6 +73,7 @@ impl ServiceArgs {
             connect_timeout: Duration::from_secs(10),
             application_name: "bench-baseline".into(),
             max_lifetime: None,
+            tls: sink::TlsSettings::default(),
         }
     }
 }

@@ -167,6 +167,7 @@ pub fn run(
                 max_age_us: 90 * 86_400 * 1_000_000,
                 max_future_us: 86_400 * 1_000_000,
             },
+            security: Default::default(),
         },
         tick_ms,
         horizon_ms: LIVE_HORIZON_MS,

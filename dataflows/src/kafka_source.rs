@@ -48,6 +48,21 @@ pub struct KafkaSettings {
     /// Longest tick while a source is behind (see [`crate::time::TickPolicy`]).
     pub catch_up_tick_ms: u64,
     pub time_bounds: TimeBounds,
+    /// librdkafka properties of the link's security (`security.protocol`,
+    /// `ssl.*`, `sasl.*`), from `kafka.security`.
+    pub security: LinkSecurity,
+}
+
+/// librdkafka properties that may hold a secret: shown without values.
+#[derive(Clone, Default)]
+pub struct LinkSecurity(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for LinkSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(key, _)| key))
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -66,6 +81,9 @@ impl KafkaSettings {
             .set("queued.max.messages.kbytes", "65536")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("client.id", "analytics");
+        for (key, value) in &self.security.0 {
+            config.set(key, value);
+        }
         config
     }
 }

@@ -19,6 +19,9 @@ pub enum SinkError {
     ApiKey(String),
     #[error("an active api key named {0:?} already exists")]
     KeyNameTaken(String),
+    /// TLS set-up (certificate files), before any connection.
+    #[error("postgres TLS: {0}")]
+    Tls(String),
 }
 
 /// The server's message for database errors (tokio-postgres' own Display

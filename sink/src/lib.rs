@@ -48,4 +48,4 @@ pub async fn lock_merges(
     .await?;
     Ok(())
 }
-pub use pool::{connect_pool, DbSettings, Pool};
+pub use pool::{connect_pool, DbSettings, Pool, SslMode, TlsSettings};

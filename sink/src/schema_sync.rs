@@ -18,7 +18,7 @@ use std::time::Duration;
 use dataflows::validate::{Refresh, Registry};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::custom_events::{load_active, NOTIFY_CHANNEL};
@@ -96,7 +96,7 @@ impl SchemaSync {
 async fn listen(db: DbSettings, wake: mpsc::UnboundedSender<()>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match db.pg_config().connect(NoTls).await {
+        match db.connect().await {
             Ok((client, mut connection)) => {
                 let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
