@@ -285,3 +285,52 @@ async fn https_serves_the_configured_certificate_and_refuses_plain_http() {
     assert!(health.status().is_success());
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_ssl_mode_means_what_it_means_in_libpq() {
+    let tls = tls_env();
+    let env = TestEnv::new("tlsmodes", 1).await;
+    // 127.0.0.2 reaches the same server, whose certificate does not name it.
+    secure(
+        &env,
+        &tls,
+        &tls["PG_TLS_WRONG_HOST"],
+        &tls["KAFKA_SCRAM_PASSWORD"],
+    );
+    let base = std::fs::read_to_string(&env.config_path).expect("config");
+    let with = |mode: &str, root: bool| {
+        let mut yaml = base.replacen(
+            "ssl_mode: \"verify-full\"",
+            &format!("ssl_mode: \"{mode}\""),
+            1,
+        );
+        if !root {
+            yaml = yaml.replacen(
+                &format!("  ssl_root_cert: \"{}\"\n", tls["TLS_CA_FILE"]),
+                "",
+                1,
+            );
+        }
+        std::fs::write(&env.config_path, yaml).expect("write config");
+        run_to_exit(&env, &["migrate"], Duration::from_secs(60))
+    };
+    // verify-ca checks the chain, not the name.
+    let (status, out) = with("verify-ca", true);
+    assert!(status.success(), "verify-ca: {out}");
+    // require without a root certificate verifies nothing; prefer takes TLS.
+    for mode in ["require", "prefer"] {
+        let (status, out) = with(mode, false);
+        assert!(status.success(), "{mode}: {out}");
+    }
+    // verify-ca with only the system's roots: our private CA is not one.
+    let (status, out) = with("verify-ca", false);
+    assert!(!status.success(), "verify-ca, system roots: {out}");
+    assert!(out.contains("certificate verify failed"), "{out}");
+    // disable: the TLS-only role is refused by pg_hba.conf, at once.
+    let (status, out) = with("disable", true);
+    assert!(!status.success(), "disable: {out}");
+    assert!(
+        out.contains("refused the credentials of database.user \"analytics_tls\""),
+        "{out}"
+    );
+}
