@@ -452,15 +452,21 @@ ssl_key_file = '$PG_TLS_DIR/server.key'
 ssl_ca_file = '$PG_TLS_DIR/ca.crt'
 ssl_min_protocol_version = 'TLSv1.2'
 EOF
-    if cmp -s "$tmp" "$conf"; then
+    PG_CONF_CHANGED=0
+    if pg_replace_file "$tmp" "$conf"; then PG_CONF_CHANGED=1; fi
+}
+
+# pg_replace_file TMP DEST: moves TMP over DEST (owned by the cluster owner,
+# mode 0600) when they differ, else removes TMP; true when DEST changed.
+pg_replace_file() {
+    local tmp=$1 dest=$2
+    if cmp -s "$tmp" "$dest"; then
         rm -f "$tmp"
-        PG_CONF_CHANGED=0
-        return 0
+        return 1
     fi
     if is_root; then chown "$PG_OS_USER" "$tmp"; fi
     chmod 600 "$tmp"
-    mv -f "$tmp" "$conf"
-    PG_CONF_CHANGED=1
+    mv -f "$tmp" "$dest"
 }
 
 # pg_write_hba: our block at the top of pg_hba.conf (ahead of initdb's generic
@@ -481,15 +487,8 @@ pg_write_hba() {
         awk -v b="$PG_HBA_BEGIN" -v e="$PG_HBA_END" \
             '$0 == b { skip = 1; next } $0 == e { skip = 0; next } !skip' "$hba"
     } >"$tmp"
-    if cmp -s "$tmp" "$hba"; then
-        rm -f "$tmp"
-        PG_HBA_CHANGED=0
-        return 0
-    fi
-    if is_root; then chown "$PG_OS_USER" "$tmp"; fi
-    chmod 600 "$tmp"
-    mv -f "$tmp" "$hba"
-    PG_HBA_CHANGED=1
+    PG_HBA_CHANGED=0
+    if pg_replace_file "$tmp" "$hba"; then PG_HBA_CHANGED=1; fi
 }
 
 # pg_install_tls: copies of server.crt, server.key and ca.crt where the
