@@ -104,13 +104,24 @@ impl Fixture {
             tokio_postgres::connect(&self.services.pg_conn(&self.services.pg_admin_db), NoTls)
                 .await?;
         tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ))
-            .await
-            .context("drop database")?;
+        // FORCE cannot end an autovacuum worker (a superuser's process) for
+        // a non-superuser; such a worker ends soon, so try again a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let dropped = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.database
+                ))
+                .await;
+            match dropped {
+                Ok(()) => break,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                }
+                Err(e) => return Err(e).context("drop database"),
+            }
+        }
         let admin = admin(&self.services.brokers)?;
         let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         admin

@@ -37,7 +37,14 @@ pub trait TradingRow: Semigroup + Serialize + DeserializeOwned + Clone {
     /// Extra `SET` assignments on update.
     const ON_UPDATE: &'static str = "";
     fn key_json(key: &Self::Key) -> Map<String, Value>;
+    /// The key's values: the first key column's, and for bucket keys the
+    /// interval's name and the bucket's start (seconds).
+    fn key_parts(key: &Self::Key) -> (&str, Option<(&'static str, i64)>);
     fn columns(&self, key: &Self::Key) -> Map<String, Value>;
+}
+
+fn bucket_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
+    (&key.0, Some((key.1.name(), key.2)))
 }
 
 fn dec(n: i128) -> Value {
@@ -85,6 +92,10 @@ impl TradingRow for OrderState {
         let mut m = Map::new();
         m.insert("order_id".into(), json!(key));
         m
+    }
+
+    fn key_parts(key: &String) -> (&str, Option<(&'static str, i64)>) {
+        (key, None)
     }
 
     fn columns(&self, _key: &String) -> Map<String, Value> {
@@ -143,6 +154,10 @@ impl TradingRow for StrategyPerf {
         bucket_key(key, "strategy_id", "bucket_start")
     }
 
+    fn key_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
+        bucket_parts(key)
+    }
+
     fn columns(&self, _key: &BucketKey) -> Map<String, Value> {
         let obj = json!({
             "trades": self.trades,
@@ -179,6 +194,10 @@ impl TradingRow for Ohlcv {
         bucket_key(key, "symbol", "bucket_start")
     }
 
+    fn key_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
+        bucket_parts(key)
+    }
+
     fn columns(&self, _key: &BucketKey) -> Map<String, Value> {
         let obj = json!({
             "open": self.open.map(|(_, p)| dec(p)),
@@ -212,6 +231,10 @@ impl TradingRow for SessionState {
         let mut m = Map::new();
         m.insert("session_id".into(), json!(key));
         m
+    }
+
+    fn key_parts(key: &String) -> (&str, Option<(&'static str, i64)>) {
+        (key, None)
     }
 
     fn columns(&self, _key: &String) -> Map<String, Value> {
@@ -260,26 +283,43 @@ pub async fn merge_table<S: TradingRow>(
     }
     crate::lock_merges(tx, S::TABLE).await?;
     let keys: Vec<&S::Key> = deltas.keys().collect();
-    let key_json = Value::Array(keys.iter().map(|k| Value::Object(S::key_json(k))).collect());
     let table = S::TABLE;
-    let on = S::KEY
-        .iter()
-        .map(|c| format!("t.{c} = k.{c}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT a.ord, t.state
-                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a(j, ord)
-                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, a.j) AS k
-                 JOIN {table} t ON {on}
-                 ORDER BY a.ord
-                 FOR UPDATE OF t"
-            ),
-            &[&key_json],
-        )
-        .await?;
+    // The keys as typed arrays (not JSON), in key order, locked in it.
+    let parts: Vec<(&str, Option<(&'static str, i64)>)> =
+        keys.iter().map(|k| S::key_parts(k)).collect();
+    let ids: Vec<&str> = parts.iter().map(|(id, _)| *id).collect();
+    let rows = match S::KEY {
+        [id, interval, start] => {
+            let intervals: Vec<&str> = parts.iter().map(|(_, b)| b.map_or("", |b| b.0)).collect();
+            let starts: Vec<i64> = parts.iter().map(|(_, b)| b.map_or(0, |b| b.1)).collect();
+            tx.query(
+                &format!(
+                    "SELECT u.ord, t.state
+                     FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS u(k, i, b, ord)
+                     JOIN {table} t ON t.{id} = u.k AND t.{interval} = u.i
+                      AND t.{start} = to_timestamp(u.b)
+                     ORDER BY u.ord
+                     FOR UPDATE OF t"
+                ),
+                &[&ids, &intervals, &starts],
+            )
+            .await?
+        }
+        [id] => {
+            tx.query(
+                &format!(
+                    "SELECT u.ord, t.state
+                     FROM unnest($1::text[]) WITH ORDINALITY AS u(k, ord)
+                     JOIN {table} t ON t.{id} = u.k
+                     ORDER BY u.ord
+                     FOR UPDATE OF t"
+                ),
+                &[&ids],
+            )
+            .await?
+        }
+        other => unreachable!("key columns {other:?}: one id, or id, interval and bucket start"),
+    };
     let mut merged: Vec<S> = deltas.values().cloned().collect();
     for row in rows {
         let ord: i64 = row.get(0);
@@ -442,6 +482,14 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(names, expected, "{}", S::TABLE);
             assert_eq!(S::key_json(key).len(), S::KEY.len());
+            // merge_table reads one id column, or id, interval and start.
+            let (_, bucket) = S::key_parts(key);
+            assert_eq!(
+                S::KEY.len(),
+                if bucket.is_some() { 3 } else { 1 },
+                "{}",
+                S::TABLE
+            );
         }
         check::<OrderState>(&"o".to_string());
         let bucket = ("s".to_string(), dataflows::windows::Interval(0), 60);
