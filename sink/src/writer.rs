@@ -193,10 +193,11 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     // grows, so none can be missing; if one were, say so rather than drop
     // it silently.
     // Only the finest interval's windows are stored (see rollups::append).
-    let finest = group
-        .iter()
-        .flat_map(|b| b.rollups.iter().map(|(id, _)| id.interval))
-        .min_by_key(|i| i.seconds());
+    let finest = crate::rollups::finest(
+        group
+            .iter()
+            .flat_map(|b| b.rollups.iter().map(|(id, _)| id.interval)),
+    );
     let mut keyed: Vec<(WindowKey, &Agg)> = Vec::new();
     for (id, a) in group
         .iter()
