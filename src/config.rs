@@ -316,7 +316,9 @@ section!(Config {
 
 /// Each secret: the key, its `*_file` form, and the environment variables
 /// that set them.
-const SECRETS: &[(&str, &str, &str, &str)] = &[
+type Secret = (&'static str, &'static str, &'static str, &'static str);
+
+const SECRETS: [Secret; 3] = [
     (
         "database.password",
         "database.password_file",
@@ -436,19 +438,10 @@ impl Config {
         &mut self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        for &(key, file_key, var, file_var) in SECRETS {
-            let inline = self.inline_secrets.contains(&key) || env(var).is_some();
-            let (value, file) = match key {
-                "database.password" => (
-                    &mut self.database.password,
-                    &mut self.database.password_file,
-                ),
-                "redis.password" => (&mut self.redis.password, &mut self.redis.password_file),
-                _ => (
-                    &mut self.kafka.security.password,
-                    &mut self.kafka.security.password_file,
-                ),
-            };
+        let inline_secrets = self.inline_secrets.clone();
+        for (&(key, file_key, var, file_var), value, file) in self.secret_fields() {
+            let inline = inline_secrets.contains(&key) || env(var).is_some();
+
             if let Some(path) = env(file_var) {
                 *file = path;
             }
@@ -470,15 +463,32 @@ impl Config {
         Ok(())
     }
 
+    /// Each secret of [`SECRETS`], with its value and its file's path.
+    fn secret_fields(&mut self) -> [(&'static Secret, &mut String, &mut String); 3] {
+        [
+            (
+                &SECRETS[0],
+                &mut self.database.password,
+                &mut self.database.password_file,
+            ),
+            (
+                &SECRETS[1],
+                &mut self.redis.password,
+                &mut self.redis.password_file,
+            ),
+            (
+                &SECRETS[2],
+                &mut self.kafka.security.password,
+                &mut self.kafka.security.password_file,
+            ),
+        ]
+    }
+
     /// This configuration with every secret replaced by `***` (for
     /// `analytics check-config`).
     pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
-        for secret in [
-            &mut shown.database.password,
-            &mut shown.redis.password,
-            &mut shown.kafka.security.password,
-        ] {
+        for (_, secret, _) in shown.secret_fields() {
             if !secret.is_empty() {
                 *secret = "***".into();
             }
@@ -512,14 +522,10 @@ impl Config {
         if let Some(v) = env("DB_USER") {
             self.database.user = v;
         }
-        if let Some(v) = env("DB_PASSWORD") {
-            self.database.password = v;
-        }
-        if let Some(v) = env("REDIS_PASSWORD") {
-            self.redis.password = v;
-        }
-        if let Some(v) = env("KAFKA_PASSWORD") {
-            self.kafka.security.password = v;
+        for (&(_, _, var, _), value, _) in self.secret_fields() {
+            if let Some(v) = env(var) {
+                *value = v;
+            }
         }
         if let Some(v) = env("REDIS_HOST") {
             self.redis.host = v;
@@ -1093,6 +1099,7 @@ health:
         let props = crate::run::kafka_security(&c);
         let get = |k: &str| {
             props
+                .0
                 .iter()
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataflows::kafka_source::LinkSecurity;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -130,7 +131,7 @@ fn next_event(
 /// Produces `rate` events per second until `shutdown`.
 pub fn spawn(
     brokers: String,
-    security: Vec<(String, String)>,
+    security: LinkSecurity,
     topics: Vec<String>,
     rate: u32,
     shutdown: Arc<AtomicBool>,
@@ -142,9 +143,7 @@ pub fn spawn(
             config
                 .set("bootstrap.servers", &brokers)
                 .set("linger.ms", "5");
-            for (key, value) in &security {
-                config.set(key, value);
-            }
+            security.apply(&mut config);
             let producer: BaseProducer = match config.create() {
                 Ok(p) => p,
                 Err(e) => {

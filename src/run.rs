@@ -15,7 +15,9 @@ use anyhow::Context;
 use dataflows::counts::CommittedQueue;
 use dataflows::durable::WorkerAck;
 use dataflows::event::{Partition, PartitionOffset, TimeBounds};
-use dataflows::kafka_source::{spawn_metadata_refresher, KafkaSettings, PartitionDirectory};
+use dataflows::kafka_source::{
+    spawn_metadata_refresher, KafkaSettings, LinkSecurity, PartitionDirectory,
+};
 use dataflows::pipeline::{self, ProcessContext, Restored};
 use dataflows::windows::{DimSet, Interval, WindowSpec};
 use dataflows::LiveSnapshot;
@@ -85,7 +87,7 @@ impl Cluster {
 }
 
 /// librdkafka's properties for `kafka.security`.
-pub(crate) fn kafka_security(config: &Config) -> Vec<(String, String)> {
+pub(crate) fn kafka_security(config: &Config) -> LinkSecurity {
     let k = &config.kafka.security;
     let mut out = vec![("security.protocol".to_string(), k.protocol.clone())];
     let mut set = |key: &str, value: &str| {
@@ -103,7 +105,7 @@ pub(crate) fn kafka_security(config: &Config) -> Vec<(String, String)> {
         set("sasl.username", &k.username);
         set("sasl.password", &k.password);
     }
-    out
+    LinkSecurity(out)
 }
 
 fn db_settings(config: &Config) -> DbSettings {
@@ -512,7 +514,7 @@ fn spawn_background(
         max_pending_rows: config.analytics.dataflow.max_pending_rows,
         catch_up_tick_ms: config.analytics.dataflow.catch_up_tick.as_millis() as u64,
         time_bounds: basis.time_bounds,
-        security: dataflows::kafka_source::LinkSecurity(kafka_security(config)),
+        security: kafka_security(config),
     };
     crate::secure_links::check_kafka(config, &kafka, Duration::from_secs(15))?;
     let directory = Arc::new(PartitionDirectory::default());

@@ -57,6 +57,15 @@ pub struct KafkaSettings {
 #[derive(Clone, Default)]
 pub struct LinkSecurity(pub Vec<(String, String)>);
 
+impl LinkSecurity {
+    /// Sets these properties on a client's configuration.
+    pub fn apply(&self, config: &mut ClientConfig) {
+        for (key, value) in &self.0 {
+            config.set(key, value);
+        }
+    }
+}
+
 impl std::fmt::Debug for LinkSecurity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
@@ -81,9 +90,7 @@ impl KafkaSettings {
             .set("queued.max.messages.kbytes", "65536")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("client.id", "analytics");
-        for (key, value) in &self.security.0 {
-            config.set(key, value);
-        }
+        self.security.apply(&mut config);
         config
     }
 }
