@@ -20,6 +20,8 @@ test: services build-deps
 	$(CARGO) test -p dataflows --tests
 	scripts/install-test-tools.sh
 	$(CARGO) test --test integration --test metrics --test dashboard --test web --test auth --test ratelimit --test custom_events --test retention --test trading --test grafana --test tls -- --test-threads=2
+	# schemathesis against the OpenAPI document; --nocapture prints its case counts.
+	$(CARGO) test --test openapi -- --test-threads=1 --nocapture
 
 ## Install what is missing and start PostgreSQL, Redis and Kafka on 127.0.0.1.
 services:

@@ -62,6 +62,9 @@ enum Command {
     /// Manage API keys (stored hashed in PostgreSQL).
     #[command(subcommand)]
     ApiKey(keys::KeyCommand),
+    /// Print the API's OpenAPI 3.1 document (as served at
+    /// `/api/v1/openapi.json`) and exit.
+    Openapi,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,6 +94,10 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate => run::migrate_only(&config),
         Command::Retention => run::retention_once(&config),
         Command::ApiKey(command) => keys::run(&config, command),
+        Command::Openapi => {
+            println!("{}", api::openapi_document().to_pretty_json()?);
+            Ok(())
+        }
         Command::CheckConfig => {
             println!("{:#?}", config.redacted());
             Ok(())

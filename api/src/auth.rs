@@ -30,10 +30,17 @@ use tracing::info;
 
 use crate::AppError;
 
-/// Paths answered without a key.
-/// Paths served without a key: health, and the web page (it holds no data;
-/// its API calls need keys like any client's).
-pub const OPEN_PATHS: &[&str] = &["/", "/health", "/healthz", "/ready", "/livez"];
+/// Paths served without a key: health, the web page (it holds no data;
+/// its API calls need keys like any client's), and the API's description.
+pub const OPEN_PATHS: &[&str] = &[
+    "/",
+    "/health",
+    "/healthz",
+    "/ready",
+    "/livez",
+    "/api/v1/openapi.json",
+    "/api/v1/docs",
+];
 
 /// Most cached lookups; past it, expired entries are dropped first.
 const MAX_ENTRIES: usize = 10_000;

@@ -8,13 +8,16 @@
 //! processes follow through PostgreSQL `NOTIFY`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sink::custom_events::{DefinitionUpdate, NewDefinition};
+use utoipa::ToSchema;
 
+use crate::openapi::ErrorBody;
+use crate::params::Path;
 use crate::{AppError, AppState};
 
 /// Longest name, as for `event_type`.
@@ -34,7 +37,13 @@ struct DefinitionBody {
 }
 
 fn parse_body(body: &[u8]) -> Result<DefinitionBody, AppError> {
-    serde_json::from_slice(body).map_err(|e| AppError::bad_param("body", e.to_string()))
+    let text = std::str::from_utf8(body).map_err(|e| AppError::bad_param("body", e.to_string()))?;
+    let parsed: DefinitionBody =
+        serde_json::from_str(text).map_err(|e| AppError::bad_param("body", e.to_string()))?;
+    // What PostgreSQL cannot store (`\u0000`, lone surrogates, huge
+    // numbers) is refused here, not by a failed INSERT.
+    dataflows::event::check_storable_json(text).map_err(|e| AppError::bad_param("body", e))?;
+    Ok(parsed)
 }
 
 /// Names a custom type may have: not empty, at most 255 bytes, no
@@ -93,6 +102,64 @@ async fn reload(state: &AppState) {
 
 /// `POST /api/v1/custom-events`: 201 with the stored definition, 409 when
 /// the name exists, 400 for a bad name or schema.
+/// A definition as clients send it (POST; PUT takes the same fields, all
+/// optional, and refuses a different `name`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: bodies are read into `DefinitionBody`
+pub struct DefinitionInput {
+    /// The event type: 1 to 255 bytes, no whitespace, control characters
+    /// or `/`, not a built-in type. Required on POST.
+    #[schema(min_length = 1, max_length = 255)]
+    name: Option<String>,
+    /// Default `name`; at most 255 bytes.
+    #[schema(max_length = 255)]
+    display_name: Option<String>,
+    /// At most 4096 bytes.
+    #[schema(max_length = 4096)]
+    description: Option<String>,
+    /// A JSON Schema (an object, or `true`/`false`) for the events'
+    /// `properties`. Required on POST.
+    schema: Option<Value>,
+    /// Default true.
+    is_active: Option<bool>,
+}
+
+/// A stored definition (see `sink::custom_events::Definition::to_json`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Definition {
+    id: uuid::Uuid,
+    name: String,
+    display_name: String,
+    description: String,
+    /// A JSON Schema: an object, or `true`/`false`.
+    schema: Value,
+    version: i32,
+    is_active: bool,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /api/v1/custom-events`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct DefinitionList {
+    definitions: Vec<Definition>,
+    count: usize,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/custom-events",
+    tag = "custom-events",
+    request_body(content = DefinitionInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored as version 1, in force when answered", body = Definition),
+        (status = 400, description = "Not JSON, a bad name or text field, or not a JSON Schema", body = ErrorBody),
+        (status = 409, description = "The name exists", body = ErrorBody),
+        (status = 413, description = "Larger than `server.max_body_bytes`"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     body: Bytes,
@@ -126,6 +193,16 @@ pub async fn create(
 }
 
 /// `GET /api/v1/custom-events/:name`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/custom-events/{name}",
+    tag = "custom-events",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "The definition, active or not", body = Definition),
+        (status = 404, description = "Unknown", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -137,6 +214,12 @@ pub async fn get(
 }
 
 /// `GET /api/v1/custom-events`: every definition, active or not, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/custom-events",
+    tag = "custom-events",
+    responses((status = 200, description = "Every definition, by name", body = DefinitionList))
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
     let all = sink::custom_events::list(&state.pool).await?;
     let items: Vec<Value> = all.iter().map(|d| d.to_json()).collect();
@@ -145,6 +228,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, AppError
 
 /// `PUT /api/v1/custom-events/:name`: a new version (fields left out keep
 /// their values); 404 when unknown.
+#[utoipa::path(
+    put,
+    path = "/api/v1/custom-events/{name}",
+    tag = "custom-events",
+    params(("name" = String, Path)),
+    request_body(content = DefinitionInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new version", body = Definition),
+        (status = 400, description = "Not JSON, a rename, a bad text field, or not a JSON Schema", body = ErrorBody),
+        (status = 404, description = "Unknown", body = ErrorBody),
+        (status = 413, description = "Larger than `server.max_body_bytes`"),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -178,6 +274,16 @@ pub async fn update(
 /// `DELETE /api/v1/custom-events/:name`: deactivates the definition (kept,
 /// with its versions; events of the type are no longer validated); 200
 /// with the definition, 404 when unknown.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/custom-events/{name}",
+    tag = "custom-events",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "Deactivated, kept with its versions", body = Definition),
+        (status = 404, description = "Unknown", body = ErrorBody),
+    )
+)]
 pub async fn deactivate(
     State(state): State<AppState>,
     Path(name): Path<String>,

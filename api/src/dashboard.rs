@@ -24,6 +24,8 @@ use dataflows::windows::from_nano;
 use dataflows::LiveSnapshot;
 use serde_json::{json, Map, Value};
 
+use utoipa::ToSchema;
+
 use crate::{AppError, AppState};
 
 fn ratio(a: i64, b: i64) -> f64 {
@@ -34,6 +36,37 @@ fn ratio(a: i64, b: i64) -> f64 {
     }
 }
 
+/// The dashboard: every number from one live snapshot (definitions above,
+/// in the module's documentation and the README).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Dashboard {
+    active_users: u64,
+    events_per_second: f64,
+    orders_placed: i64,
+    orders_filled: i64,
+    orders_canceled: i64,
+    orders_rejected: i64,
+    fill_rate: f64,
+    active_strategies: u64,
+    total_volume: f64,
+    average_latency: f64,
+    error_rate: f64,
+    /// Counts per custom event type in the orders window.
+    #[schema(value_type = std::collections::HashMap<String, i64>)]
+    custom_metrics: Value,
+    last_updated: chrono::DateTime<chrono::Utc>,
+    as_of: chrono::DateTime<chrono::Utc>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard/metrics",
+    tag = "live",
+    responses(
+        (status = 200, description = "One live snapshot, with its `as_of`", body = Dashboard),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
     let snapshot = state.snapshot();
     body(&state, &snapshot)

@@ -9,7 +9,7 @@
 //! `timestamp` takes the dead letter's `received_at`. The dead letter is
 //! kept, marked with `replayed_at` and `replayed_event_id`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
@@ -17,11 +17,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use dataflows::event::{
     parse_event, replay_event_id, DeadReason, EventSource, FieldError, TimeBounds,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sink::dead_letters::{DeadLetterFilter, Page, StoredDeadLetter};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
+use crate::openapi::ErrorBody;
 use crate::params::{non_empty, parse_int, parse_time};
+use crate::params::{Path, Query};
 use crate::{AppError, AppState};
 
 fn time(t: &DateTime<Utc>) -> String {
@@ -63,16 +67,98 @@ fn to_json(d: &StoredDeadLetter) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Received at or after it.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     start_time: Option<String>,
+    /// Received before it.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     end_time: Option<String>,
+    /// Only this reason (e.g. `invalid_json`, `schema_violation`).
     reason: Option<String>,
+    /// Only this event type.
     event_type: Option<String>,
+    /// `kafka` or `rest`.
+    #[param(value_type = Option<Source>)]
     source: Option<String>,
+    /// Page size: 1 to `analytics.query.max_results`.
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    #[param(value_type = Option<i64>, minimum = 1)]
     cursor: Option<String>,
+    /// Items to skip.
+    #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<String>,
+}
+
+/// Where a dead letter came from.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // a schema only
+pub enum Source {
+    Kafka,
+    Rest,
+}
+
+/// One error of a refused item.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ItemError {
+    /// JSON pointer into the item.
+    pointer: String,
+    message: String,
+}
+
+/// A dead letter (see `to_json`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct DeadLetterItem {
+    id: i64,
+    received_at: chrono::DateTime<chrono::Utc>,
+    source: Source,
+    topic: Option<String>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    reason: String,
+    detail: String,
+    errors: Vec<ItemError>,
+    event_type: Option<String>,
+    /// UTF-8 text, or base64 (`payload_encoding`).
+    payload: String,
+    /// `utf8` or `base64`.
+    payload_encoding: String,
+    payload_bytes: i64,
+    /// The listing cut the payload at 64 KiB; GET it by id for all of it.
+    payload_truncated: bool,
+    replayed_at: Option<chrono::DateTime<chrono::Utc>>,
+    replayed_event_id: Option<Uuid>,
+}
+
+/// `GET /api/v1/dead-letters`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct DeadLetterPage {
+    /// Newest first.
+    dead_letters: Vec<DeadLetterItem>,
+    count: usize,
+    /// The `cursor` of the next page; null on the last.
+    #[schema(value_type = Option<String>)]
+    next_cursor: Option<String>,
+}
+
+/// `POST /api/v1/dead-letters/{id}/replay`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Replayed {
+    replayed: bool,
+    /// Replayed before: nothing stored this time.
+    already: bool,
+    event_id: Uuid,
+    dead_letter_id: i64,
+    replayed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `GET /api/v1/dead-letters`: newest first; filters `start_time`,
@@ -81,6 +167,16 @@ pub struct ListParams {
 /// and `cursor` (the `next_cursor` of the previous page) or `offset`.
 /// Payloads are cut at 64 KiB here (`payload_truncated`); GET one by id
 /// for all of it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters",
+    tag = "dead-letters",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLetterPage),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -163,6 +259,17 @@ fn parse_id(id: &str) -> Result<i64, AppError> {
 }
 
 /// `GET /api/v1/dead-letters/:id`: one dead letter with its whole payload.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dead-letters/{id}",
+    tag = "dead-letters",
+    params(("id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "The dead letter, whole payload", body = DeadLetterItem),
+        (status = 400, description = "Not a dead letter id", body = ErrorBody),
+        (status = 404, description = "Unknown", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -190,6 +297,18 @@ fn still_invalid(reason: DeadReason, errors: Vec<FieldError>) -> AppError {
 /// `POST /api/v1/dead-letters/:id/replay`: 200 `{"replayed": true,
 /// "already": bool, "event_id"}`; 422 with every error when the payload is
 /// still refused; 404 when unknown.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dead-letters/{id}/replay",
+    tag = "dead-letters",
+    params(("id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "Stored once (`already`: an earlier replay stored it)", body = Replayed),
+        (status = 400, description = "Not a dead letter id", body = ErrorBody),
+        (status = 404, description = "Unknown", body = ErrorBody),
+        (status = 422, description = "Still refused: every error in `details`", body = ErrorBody),
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,

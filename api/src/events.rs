@@ -4,21 +4,87 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use dataflows::event::{parse_value, DeadLetter, DeadReason, Event, EventSource, FieldError};
 use dataflows::windows::{contribute, Partials};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::openapi::ErrorBody;
+use crate::params::Query;
 use crate::params::TimeRange;
 use crate::{AppError, AppState};
 
 /// Most error entries in one refusal; every dead letter keeps its own.
 const MAX_ERROR_ENTRIES: usize = 10_000;
+
+/// An event as clients send it (`POST /api/v1/events`, Kafka messages).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: events are parsed by `dataflows::event`
+pub struct EventInput {
+    /// Generated when absent; a retry with the same id is stored once.
+    id: Option<Uuid>,
+    /// A known type (`order.placed`, …) or a custom one; at most 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
+    event_type: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    /// Checked by the built-in rules of a known type, or by the JSON
+    /// Schema of the type's active custom definition.
+    #[schema(value_type = Option<Object>)]
+    properties: Option<Value>,
+    /// Event time; now when absent.
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One event, or an array of events (a batch: all or nothing).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub enum IngestBody {
+    One(EventInput),
+    Batch(Vec<EventInput>),
+}
+
+/// The answer to a stored event (`event_id`) or batch (`event_ids`, `count`).
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_ids: Option<Vec<Uuid>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<usize>,
+}
+
+/// A stored event.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: see `dataflows::event::Event::to_json`
+pub struct StoredEvent {
+    id: Uuid,
+    event_type: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    #[schema(value_type = Object)]
+    properties: Value,
+    timestamp: chrono::DateTime<chrono::Utc>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /api/v1/events`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct EventList {
+    events: Vec<StoredEvent>,
+    count: usize,
+    start_time: chrono::DateTime<chrono::Utc>,
+    end_time: chrono::DateTime<chrono::Utc>,
+}
 
 /// Accepts one event or an array of events. Answers 201 only after the
 /// rows are committed in PostgreSQL; a batch is all or nothing. A refusal
@@ -27,10 +93,22 @@ const MAX_ERROR_ENTRIES: usize = 10_000;
 /// 422 when every refused item is well-formed but breaks the rules of its
 /// type (its custom JSON Schema, or the built-in checks of a known type).
 /// Each refused item is stored as a dead letter before the answer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    request_body(content = IngestBody, description = "One event, or an array of events", content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed in PostgreSQL", body = Accepted),
+        (status = 400, description = "Malformed: not UTF-8 or JSON, missing or mistyped fields; every error listed in `details` as `{index, reason, pointer, error}`, every refused item stored as a dead letter", body = ErrorBody),
+        (status = 413, description = "Larger than `server.max_body_bytes`"),
+        (status = 422, description = "Well-formed but against its type's rules (custom JSON Schema or built-in checks); errors as for 400", body = ErrorBody),
+    )
+)]
 pub async fn ingest(
     State(state): State<AppState>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<(StatusCode, Json<Accepted>), AppError> {
     let now_us = dataflows::time::now_ms() as i64 * 1000;
     let whole = |reason: DeadReason, detail: String| {
         let entry =
@@ -130,9 +208,19 @@ pub async fn ingest(
     commit_events(&state, &events).await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let body = if batch {
-        json!({"success": true, "event_ids": ids, "count": ids.len()})
+        Accepted {
+            success: true,
+            count: Some(ids.len()),
+            event_ids: Some(ids),
+            event_id: None,
+        }
     } else {
-        json!({"success": true, "event_id": ids[0]})
+        Accepted {
+            success: true,
+            event_id: Some(ids[0]),
+            event_ids: None,
+            count: None,
+        }
     };
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -202,20 +290,39 @@ async fn refuse(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
-    #[serde(flatten)]
-    range: TimeRange,
+    /// Event time at or after it; default `end_time` − 24 h.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    start_time: Option<String>,
+    /// Event time before it; default the next whole second.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    end_time: Option<String>,
+    /// Only events of this type.
     event_type: Option<String>,
+    /// Most events answered: 1 to `analytics.query.max_results`; default
+    /// `analytics.query.default_limit`.
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
 }
 
 /// Events from PostgreSQL, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(ListParams),
+    responses(
+        (status = 200, description = "Events with event time in `[start_time, end_time)`", body = EventList),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, AppError> {
-    let (from_us, to_us) = params.range.resolve()?;
+    let (from_us, to_us) = TimeRange::of(&params.start_time, &params.end_time).resolve()?;
     let limit = match params.limit.as_deref() {
         None | Some("") => state.settings.default_limit,
         Some(s) => match s.parse::<i64>() {

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use dataflows::liveness::{DataflowState, DataflowWatch};
 
@@ -62,14 +63,94 @@ async fn check(state: &AppState) -> (StatusCode, Value, DataflowState) {
     )
 }
 
-/// `/health`, `/healthz`.
+/// The overall status (`/health`, `/healthz`, `/ready`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: see `check`
+pub struct Health {
+    /// `healthy`, `degraded` (the cache, the sink, the rate-limit store
+    /// or the dataflow lagging) or `unhealthy` (PostgreSQL down or the
+    /// dataflow failed).
+    status: String,
+    /// `connected` or `disconnected`.
+    database: String,
+    /// `connected` or `disconnected`.
+    cache: String,
+    /// `ok` or `retrying`.
+    sink: String,
+    rate_limit: String,
+    dataflow: String,
+    timestamp: chrono::DateTime<chrono::Utc>,
+    service: String,
+}
+
+/// `/livez`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: see `live`
+pub struct Liveness {
+    /// `alive` or `broken`.
+    status: String,
+    dataflow: String,
+    as_of_age_seconds: f64,
+    service: String,
+}
+
+/// Sink counters.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: see `ingestion_metrics`
+pub struct IngestionMetrics {
+    events_ingested: u64,
+    events_failed: u64,
+    batches_processed: u64,
+    last_batch_size: u64,
+    /// e.g. `12.5ms`
+    last_batch_duration: String,
+    last_batch_duration_ms: f64,
+    /// e.g. `1234.5ms`
+    total_latency: String,
+    total_latency_ms: f64,
+    average_latency_ms: f64,
+}
+
+/// `/health`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "Healthy or degraded", body = Health),
+        (status = 503, description = "Unhealthy: PostgreSQL down or the dataflow failed", body = Health),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (code, body, _) = check(&state).await;
     (code, Json(body))
 }
 
+/// `/healthz`: the same as `/health`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Healthy or degraded", body = Health),
+        (status = 503, description = "Unhealthy: PostgreSQL down or the dataflow failed", body = Health),
+    )
+)]
+pub async fn healthz(state: State<AppState>) -> (StatusCode, Json<Value>) {
+    health(state).await
+}
+
 /// `/ready`: also 503 unless the dataflow is `running` (its snapshot is at
 /// most `health.max_staleness` old).
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Health),
+        (status = 503, description = "Not ready: unhealthy, or the dataflow is not running", body = Health),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (mut code, body, dataflow) = check(&state).await;
     if dataflow != DataflowState::Running {
@@ -80,6 +161,15 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 /// `/livez`: 503 only when this process is broken (a stuck worker); no
 /// dependency is checked, so an outage of one never restarts the process.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "health",
+    responses(
+        (status = 200, description = "Alive", body = Liveness),
+        (status = 503, description = "A worker is stuck", body = Liveness),
+    )
+)]
 pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     // One read of the snapshot for the state and the age.
     let as_of_ms = state.snapshot().as_of_ms;
@@ -100,6 +190,12 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 /// `GET /api/v1/internal/ingestion-metrics`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/internal/ingestion-metrics",
+    tag = "health",
+    responses((status = 200, description = "Counters of this process's sink", body = IngestionMetrics))
+)]
 pub async fn ingestion_metrics(State(state): State<AppState>) -> Json<Value> {
     let s = &state.stats;
     let ingested = s.events_ingested.load(Ordering::Relaxed);

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 pub mod ratelimit;
 pub mod request_id;
@@ -31,13 +32,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use dataflows::LiveSnapshot;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::AppError;
 pub use state::{ApiSettings, AppState};
@@ -45,42 +49,10 @@ pub use state::{ApiSettings, AppState};
 /// The API on port 9097.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let api = Router::new()
-        .route("/api/v1/events", get(events::list).post(events::ingest))
-        .route("/api/v1/events/stats", get(stats::stats))
-        .route("/", get(web::index))
-        .route("/api/v1/dashboard/metrics", get(dashboard::metrics))
-        .route("/api/v1/stream", get(stream::stream))
-        .route("/api/v1/metrics", get(series::series))
-        .route("/api/v1/metrics/names", get(series::names))
-        .route(
-            "/api/v1/custom-events",
-            get(custom_events::list).post(custom_events::create),
-        )
-        .route(
-            "/api/v1/custom-events/{name}",
-            get(custom_events::get)
-                .put(custom_events::update)
-                .delete(custom_events::deactivate),
-        )
-        .route("/api/v1/trading/orders/{order_id}", get(trading::order))
-        .route("/api/v1/trading/strategies", get(trading::strategies))
-        .route("/api/v1/trading/market/{symbol}", get(trading::market))
-        .route("/api/v1/users/{user_id}/sessions", get(trading::sessions))
-        .route("/api/v1/dead-letters", get(dead_letters::list))
-        .route("/api/v1/dead-letters/{id}", get(dead_letters::get))
-        .route(
-            "/api/v1/dead-letters/{id}/replay",
-            post(dead_letters::replay),
-        )
-        .route(
-            "/api/v1/internal/ingestion-metrics",
-            get(health::ingestion_metrics),
-        )
-        .route("/health", get(health::health))
-        .route("/healthz", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/livez", get(health::live))
+    let (api, doc) = routes().split_for_parts();
+    let doc = openapi::finish(doc);
+    let api = api
+        .layer(axum::Extension(openapi::DocumentBytes::new(&doc)))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(RequestBodyTimeoutLayer::new(settings.read_timeout))
         .layer(axum::middleware::from_fn_with_state(
@@ -122,6 +94,44 @@ pub fn router(state: AppState) -> Router {
         api
     };
     api.with_state(state)
+}
+
+/// The API's OpenAPI document, as `GET /api/v1/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(routes().into_openapi())
+}
+
+/// Every handler of the API port goes through `routes!`, which also adds
+/// its `#[utoipa::path]` to the document: see [`openapi`].
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(events::list, events::ingest))
+        .routes(routes!(stats::stats))
+        .routes(routes!(web::index))
+        .routes(routes!(dashboard::metrics))
+        .routes(routes!(stream::stream))
+        .routes(routes!(series::series))
+        .routes(routes!(series::names))
+        .routes(routes!(custom_events::list, custom_events::create))
+        .routes(routes!(
+            custom_events::get,
+            custom_events::update,
+            custom_events::deactivate
+        ))
+        .routes(routes!(trading::order))
+        .routes(routes!(trading::strategies))
+        .routes(routes!(trading::market))
+        .routes(routes!(trading::sessions))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::get))
+        .routes(routes!(dead_letters::replay))
+        .routes(routes!(health::ingestion_metrics))
+        .routes(routes!(health::health))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::live))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::docs))
 }
 
 fn cors(settings: &ApiSettings) -> CorsLayer {

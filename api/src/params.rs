@@ -1,20 +1,75 @@
 //! Strict parsing of query parameters; errors name the parameter.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use chrono::DateTime;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
 
 use crate::AppError;
 
 const DAY_US: i64 = 86_400 * 1_000_000;
 
+/// `axum::extract::Query` refusing with the API's JSON 400 (a repeated
+/// or undecodable parameter) instead of axum's plain text.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| refused("query string", e.body_text()))
+    }
+}
+
+/// `axum::extract::Path`, refusing with the API's JSON 400.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| refused("path", e.body_text()))
+    }
+}
+
+fn refused(part: &str, why: String) -> AppError {
+    AppError::BadRequest {
+        message: format!("invalid {part}: {why}"),
+        details: json!({"parameter": null, "reason": why}),
+    }
+}
+
 /// `start_time` and `end_time` query parameters (RFC 3339).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TimeRange {
+    /// Start of the range (inclusive); default `end_time` − 24 h.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     pub start_time: Option<String>,
+    /// End of the range (exclusive); default the next whole second.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     pub end_time: Option<String>,
 }
 
 impl TimeRange {
+    pub fn of(start_time: &Option<String>, end_time: &Option<String>) -> Self {
+        TimeRange {
+            start_time: start_time.clone(),
+            end_time: end_time.clone(),
+        }
+    }
+
     /// `[start, end)` in microseconds; by default the 24 hours ending at
     /// the next whole second.
     pub fn resolve(&self) -> Result<(i64, i64), AppError> {

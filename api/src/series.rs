@@ -9,14 +9,17 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use dataflows::event::format_us;
 use dataflows::windows::{Agg, DimSet, Dims, Interval};
 use differential_dataflow::difference::Semigroup;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
+use crate::openapi::ErrorBody;
+use crate::params::Query;
 use crate::params::TimeRange;
 use crate::{AppError, AppState};
 
@@ -24,16 +27,142 @@ const AGGREGATIONS: &[&str] = &[
     "count", "sum", "avg", "min", "max", "p50", "p90", "p95", "p99",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SeriesParams {
+    /// `events.count.<event_type>`, `<event_type>.<property>` (e.g.
+    /// `order.filled.price`), or a derived metric (`trading.*`): see
+    /// `/api/v1/metrics/names`.
+    #[param(value_type = String)]
     metric_name: Option<String>,
+    /// One of the configured intervals; default `1h`.
+    #[param(value_type = Option<IntervalName>)]
     interval: Option<String>,
+    /// What `value` holds; default `avg` (`count` for count-only metrics).
+    #[param(value_type = Option<Aggregation>)]
     aggregation: Option<String>,
+    /// Only windows of this symbol.
     symbol: Option<String>,
+    /// Only windows of this side.
     side: Option<String>,
+    /// Only windows of this strategy.
     strategy_id: Option<String>,
-    #[serde(flatten)]
-    range: TimeRange,
+    /// Windows starting at or after it (inclusive); default `end_time` − 24 h.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    start_time: Option<String>,
+    /// Windows starting before it; default the next whole second.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    end_time: Option<String>,
+}
+
+/// The window lengths (`analytics.dataflow.intervals` may keep fewer).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a schema only
+pub enum IntervalName {
+    #[serde(rename = "1m")]
+    M1,
+    #[serde(rename = "5m")]
+    M5,
+    #[serde(rename = "15m")]
+    M15,
+    #[serde(rename = "30m")]
+    M30,
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "4h")]
+    H4,
+    #[serde(rename = "1d")]
+    D1,
+}
+
+/// The aggregations a point's `value` can hold.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // a schema only: see `AGGREGATIONS`
+pub enum Aggregation {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    P50,
+    P90,
+    P95,
+    P99,
+}
+
+/// One window. `value` is the requested aggregation; the others are all
+/// given too. Percentiles are DDSketch estimates at rank floor(q·(n−1)),
+/// clamped to the window's exact [min, max]. Derived ratios
+/// (`trading.order_fill_rate`) carry `placed` and `filled` instead.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: see `point`
+pub struct Point {
+    /// The window's start.
+    timestamp: chrono::DateTime<chrono::Utc>,
+    value: Option<f64>,
+    /// The dimension filter the window matches (`symbol`, `side`,
+    /// `strategy_id`).
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    dimensions: Value,
+    #[schema(required = false)]
+    count: Option<i64>,
+    #[schema(required = false)]
+    sum: Option<f64>,
+    #[schema(required = false)]
+    avg: Option<f64>,
+    #[schema(required = false)]
+    min: Option<f64>,
+    #[schema(required = false)]
+    max: Option<f64>,
+    #[schema(required = false)]
+    p50: Option<f64>,
+    #[schema(required = false)]
+    p90: Option<f64>,
+    #[schema(required = false)]
+    p95: Option<f64>,
+    #[schema(required = false)]
+    p99: Option<f64>,
+    #[schema(required = false)]
+    placed: Option<i64>,
+    #[schema(required = false)]
+    filled: Option<i64>,
+}
+
+/// A series.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct SeriesResult {
+    metric_name: String,
+    interval: IntervalName,
+    start_time: chrono::DateTime<chrono::Utc>,
+    end_time: chrono::DateTime<chrono::Utc>,
+    data_points: Vec<Point>,
+    total_count: i64,
+    /// The requested aggregation, or `ratio` for derived ratios.
+    aggregation: String,
+    /// `live` (live state, older windows from rollups) or `postgres`.
+    source: String,
+    /// The tick of the live windows, when any.
+    #[schema(required = false)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET /api/v1/metrics`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Series {
+    /// Whether the stored part came from Redis.
+    cached: bool,
+    result: SeriesResult,
+}
+
+/// `GET /api/v1/metrics/names`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct MetricNames {
+    metric_names: Vec<String>,
+    count: usize,
 }
 
 fn value_of(agg: &Agg, aggregation: &str) -> Option<f64> {
@@ -118,6 +247,16 @@ async fn history(
     Ok((series, false))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics",
+    tag = "metrics",
+    params(SeriesParams),
+    responses(
+        (status = 200, description = "Per window: the live state when the window is inside its interval's horizon, `metric_aggregations` otherwise", body = Series),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn series(
     State(state): State<AppState>,
     Query(params): Query<SeriesParams>,
@@ -149,7 +288,7 @@ pub async fn series(
             format!("{aggregation:?} is not one of {AGGREGATIONS:?}"),
         ));
     }
-    let (from_us, to_us) = params.range.resolve()?;
+    let (from_us, to_us) = TimeRange::of(&params.start_time, &params.end_time).resolve()?;
     let len = interval.seconds();
     let first = from_us.div_euclid(1_000_000).div_euclid(len) * len;
     let end = to_us.div_euclid(1_000_000) + i64::from(to_us.rem_euclid(1_000_000) != 0);
@@ -282,6 +421,12 @@ async fn stitched(
 }
 
 /// `GET /api/v1/metrics/names`: metrics held live or stored.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics/names",
+    tag = "metrics",
+    responses((status = 200, description = "Metric names held live or stored, sorted", body = MetricNames))
+)]
 pub async fn names(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
     let mut names = state.snapshot().windows.names();
     const KEY: &str = "analytics:metrics:v1:names";

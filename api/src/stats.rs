@@ -3,13 +3,44 @@
 //! `as_of`) when its horizon covers the range and both ends fall on whole
 //! seconds; from PostgreSQL otherwise.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use utoipa::ToSchema;
+
+use crate::openapi::ErrorBody;
+use crate::params::Query;
 use crate::params::TimeRange;
 use crate::{AppError, AppState};
 
+/// Counts of a range.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Stats {
+    start_time: chrono::DateTime<chrono::Utc>,
+    end_time: chrono::DateTime<chrono::Utc>,
+    total_events: i64,
+    /// Events per type.
+    #[schema(value_type = std::collections::HashMap<String, i64>)]
+    by_type: Value,
+    /// `live` or `postgres`.
+    source: String,
+    /// The tick the numbers reflect (live answers only).
+    #[schema(required = false)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/stats",
+    tag = "events",
+    params(TimeRange),
+    responses(
+        (status = 200, description = "Counts by event type over `[start_time, end_time)` of event time", body = Stats),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn stats(
     State(state): State<AppState>,
     Query(range): Query<TimeRange>,

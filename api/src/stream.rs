@@ -10,16 +10,21 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
 
+use crate::params::Query;
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// Event types to follow, comma separated, or `*` for all; absent:
+    /// dashboard events only.
     events: Option<String>,
 }
 
@@ -39,6 +44,18 @@ impl Filter {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/stream",
+    tag = "live",
+    params(StreamParams),
+    responses((
+        status = 200,
+        description = "Server-Sent Events: `dashboard` (data: the dashboard JSON, as `GET /api/v1/dashboard/metrics`), `event` (data: a stored event) and `lagged` (data: how many events a slow client missed). The stream does not end.",
+        content_type = "text/event-stream",
+        body = String,
+    ))
+)]
 pub async fn stream(
     State(state): State<AppState>,
     Query(params): Query<StreamParams>,

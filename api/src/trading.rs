@@ -12,24 +12,148 @@
 //! `interval` is one of 1m, 5m, 15m, 30m, 1h, 4h, 1d (default 1h); the
 //! range defaults to the last 24 hours.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use dataflows::windows::{Interval, INTERVALS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sink::trading::BucketQuery;
+use utoipa::{IntoParams, ToSchema};
 
+use crate::openapi::ErrorBody;
 use crate::params::{non_empty, parse_int, TimeRange};
+use crate::params::{Path, Query};
+use crate::series::IntervalName;
 use crate::{AppError, AppState};
 
 /// Query parameters of the bucketed reads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BucketParams {
+    /// Bucket length; default `1h`.
+    #[param(value_type = Option<IntervalName>)]
     interval: Option<String>,
+    /// Buckets starting at or after it; default `end_time` − 24 h.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     start_time: Option<String>,
+    /// Buckets starting before it; default now.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     end_time: Option<String>,
+    /// Only this strategy (`/api/v1/trading/strategies` only).
     strategy_id: Option<String>,
+    /// Most rows: 1 to `analytics.query.max_results` (the default).
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
+}
+
+/// A number stored as PostgreSQL `numeric` (exact).
+type Numeric = f64;
+
+/// One order's lifecycle (`order_analytics`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the row as `sink::trading::order` reads it
+pub struct Order {
+    order_id: String,
+    symbol: Option<String>,
+    side: Option<String>,
+    strategy_id: Option<String>,
+    user_id: Option<String>,
+    /// `placed`, `partially_filled`, `filled`, `canceled` or `rejected`.
+    status: String,
+    quantity: Option<Numeric>,
+    price: Option<Numeric>,
+    filled_quantity: Numeric,
+    fills: i64,
+    avg_fill_price: Option<Numeric>,
+    commission: Numeric,
+    pnl: Numeric,
+    is_maker: Option<bool>,
+    placed_at: Option<chrono::DateTime<chrono::Utc>>,
+    closed_at: Option<chrono::DateTime<chrono::Utc>>,
+    latency_ms: Option<f64>,
+    first_seen: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One strategy bucket (`strategy_performance`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct StrategyBucket {
+    strategy_id: String,
+    interval: IntervalName,
+    bucket_start: chrono::DateTime<chrono::Utc>,
+    trades: i64,
+    winning_trades: i64,
+    losing_trades: i64,
+    total_pnl: Numeric,
+    gross_profit: Numeric,
+    gross_loss: Numeric,
+    win_rate: f64,
+    profit_factor: Option<f64>,
+    largest_win: Option<Numeric>,
+    largest_loss: Option<Numeric>,
+    avg_latency_ms: Option<f64>,
+}
+
+/// `GET /api/v1/trading/strategies`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Strategies {
+    interval: IntervalName,
+    /// Oldest bucket first.
+    strategies: Vec<StrategyBucket>,
+}
+
+/// One OHLCV candle (`market_analytics`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Candle {
+    symbol: String,
+    interval: IntervalName,
+    bucket_start: chrono::DateTime<chrono::Utc>,
+    open: Option<Numeric>,
+    high: Option<Numeric>,
+    low: Option<Numeric>,
+    close: Option<Numeric>,
+    volume: Numeric,
+    trades_count: i64,
+    price_points: i64,
+}
+
+/// `GET /api/v1/trading/market/{symbol}`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Market {
+    symbol: String,
+    interval: IntervalName,
+    /// Oldest candle first.
+    candles: Vec<Candle>,
+}
+
+/// One session (`user_behavior`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Session {
+    session_id: String,
+    user_id: Option<String>,
+    session_start: chrono::DateTime<chrono::Utc>,
+    last_event: chrono::DateTime<chrono::Utc>,
+    duration_seconds: f64,
+    page_views: i64,
+    events: i64,
+    distinct_event_types: i32,
+    event_types: Vec<String>,
+    /// The last event is less than `analytics.dashboard.session_timeout` ago.
+    active: bool,
+}
+
+/// `GET /api/v1/users/{user_id}/sessions`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Sessions {
+    user_id: String,
+    /// Latest first.
+    sessions: Vec<Session>,
 }
 
 fn interval(params: &BucketParams) -> Result<&'static str, AppError> {
@@ -56,11 +180,7 @@ fn bucket_query<'a>(
     id: Option<&'a str>,
 ) -> Result<BucketQuery<'a>, AppError> {
     let interval = interval(params)?;
-    let (start_us, end_us) = TimeRange {
-        start_time: params.start_time.clone(),
-        end_time: params.end_time.clone(),
-    }
-    .resolve()?;
+    let (start_us, end_us) = TimeRange::of(&params.start_time, &params.end_time).resolve()?;
     Ok(BucketQuery {
         interval,
         start_us,
@@ -70,6 +190,16 @@ fn bucket_query<'a>(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/trading/orders/{order_id}",
+    tag = "trading",
+    params(("order_id" = String, Path, description = "The order's `order_id` property")),
+    responses(
+        (status = 200, description = "The order as durable in PostgreSQL", body = Order),
+        (status = 404, description = "No event of this order is committed", body = ErrorBody),
+    )
+)]
 pub async fn order(
     State(state): State<AppState>,
     Path(order_id): Path<String>,
@@ -80,6 +210,16 @@ pub async fn order(
         .ok_or(AppError::NotFound)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/trading/strategies",
+    tag = "trading",
+    params(BucketParams),
+    responses(
+        (status = 200, description = "Strategy buckets starting in the range", body = Strategies),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn strategies(
     State(state): State<AppState>,
     Query(params): Query<BucketParams>,
@@ -91,6 +231,16 @@ pub async fn strategies(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/trading/market/{symbol}",
+    tag = "trading",
+    params(("symbol" = String, Path, description = "e.g. BTCUSDT"), BucketParams),
+    responses(
+        (status = 200, description = "Candles starting in the range", body = Market),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn market(
     State(state): State<AppState>,
     Path(symbol): Path<String>,
@@ -104,11 +254,24 @@ pub async fn market(
 }
 
 /// Query parameters of the sessions read.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionParams {
+    /// Most sessions: 1 to `analytics.query.max_results` (the default).
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/sessions",
+    tag = "trading",
+    params(("user_id" = String, Path), SessionParams),
+    responses(
+        (status = 200, description = "The user's sessions", body = Sessions),
+        (status = 400, description = "A bad parameter, named in `details`", body = ErrorBody),
+    )
+)]
 pub async fn sessions(
     State(state): State<AppState>,
     Path(user_id): Path<String>,

@@ -7,6 +7,12 @@ use axum::response::IntoResponse;
 
 const INDEX: &str = include_str!("web/index.html");
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "meta",
+    responses((status = 200, description = "The web dashboard", content_type = "text/html"))
+)]
 pub async fn index() -> impl IntoResponse {
     (
         [
