@@ -140,7 +140,7 @@ section!(IngestionConfig {
 });
 
 section!(AggregationConfig {
-    intervals: Vec<String> = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"].iter().map(|s| s.to_string()).collect(),
+    intervals: Vec<String> = interval_names().map(str::to_string).collect(),
     workers: usize = 2,
     /// How long closed windows of each interval stay in memory and take
     /// late events there (humantime); unset intervals use [`default_horizon`].
@@ -376,7 +376,19 @@ pub const INERT_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
-pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "30m", "1h", "4h", "1d"];
+/// The window lengths, from the one list the dataflow holds.
+fn interval_names() -> impl Iterator<Item = &'static str> {
+    dataflows::windows::INTERVALS.iter().map(|(name, _)| *name)
+}
+
+fn known_interval(name: &str) -> Result<(), String> {
+    if interval_names().any(|n| n == name) {
+        Ok(())
+    } else {
+        let known: Vec<&str> = interval_names().collect();
+        Err(format!("{name:?} is not one of {known:?}"))
+    }
+}
 
 impl Config {
     /// Loads `path` (or the defaults), applies `env`, validates.
@@ -728,12 +740,7 @@ impl Config {
             return Err(invalid("kafka.consumer_group", "must not be empty"));
         }
         for i in &self.analytics.aggregation.intervals {
-            if !INTERVALS.contains(&i.as_str()) {
-                return Err(invalid(
-                    "analytics.aggregation.intervals",
-                    format!("{i:?} is not one of {INTERVALS:?}"),
-                ));
-            }
+            known_interval(i).map_err(|e| invalid("analytics.aggregation.intervals", e))?;
         }
         if self.analytics.aggregation.intervals.is_empty() {
             return Err(invalid(
@@ -742,12 +749,7 @@ impl Config {
             ));
         }
         for (interval, horizon) in &self.analytics.aggregation.horizons {
-            if !INTERVALS.contains(&interval.as_str()) {
-                return Err(invalid(
-                    "analytics.aggregation.horizons",
-                    format!("{interval:?} is not one of {INTERVALS:?}"),
-                ));
-            }
+            known_interval(interval).map_err(|e| invalid("analytics.aggregation.horizons", e))?;
             let d = humantime::parse_duration(horizon).map_err(|e| {
                 invalid(
                     "analytics.aggregation.horizons",

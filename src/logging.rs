@@ -14,7 +14,7 @@ pub struct LogGuard;
 pub fn init(config: &LoggingConfig) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{level},rdkafka=warn,tower_http=info,h2=warn,hyper=warn",
+            "{level},rdkafka=warn,tower_http=warn,h2=warn,hyper=warn",
             level = config.level
         ))
     });

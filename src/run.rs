@@ -684,6 +684,7 @@ fn app_state(
             max_staleness: config.health.max_staleness,
             stuck_after: config.health.liveness_timeout,
         }),
+        live_answers: Default::default(),
     }
 }
 

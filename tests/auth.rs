@@ -386,6 +386,11 @@ async fn api_keys_scopes_and_revocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_and_logged() {
     let mut env = TestEnv::new("reqid", 1).await;
+    // Fast successful answers are logged at DEBUG (`api::access`).
+    env.env.push((
+        "RUST_LOG".into(),
+        "info,rdkafka=warn,api::access=debug".into(),
+    ));
     env.start().await;
     let id_of = |r: &Response| {
         r.headers()

@@ -16,8 +16,12 @@
 //! - `custom_metrics`: counts per custom (not built-in) event type in the
 //!   orders window.
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use dataflows::dashboard::{LATENCY, VOLUME};
 use dataflows::event::{format_us, KNOWN_TYPES};
 use dataflows::windows::from_nano;
@@ -67,11 +71,20 @@ pub struct Dashboard {
         (status = 200, description = "One live snapshot, with its `as_of`", body = Dashboard),
     )
 )]
-pub async fn metrics(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
     let snapshot = state.snapshot();
-    body(&state, &snapshot)
-        .map(Json)
-        .ok_or_else(|| AppError::Unavailable("live state not ready yet".into()))
+    let bytes = serialized(&state, &snapshot)
+        .ok_or_else(|| AppError::Unavailable("live state not ready yet".into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// The dashboard of `snapshot` as JSON bytes, serialized once per snapshot
+/// for every reader (the endpoint and `/api/v1/stream`); `None` before
+/// the first snapshot.
+pub fn serialized(state: &AppState, snapshot: &Arc<LiveSnapshot>) -> Option<Bytes> {
+    state.live_answers.dashboard.get_or_make(snapshot, &(), || {
+        body(state, snapshot).map(|b| Bytes::from(b.to_string()))
+    })
 }
 
 /// The dashboard of `snapshot`; `None` before the first snapshot.

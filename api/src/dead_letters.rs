@@ -24,8 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::openapi::ErrorBody;
-use crate::params::{non_empty, parse_int, parse_time};
-use crate::params::{Path, Query};
+use crate::params::{non_empty, parse_int, parse_time, Path, Query};
 use crate::{AppError, AppState};
 
 fn time(t: &DateTime<Utc>) -> String {

@@ -16,8 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::openapi::ErrorBody;
-use crate::params::Query;
-use crate::params::TimeRange;
+use crate::params::{Query, TimeRange};
 use crate::{AppError, AppState};
 
 /// Most error entries in one refusal; every dead letter keeps its own.

@@ -20,6 +20,7 @@ pub mod params;
 pub mod ratelimit;
 pub mod request_id;
 pub mod series;
+pub mod snapshot_cache;
 pub mod state;
 pub mod stats;
 pub mod stream;
@@ -38,13 +39,13 @@ use dataflows::LiveSnapshot;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::AppError;
-pub use state::{ApiSettings, AppState};
+pub use state::{ApiSettings, AppState, LiveAnswers};
 
 /// The API on port 9097.
 pub fn router(state: AppState) -> Router {
@@ -81,7 +82,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_id::make_span)
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .on_response(request_id::AccessLog),
         )
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

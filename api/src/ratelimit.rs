@@ -119,10 +119,6 @@ impl RateLimiter {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.inner.is_some()
-    }
-
     /// Decides one request of `identity`.
     pub async fn check(&self, identity: &Identity) -> Option<(Decision, Store)> {
         let inner = self.inner.as_ref()?;

@@ -4,10 +4,13 @@
 //! of the request's span ([`make_span`]), so every log line written while
 //! serving the request carries it.
 
+use std::time::Duration;
+
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use tower_http::trace::OnResponse;
 use tracing::Span;
 use uuid::Uuid;
 
@@ -62,6 +65,32 @@ pub fn make_span<B>(request: &axum::http::Request<B>) -> Span {
         request_id = %id,
         api_key = tracing::field::Empty,
     )
+}
+
+/// A request at least this slow is logged at INFO whatever its status.
+pub const SLOW_REQUEST: Duration = Duration::from_millis(100);
+
+/// The access log (`TraceLayer::on_response`), target `api::access`: a
+/// fast answer below 400 at DEBUG (a line per request at INFO costs more
+/// than serving a live read), a 4xx or one slower than [`SLOW_REQUEST`] at
+/// INFO, a 5xx at WARN. Each line is in the request's span, so it carries
+/// the method, uri and request id. `logging.level: debug`, or `RUST_LOG`
+/// with `api::access=debug`, logs every request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLog;
+
+impl<B> OnResponse<B> for AccessLog {
+    fn on_response(self, response: &axum::http::Response<B>, latency: Duration, _: &Span) {
+        let status = response.status().as_u16();
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        if status >= 500 {
+            tracing::warn!(target: "api::access", status, latency_ms, "finished processing request");
+        } else if status >= 400 || latency >= SLOW_REQUEST {
+            tracing::info!(target: "api::access", status, latency_ms, "finished processing request");
+        } else {
+            tracing::debug!(target: "api::access", status, latency_ms, "finished processing request");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::openapi::ErrorBody;
-use crate::params::Query;
-use crate::params::TimeRange;
+use crate::params::{Query, TimeRange};
 use crate::{AppError, AppState};
 
 const AGGREGATIONS: &[&str] = &[

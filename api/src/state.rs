@@ -13,6 +13,8 @@ use sink::partitions::Partitions;
 use sink::Pool;
 use tokio::sync::watch;
 
+use crate::snapshot_cache::PerSnapshot;
+
 /// API settings taken from the configuration.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
@@ -47,32 +49,6 @@ pub struct ApiSettings {
     pub health_path: String,
 }
 
-impl Default for ApiSettings {
-    fn default() -> Self {
-        ApiSettings {
-            default_limit: 100,
-            max_results: 10_000,
-            max_body_bytes: 1024 * 1024,
-            max_batch_events: 10_000,
-            request_timeout: Duration::from_secs(30),
-            cors_enabled: false,
-            cors_origins: Vec::new(),
-            cors_methods: Vec::new(),
-            cors_headers: Vec::new(),
-            time_bounds: Default::default(),
-            max_points: 10_000,
-            orders_window_secs: 3_600,
-            strategy_timeout_us: 900_000_000,
-            session_timeout: Duration::from_secs(1800),
-            api_key_enabled: false,
-            api_key_cache_ttl: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(30),
-            query_timeout: Duration::from_secs(30),
-            health_path: "/health".into(),
-        }
-    }
-}
-
 /// Handles every handler may use; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -101,6 +77,18 @@ pub struct AppState {
     pub schemas: Arc<sink::schema_sync::SchemaSync>,
     /// The local workers' heartbeats and the staleness bounds.
     pub dataflow: Arc<dataflows::liveness::DataflowWatch>,
+    /// Live answers serialized once per snapshot.
+    pub live_answers: Arc<LiveAnswers>,
+}
+
+/// Live answers kept for the snapshot they were computed from (see
+/// [`crate::snapshot_cache`]).
+#[derive(Debug, Default)]
+pub struct LiveAnswers {
+    /// `/api/v1/dashboard/metrics`.
+    pub dashboard: PerSnapshot<()>,
+    /// `/api/v1/events/stats` from the live state, by `[from, to)` in µs.
+    pub stats: PerSnapshot<(i64, i64)>,
 }
 
 impl AppState {

@@ -3,15 +3,19 @@
 //! `as_of`) when its horizon covers the range and both ends fall on whole
 //! seconds; from PostgreSQL otherwise.
 
-use axum::extract::State;
-use axum::Json;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dataflows::event::format_us;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::openapi::ErrorBody;
-use crate::params::Query;
-use crate::params::TimeRange;
+use crate::params::{Query, TimeRange};
 use crate::{AppError, AppState};
 
 /// Counts of a range.
@@ -44,31 +48,44 @@ pub struct Stats {
 pub async fn stats(
     State(state): State<AppState>,
     Query(range): Query<TimeRange>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Response, AppError> {
     let (from_us, to_us) = range.resolve()?;
     let snapshot = state.snapshot();
     let aligned = from_us % 1_000_000 == 0 && to_us % 1_000_000 == 0;
     let from_second = from_us.div_euclid(1_000_000);
-    let (by_type, as_of, source) = if aligned && snapshot.covers(from_second) {
-        let by_type = snapshot
-            .counts
-            .by_type(from_second, to_us.div_euclid(1_000_000));
-        (
-            by_type,
-            Some(dataflows::event::format_us(snapshot.as_of_ms as i64 * 1000)),
-            "live",
-        )
-    } else {
-        (
-            sink::queries::stats_by_type(&state.pool, from_us, to_us).await?,
-            None,
-            "postgres",
-        )
-    };
+    if aligned && snapshot.covers(from_second) {
+        // Once per snapshot and range: every client asking for the default
+        // range within the same second shares one answer.
+        let bytes = state
+            .live_answers
+            .stats
+            .get_or_make(&snapshot, &(from_us, to_us), || {
+                let by_type = snapshot
+                    .counts
+                    .by_type(from_second, to_us.div_euclid(1_000_000));
+                let as_of = format_us(snapshot.as_of_ms as i64 * 1000);
+                Some(Bytes::from(
+                    body(from_us, to_us, by_type, "live", Some(as_of)).to_string(),
+                ))
+            })
+            .ok_or_else(|| AppError::Internal("live stats answer missing".into()))?;
+        return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
+    }
+    let by_type = sink::queries::stats_by_type(&state.pool, from_us, to_us).await?;
+    Ok(Json(body(from_us, to_us, by_type, "postgres", None)).into_response())
+}
+
+fn body(
+    from_us: i64,
+    to_us: i64,
+    by_type: BTreeMap<String, i64>,
+    source: &str,
+    as_of: Option<String>,
+) -> Value {
     let total: i64 = by_type.values().sum();
     let mut body = json!({
-        "start_time": dataflows::event::format_us(from_us),
-        "end_time": dataflows::event::format_us(to_us),
+        "start_time": format_us(from_us),
+        "end_time": format_us(to_us),
         "total_events": total,
         "by_type": by_type,
         "source": source,
@@ -76,5 +93,5 @@ pub async fn stats(
     if let Some(as_of) = as_of {
         body["as_of"] = Value::String(as_of);
     }
-    Ok(Json(body))
+    body
 }

@@ -76,10 +76,10 @@ pub async fn stream(
             let snapshot = Arc::clone(&snapshots.borrow_and_update());
             if snapshot.as_of_ms != last_as_of {
                 last_as_of = snapshot.as_of_ms;
-                if let Some(body) = crate::dashboard::body(&state, &snapshot) {
+                if let Some(body) = crate::dashboard::serialized(&state, &snapshot) {
                     let event = SseEvent::default()
                         .event("dashboard")
-                        .data(body.to_string());
+                        .data(String::from_utf8_lossy(&body));
                     if tx.send(event).await.is_err() {
                         return;
                     }

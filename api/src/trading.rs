@@ -21,8 +21,7 @@ use sink::trading::BucketQuery;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::openapi::ErrorBody;
-use crate::params::{non_empty, parse_int, TimeRange};
-use crate::params::{Path, Query};
+use crate::params::{non_empty, parse_int, Path, Query, TimeRange};
 use crate::series::IntervalName;
 use crate::{AppError, AppState};
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dataflows::event::{format_us, Event, EventSource};
+use dataflows::event::{Event, EventSource};
 use dataflows::pipeline::Restored;
 use dataflows::windows::WindowSpec;
 use tokio_postgres::IsolationLevel;
@@ -189,9 +189,4 @@ pub async fn ping(pool: &Pool) -> Result<(), SinkError> {
     let client = pool.get().await?;
     client.simple_query("SELECT 1").await?;
     Ok(())
-}
-
-/// RFC 3339 of microseconds, re-exported for callers formatting ranges.
-pub fn rfc3339(us: i64) -> String {
-    format_us(us)
 }
