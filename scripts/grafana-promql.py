@@ -16,7 +16,8 @@ Usage:
       variables: the built-in ones below, the dashboard's template variables
       by their current value (a multi-value one as a regex alternation,
       "All" as .*), and --var NAME=VALUE, which overrides both. An
-      expression using any other variable is an error.
+      expression using any other variable is an error ($1, ${1}: capture
+      groups of label_replace, are left alone).
 
 Built-in variables substituted ($x, ${x}, ${x:format} and [[x]] forms):
   $__rate_interval, $__interval, $__range  1m    ($__range_s 60, *_ms 60000)
@@ -121,6 +122,8 @@ def substitute(expr, values, now):
         if name in values:
             used.add(name)
             return values[name]
+        if name.isdigit():
+            return m.group(0)  # $1: a label_replace capture group, as in Grafana
         unknown.add(name)
         return m.group(0)
 

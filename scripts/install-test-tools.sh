@@ -2,7 +2,8 @@
 # Installs what the browser test needs: Debian's Chromium (no downloaded
 # browser) and playwright-core from the npm registry (tests/web), and
 # schemathesis from PyPI, pinned, in a virtualenv at .data/venv-schemathesis
-# (used by scripts/schemathesis.sh). Idempotent; run by `make test`.
+# (used by scripts/schemathesis.sh), and Prometheus built from its Go module
+# (scripts/install-prometheus.sh). Idempotent; run by `make test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 
@@ -31,4 +32,8 @@ if [[ $(st_installed) != "$SCHEMATHESIS_VERSION" ]]; then
     "$ST_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input "schemathesis==$SCHEMATHESIS_VERSION"
     [[ $(st_installed) == "$SCHEMATHESIS_VERSION" ]] || { echo "install-test-tools.sh: schemathesis $SCHEMATHESIS_VERSION did not install" >&2; exit 1; }
 fi
+# Prometheus from the Go module proxy (tests/grafana.rs evaluates the
+# dashboard's PromQL on it); minutes on a fresh machine, then cached.
+"$ROOT/scripts/install-prometheus.sh"
+
 echo "test tools ready: $(chromium --version 2>/dev/null | head -1), playwright-core $(node -p "require('$ROOT/tests/web/node_modules/playwright-core/package.json').version"), schemathesis $(st_installed)"

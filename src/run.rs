@@ -644,7 +644,7 @@ fn app_state(
     background: &Background,
     dataflow: &Dataflow,
 ) -> api::AppState {
-    api::AppState {
+    api::AppState::new(api::Shared {
         settings: Arc::new(api::ApiSettings {
             default_limit: config.analytics.query.default_limit,
             max_results: config.analytics.query.max_results,
@@ -685,7 +685,7 @@ fn app_state(
             stuck_after: config.health.liveness_timeout,
         }),
         live_answers: Default::default(),
-    }
+    })
 }
 
 type Servers = Vec<tokio::task::JoinHandle<std::io::Result<()>>>;

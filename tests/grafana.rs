@@ -1,7 +1,9 @@
 //! The provisioned Grafana dashboard (`deploy/grafana/`) against a running
 //! service: every metric name its PromQL expressions use must be on
 //! `/metrics` (checked by `scripts/check-grafana.py`, which also checks
-//! that each panel has a title, the provisioned datasource and a query).
+//! that each panel has a title, the provisioned datasource and a query),
+//! and every expression must evaluate without error on a real Prometheus
+//! scraping the service (`scripts/eval-grafana-promql.sh`).
 
 mod common;
 
@@ -45,5 +47,35 @@ async fn every_metric_of_the_grafana_dashboard_is_exported() {
     println!("{report}");
     assert!(out.status.success(), "{report}");
     assert!(report.contains("all present"), "{report}");
+
+    // Every expression evaluated by a real Prometheus scraping the service
+    // (built by scripts/install-prometheus.sh, run by install-test-tools.sh).
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/eval-grafana-promql.sh"))
+        .arg(format!("{root}/deploy/grafana/dashboards/analytics.json"))
+        .arg(format!("127.0.0.1:{}", env.metrics_port))
+        .output()
+        .expect("run scripts/eval-grafana-promql.sh");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    assert!(out.status.success(), "{report}");
+    let summary = report
+        .lines()
+        .find(|l| l.starts_with("promql: "))
+        .unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {summary:?}"))
+    };
+    assert!(field("expressions") >= 20, "{summary}");
+    assert_eq!(field("evaluated"), field("expressions"), "{summary}");
+    assert_eq!(field("errors"), 0, "{summary}");
     env.stop().await;
 }

@@ -45,7 +45,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::AppError;
-pub use state::{ApiSettings, AppState, LiveAnswers};
+pub use state::{ApiSettings, AppState, LiveAnswers, Shared};
 
 /// The API on port 9097.
 pub fn router(state: AppState) -> Router {

@@ -49,9 +49,27 @@ pub struct ApiSettings {
     pub health_path: String,
 }
 
-/// Handles every handler may use; cheap to clone.
+/// Handles every handler may use: one reference count to clone (the
+/// router clones it for every request and middleware).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub settings: Arc<ApiSettings>,
     pub pool: Pool,
     pub partitions: Arc<Partitions>,
@@ -91,7 +109,7 @@ pub struct LiveAnswers {
     pub stats: PerSnapshot<(i64, i64)>,
 }
 
-impl AppState {
+impl Shared {
     pub fn snapshot(&self) -> Arc<LiveSnapshot> {
         Arc::clone(&self.snapshots.borrow())
     }
