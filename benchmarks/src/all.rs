@@ -391,7 +391,7 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
             .and_then(|r| r);
             if let Some(c) = note(&mut errors, &format!("core -w {w}"), r) {
                 say(&format!(
-                    "  {:.0} events/s ({:.0} per worker) in {:.2} s; snapshot counted {} of {} valid; sink rows {} ({} dead){}",
+                    "  {:.0} events/s ({:.0} per worker) in {:.2} s; snapshot counted {} of {} valid; sink rows {} ({} dead); {} live windows, {} bytes each{}",
                     c.events_per_s,
                     c.events_per_s_per_worker,
                     c.seconds,
@@ -399,6 +399,9 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
                     c.valid,
                     c.sink_rows,
                     c.sink_dead,
+                    c.live_windows,
+                    c.bytes_per_live_window
+                        .map_or("-".to_string(), |b| format!("{b:.0}")),
                     if c.completed { "" } else { " INCOMPLETE" }
                 ));
                 results.core.push(c);

@@ -97,6 +97,17 @@ pub struct CoreResult {
     pub completed: bool,
     /// Valid events the last snapshot counted.
     pub reflected: u64,
+    /// Windows held live by the last snapshot.
+    pub live_windows: u64,
+    /// This process's RSS just before the dataflow started (the generated
+    /// events already in memory) and once the last snapshot counted them.
+    pub rss_before_mib: f64,
+    pub rss_end_mib: f64,
+    /// (RSS at the end − RSS before) / live windows: what a live window
+    /// costs in all (its arrangement records, batcher, snapshot entry and
+    /// the allocator's slack), an upper bound since the dashboard, counts
+    /// and channels grow with it.
+    pub bytes_per_live_window: Option<f64>,
 }
 
 /// Runs `events` events through `workers` worker threads, waiting at most
@@ -192,6 +203,7 @@ pub fn run(
     } else {
         timely::Config::thread()
     };
+    let rss_before = crate::env::rss_kib(std::process::id()).unwrap_or(0);
     let start = Instant::now();
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(config, move |worker| {
@@ -232,6 +244,8 @@ pub fn run(
         Err(_) => false,
     };
     let counted = count(&snap_rx.borrow());
+    let live_windows = snap_rx.borrow().windows.len() as u64;
+    let rss_end = crate::env::rss_kib(std::process::id()).unwrap_or(0);
     shutdown.store(true, Ordering::SeqCst);
     for r in guards.join() {
         r.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
@@ -278,5 +292,10 @@ pub fn run(
         generate_s,
         completed,
         reflected: counted.max(0) as u64,
+        live_windows,
+        rss_before_mib: rss_before as f64 / 1024.0,
+        rss_end_mib: rss_end as f64 / 1024.0,
+        bytes_per_live_window: (live_windows > 0 && rss_end > rss_before)
+            .then(|| (rss_end - rss_before) as f64 * 1024.0 / live_windows as f64),
     })
 }

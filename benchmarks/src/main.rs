@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "dataflow core -w {}: {} events ({} invalid) in {:.3} s: {:.0} events/s, {:.0} per worker (generation {:.1} s, not timed){}",
+                    "dataflow core -w {}: {} events ({} invalid) in {:.3} s: {:.0} events/s, {:.0} per worker (generation {:.1} s, not timed); {} live windows, RSS {:.0} -> {:.0} MiB, {} bytes per live window{}",
                     r.workers,
                     r.events,
                     r.invalid,
@@ -158,6 +158,11 @@ fn main() -> anyhow::Result<()> {
                     r.events_per_s,
                     r.events_per_s_per_worker,
                     r.generate_s,
+                    r.live_windows,
+                    r.rss_before_mib,
+                    r.rss_end_mib,
+                    r.bytes_per_live_window
+                        .map_or("-".to_string(), |b| format!("{b:.0}")),
                     if r.completed {
                         String::new()
                     } else {

@@ -153,6 +153,16 @@ pub fn table(r: &Results) -> String {
             "≥ 1,000,000",
             Some(c.events_per_s_per_worker >= 1_000_000.0 && c.completed),
         );
+        t.row(
+            &format!(
+                "bytes per live window, core -w {} ((RSS end − RSS before) / {} live windows)",
+                c.workers, c.live_windows
+            ),
+            c.bytes_per_live_window,
+            None,
+            "reported",
+            None,
+        );
     }
     let base_ingest = r.baseline_ingest.as_ref().map(|b| b.events_per_s);
     for run in &r.ingest {
