@@ -64,6 +64,9 @@ YAML
     start=$(date +%s.%N)
     RUST_LOG=warn "$bin" run -c "$cfg" >"/tmp/$db.log" 2>&1 &
     pid=$!
+    if [[ -n ${CATCHUP_PERF:-} ]]; then  # 10 s of the whole machine, flat, from 3 s in
+        (sleep 3; perf record -F 499 -a -o "/tmp/$db.perf.data" -- sleep 10 >/dev/null 2>&1) &
+    fi
     deadline=$(( $(date +%s) + 600 ))
     until (( $(metric_sum) >= total )); do
         kill -0 "$pid" 2>/dev/null || { echo "$label: exited early, log /tmp/$db.log"; break; }
@@ -72,6 +75,7 @@ YAML
     done
     elapsed=$(echo "$(date +%s.%N) - $start" | bc)
     echo "$label: $total events in $elapsed s = $(echo "$total / $elapsed" | bc) events/s"
+    [[ -z ${CATCHUP_PERF:-} ]] || echo "$label: profile /tmp/$db.perf.data"
     curl -s "localhost:$METRICS/metrics" \
         | grep -E '^analytics_sink_phase_seconds_total|^analytics_rollup_compaction_seconds_(sum|count)' \
         | sed 's/^analytics_//' | tr '\n' ' '

@@ -22,6 +22,7 @@ use timely::scheduling::SyncActivator;
 use crate::event::{EventSource, PartitionOffset, Record};
 use crate::metrics;
 use crate::time::{current_tick, tick_ceil};
+use crate::FastMap;
 
 /// A count update: `((event_type, second), tick, diff)`.
 pub type CountUpdate = ((String, i64), u64, isize);
@@ -65,7 +66,7 @@ pub fn count_updates<'s>(
                     let Some(now) = cap.least().copied() else {
                         return;
                     };
-                    let mut counts: HashMap<(&str, i64), isize> = HashMap::new();
+                    let mut counts: FastMap<(&str, i64), isize> = FastMap::default();
                     for record in data.iter() {
                         if let Record::Event(event) = record {
                             *counts

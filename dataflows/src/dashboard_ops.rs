@@ -3,8 +3,6 @@
 //! sums, active users and strategies; `expiry::expire` adds the future-dated
 //! retractions that bound the first two.
 
-use std::collections::HashMap;
-
 use differential_dataflow::difference::Semigroup;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -13,6 +11,7 @@ use timely::dataflow::Stream;
 
 use crate::dashboard::{contribution, count_sum, Contribution, CountSum, StrategyState};
 use crate::event::Record;
+use crate::FastMap;
 
 /// `(event second, contribution)`.
 pub type Contributed = (i64, Contribution);
@@ -62,7 +61,7 @@ where
         Pipeline,
         name,
         move |_, _| {
-            let mut acc: HashMap<K, R> = HashMap::new();
+            let mut acc: FastMap<K, R> = FastMap::default();
             move |input, output| {
                 input.for_each(|cap, data| {
                     let Some(time) = cap.least().copied() else {

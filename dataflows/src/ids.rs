@@ -15,17 +15,18 @@
 //! The dictionary only grows: it holds each distinct metric name and each
 //! dimension value admitted by the cardinality guard once per process.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::FastMap;
 
 /// The id of a string; `Sym::NONE` (0) stands for "no value".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sym(pub u64);
 
-static DICTIONARY: LazyLock<RwLock<HashMap<u64, Arc<str>>>> =
-    LazyLock::new(|| RwLock::new(HashMap::new()));
+static DICTIONARY: LazyLock<RwLock<FastMap<u64, Arc<str>>>> =
+    LazyLock::new(|| RwLock::new(FastMap::default()));
 
 /// FNV-1a over the bytes, then a SplitMix64 finaliser: fixed, so ids agree
 /// across processes and builds; 0 is reserved for [`Sym::NONE`].

@@ -34,4 +34,10 @@ pub mod validate;
 pub mod windows;
 
 pub use event::{DeadLetter, DeadReason, Event, EventSource, ParseError, Record};
+
+/// The hash map of the per-tick folds (panes, counts, sums): foldhash,
+/// randomly seeded, instead of SipHash (whose rounds were 4-8 % of a
+/// worker's time on these short keys) and still not predictable by
+/// whoever sends the keys.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use live::{LiveCounts, LiveSnapshot};

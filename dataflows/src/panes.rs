@@ -29,6 +29,7 @@ use crate::event::Event;
 use crate::ids::Sym;
 use crate::sketch::Sketch;
 use crate::windows::{to_nano, Agg, Dims, Interval, WindowKey, WindowSpec, DIMENSIONS};
+use crate::FastMap;
 
 /// A metric and one dimension row of it; [`Sym::NONE`] marks a dimension
 /// that the row does not set.
@@ -176,7 +177,7 @@ impl<'a> Fields<'a> {
 }
 
 /// Admitted values of one dimension: value → (its id, last event second seen).
-type Seen = HashMap<Box<str>, (Sym, i64)>;
+type Seen = FastMap<Box<str>, (Sym, i64)>;
 
 /// Caps distinct dimension values per metric and dimension; what it refuses
 /// is counted. A value not seen in event time for longer than windows stay
@@ -186,7 +187,7 @@ type Seen = HashMap<Box<str>, (Sym, i64)>;
 #[derive(Debug, Default)]
 pub struct DimensionGuard {
     /// metric → per dimension: value → (its id, last event second seen).
-    seen: HashMap<Sym, [Seen; 3]>,
+    seen: FastMap<Sym, [Seen; 3]>,
     pub refused: u64,
 }
 
@@ -287,8 +288,8 @@ fn dimension<'a>(fields: &Fields<'a>, name: &str) -> Option<Cow<'a, str>> {
 /// time. See the [module docs](self).
 #[derive(Debug, Default)]
 pub struct Partials {
-    panes: HashMap<(SeriesId, i64), Agg>,
-    names: HashMap<String, MetricIds>,
+    panes: FastMap<(SeriesId, i64), Agg>,
+    names: FastMap<String, MetricIds>,
 }
 
 impl Partials {
@@ -303,9 +304,11 @@ impl Partials {
 
     /// The window deltas of the panes held, emptying them: every pane added
     /// to the window of each configured interval that holds it.
-    pub fn drain_ids(&mut self, spec: &WindowSpec) -> HashMap<WinId, Agg> {
-        let mut out: HashMap<WinId, Agg> =
-            HashMap::with_capacity(self.panes.len() * spec.intervals.len());
+    pub fn drain_ids(&mut self, spec: &WindowSpec) -> FastMap<WinId, Agg> {
+        let mut out: FastMap<WinId, Agg> = FastMap::with_capacity_and_hasher(
+            self.panes.len() * spec.intervals.len(),
+            Default::default(),
+        );
         for ((series, minute), agg) in self.panes.drain() {
             for (interval, _) in &spec.intervals {
                 let id = WinId {
