@@ -6,9 +6,11 @@
 //! row always equals the fold of its committed events, exactly once.
 //!
 //! One generic path serves the four tables: the stored states of the
-//! batch's keys are read `FOR UPDATE` (the keys travel as one JSON array),
+//! batch's keys are read `FOR UPDATE` (the keys travel as typed arrays),
 //! merged with the batch's in Rust, and written back with one multi-row
-//! upsert whose rows are JSON objects named like the table's columns.
+//! upsert of `unnest` over one array per column (each derived column as
+//! `text[]` cast to its type, the state as `bytea[]`): no JSON for
+//! PostgreSQL to parse.
 
 use std::collections::BTreeMap;
 
@@ -34,9 +36,11 @@ pub trait TradingRow: Semigroup + Serialize + DeserializeOwned + Clone {
     const KEY: &'static [&'static str];
     /// Derived columns written from the state (besides `state`).
     const COLUMNS: &'static [&'static str];
+    /// Their SQL types, in the same order (the upsert sends each column as
+    /// a `text[]` and casts it).
+    const TYPES: &'static [&'static str];
     /// Extra `SET` assignments on update.
     const ON_UPDATE: &'static str = "";
-    fn key_json(key: &Self::Key) -> Map<String, Value>;
     /// The key's values: the first key column's, and for bucket keys the
     /// interval's name and the bucket's start (seconds).
     fn key_parts(key: &Self::Key) -> (&str, Option<(&'static str, i64)>);
@@ -53,14 +57,6 @@ fn dec(n: i128) -> Value {
 
 fn time(us: i64) -> Value {
     Value::String(format_us(us))
-}
-
-fn bucket_key(key: &BucketKey, id: &str, start: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(id.into(), json!(key.0));
-    m.insert("interval".into(), json!(key.1.name()));
-    m.insert(start.into(), time(key.2 * 1_000_000));
-    m
 }
 
 impl TradingRow for OrderState {
@@ -86,13 +82,26 @@ impl TradingRow for OrderState {
         "latency_ms",
         "first_seen",
     ];
+    const TYPES: &'static [&'static str] = &[
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "numeric",
+        "numeric",
+        "numeric",
+        "bigint",
+        "numeric",
+        "numeric",
+        "numeric",
+        "boolean",
+        "timestamptz",
+        "timestamptz",
+        "double precision",
+        "timestamptz",
+    ];
     const ON_UPDATE: &'static str = ", updated_at = now()";
-
-    fn key_json(key: &String) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("order_id".into(), json!(key));
-        m
-    }
 
     fn key_parts(key: &String) -> (&str, Option<(&'static str, i64)>) {
         (key, None)
@@ -149,10 +158,19 @@ impl TradingRow for StrategyPerf {
         "largest_loss",
         "avg_latency_ms",
     ];
-
-    fn key_json(key: &BucketKey) -> Map<String, Value> {
-        bucket_key(key, "strategy_id", "bucket_start")
-    }
+    const TYPES: &'static [&'static str] = &[
+        "bigint",
+        "bigint",
+        "bigint",
+        "numeric",
+        "numeric",
+        "numeric",
+        "double precision",
+        "double precision",
+        "numeric",
+        "numeric",
+        "double precision",
+    ];
 
     fn key_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
         bucket_parts(key)
@@ -189,10 +207,9 @@ impl TradingRow for Ohlcv {
         "trades_count",
         "price_points",
     ];
-
-    fn key_json(key: &BucketKey) -> Map<String, Value> {
-        bucket_key(key, "symbol", "bucket_start")
-    }
+    const TYPES: &'static [&'static str] = &[
+        "numeric", "numeric", "numeric", "numeric", "numeric", "bigint", "bigint",
+    ];
 
     fn key_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
         bucket_parts(key)
@@ -226,12 +243,16 @@ impl TradingRow for SessionState {
         "distinct_event_types",
         "event_types",
     ];
-
-    fn key_json(key: &String) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("session_id".into(), json!(key));
-        m
-    }
+    const TYPES: &'static [&'static str] = &[
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "double precision",
+        "bigint",
+        "bigint",
+        "integer",
+        "text[]",
+    ];
 
     fn key_parts(key: &String) -> (&str, Option<(&'static str, i64)>) {
         (key, None)
@@ -261,16 +282,40 @@ fn object(value: Value) -> Map<String, Value> {
     }
 }
 
-/// `bytea`'s hex input form (`\x…`).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("\\x");
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+/// A JSON column value as the text PostgreSQL reads for its type: `None`
+/// for null, strings as they are (numerics and times are formatted as
+/// strings already), numbers and booleans as JSON writes them, an array of
+/// strings as an array literal (`{"a","b"}`).
+fn sql_text(value: Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let mut out = String::from("{");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                let text = match item {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                for c in text.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            out.push('}');
+            Some(out)
+        }
+        Value::Object(_) => Some(value.to_string()),
     }
-    s
 }
 
 /// Merges `deltas` (sorted by key) into `S::TABLE`.
@@ -339,17 +384,48 @@ pub async fn merge_table<S: TradingRow>(
             None => tracing::error!(table, "undecodable trading state replaced"),
         }
     }
-    let out = Value::Array(
-        keys.iter()
-            .zip(&merged)
-            .map(|(k, s)| {
-                let mut row = S::key_json(k);
-                row.extend(s.columns(k));
-                row.insert("state".into(), Value::String(hex(&to_bytes(s))));
-                Value::Object(row)
-            })
-            .collect(),
-    );
+    // The rows as one typed array per column: the key's (as read above),
+    // each derived column as text cast to its type, the state as bytea.
+    let mut texts: Vec<Vec<Option<String>>> =
+        vec![Vec::with_capacity(keys.len()); S::COLUMNS.len()];
+    let mut states: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+    for (k, merged) in keys.iter().zip(&merged) {
+        let mut columns = merged.columns(k);
+        for (column, out) in S::COLUMNS.iter().zip(texts.iter_mut()) {
+            out.push(columns.remove(*column).and_then(sql_text));
+        }
+        states.push(to_bytes(merged));
+    }
+    let (intervals, starts): (Vec<&str>, Vec<i64>) = parts
+        .iter()
+        .map(|(_, b)| b.map_or(("", 0), |b| (b.0, b.1)))
+        .unzip();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&ids];
+    let mut inputs = vec!["$1::text[]".to_string()];
+    let mut selected: Vec<String> = vec!["u.k".into()];
+    if S::KEY.len() == 3 {
+        params.push(&intervals);
+        params.push(&starts);
+        inputs.push("$2::text[]".into());
+        inputs.push("$3::bigint[]".into());
+        selected.push("u.i".into());
+        selected.push("to_timestamp(u.b)".into());
+    }
+    for (n, (column, sql_type)) in texts.iter().zip(S::TYPES).enumerate() {
+        params.push(column);
+        inputs.push(format!("${}::text[]", params.len()));
+        selected.push(format!("u.c{n}::{sql_type}"));
+    }
+    params.push(&states);
+    inputs.push(format!("${}::bytea[]", params.len()));
+    selected.push("u.state".into());
+    let mut names: Vec<String> = vec!["k".into()];
+    if S::KEY.len() == 3 {
+        names.push("i".into());
+        names.push("b".into());
+    }
+    names.extend((0..S::COLUMNS.len()).map(|n| format!("c{n}")));
+    names.push("state".into());
     let mut columns: Vec<&str> = S::KEY.to_vec();
     columns.extend_from_slice(S::COLUMNS);
     columns.push("state");
@@ -364,11 +440,14 @@ pub async fn merge_table<S: TradingRow>(
     tx.execute(
         &format!(
             "INSERT INTO {table} ({list})
-             SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)
+             SELECT {} FROM unnest({}) AS u({})
              ON CONFLICT ({conflict}) DO UPDATE SET {set}{}",
+            selected.join(", "),
+            inputs.join(", "),
+            names.join(", "),
             S::ON_UPDATE
         ),
-        &[&out],
+        &params,
     )
     .await?;
     Ok(())
@@ -481,7 +560,7 @@ mod tests {
             let mut expected = S::COLUMNS.to_vec();
             expected.sort_unstable();
             assert_eq!(names, expected, "{}", S::TABLE);
-            assert_eq!(S::key_json(key).len(), S::KEY.len());
+            assert_eq!(S::TYPES.len(), S::COLUMNS.len(), "{}", S::TABLE);
             // merge_table reads one id column, or id, interval and start.
             let (_, bucket) = S::key_parts(key);
             assert_eq!(
@@ -496,6 +575,12 @@ mod tests {
         check::<StrategyPerf>(&bucket);
         check::<Ohlcv>(&bucket);
         check::<SessionState>(&"x".to_string());
-        assert_eq!(hex(&[0, 255]), "\\x00ff");
+        assert_eq!(
+            sql_text(json!(["a", "b\"c", "d\\e"])).as_deref(),
+            Some(r#"{"a","b\"c","d\\e"}"#)
+        );
+        assert_eq!(sql_text(json!(null)), None);
+        assert_eq!(sql_text(json!(12.5)).as_deref(), Some("12.5"));
+        assert_eq!(sql_text(json!(true)).as_deref(), Some("true"));
     }
 }
