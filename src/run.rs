@@ -674,7 +674,14 @@ fn app_state(
         feed: background.feed.clone(),
         windows: Arc::clone(&basis.window_spec),
         guard: Arc::new(std::sync::Mutex::new(Default::default())),
-        cache: api::cache::Cache::new(&redis_url(config), config.analytics.query.cache_ttl),
+        cache: api::cache::Cache::new(
+            &redis_url(config),
+            config.analytics.query.cache_ttl,
+            &format!(
+                "{}:{}/{}",
+                config.database.host, config.database.port, config.database.database
+            ),
+        ),
         stats: Arc::clone(&background.stats),
         sink_degraded: Arc::clone(&background.sink_degraded),
         rate_limiter: rate_limiter(config),

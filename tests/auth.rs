@@ -14,22 +14,6 @@ use serde_json::{json, Value};
 
 const STATS: &str = "/api/v1/events/stats";
 
-/// `analytics api-key create`: the key, alone on stdout.
-fn create_key(env: &TestEnv, name: &str, scopes: &str) -> String {
-    let out = env.cli(&["api-key", "create", "--name", name, "--scopes", scopes]);
-    assert!(
-        out.status.success(),
-        "create {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string();
-    assert!(key.starts_with("ak_") && !key.contains('\n'), "{key:?}");
-    key
-}
-
 enum Key<'a> {
     None,
     Bearer(&'a str),
@@ -91,10 +75,10 @@ async fn api_keys_scopes_and_revocation() {
     // Long enough to see a revoked key still served from the cache, short
     // enough for the test.
     env.enable_api_keys("3s");
-    let reader = create_key(&env, "reader", "read");
-    let ingester = create_key(&env, "ingester", "ingest");
-    let admin = create_key(&env, "admin", "admin");
-    let doomed = create_key(&env, "doomed", "read,ingest");
+    let reader = env.create_key("reader", "read");
+    let ingester = env.create_key("ingester", "ingest");
+    let admin = env.create_key("admin", "admin");
+    let doomed = env.create_key("doomed", "read,ingest");
     let dup = env.cli(&["api-key", "create", "--name", "reader", "--scopes", "read"]);
     assert!(!dup.status.success(), "a second active key named reader");
     let bad = env.cli(&["api-key", "create", "--name", "x", "--scopes", "write"]);
@@ -359,7 +343,7 @@ async fn api_keys_scopes_and_revocation() {
     let again = env.cli(&["api-key", "revoke", "doomed"]);
     assert!(!again.status.success(), "nothing left to revoke");
     // The name can be reused for a new key.
-    let renewed = create_key(&env, "doomed", "read");
+    let renewed = env.create_key("doomed", "read");
     wait_for(
         "the new key to be accepted",
         Duration::from_secs(10),

@@ -33,49 +33,37 @@ async fn every_metric_of_the_grafana_dashboard_is_exported() {
         .contains("process_resident_memory_bytes"));
 
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("python3")
-        .arg(format!("{root}/scripts/check-grafana.py"))
-        .arg(format!("{root}/deploy/grafana/dashboards/analytics.json"))
-        .arg(format!("http://127.0.0.1:{}/metrics", env.metrics_port))
-        .output()
-        .expect("run python3 scripts/check-grafana.py");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, report) = run_report(
+        Command::new("python3")
+            .arg(format!("{root}/scripts/check-grafana.py"))
+            .arg(format!("{root}/deploy/grafana/dashboards/analytics.json"))
+            .arg(format!("http://127.0.0.1:{}/metrics", env.metrics_port)),
     );
     println!("{report}");
-    assert!(out.status.success(), "{report}");
+    assert!(ok, "{report}");
     assert!(report.contains("all present"), "{report}");
 
     // Every expression evaluated by a real Prometheus scraping the service
     // (built by scripts/install-prometheus.sh, run by install-test-tools.sh).
-    let out = Command::new("bash")
-        .arg(format!("{root}/scripts/eval-grafana-promql.sh"))
-        .arg(format!("{root}/deploy/grafana/dashboards/analytics.json"))
-        .arg(format!("127.0.0.1:{}", env.metrics_port))
-        .output()
-        .expect("run scripts/eval-grafana-promql.sh");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, report) = run_report(
+        Command::new("bash")
+            .arg(format!("{root}/scripts/eval-grafana-promql.sh"))
+            .arg(format!("{root}/deploy/grafana/dashboards/analytics.json"))
+            .arg(format!("127.0.0.1:{}", env.metrics_port)),
     );
     println!("{report}");
-    assert!(out.status.success(), "{report}");
+    assert!(ok, "{report}");
     let summary = report
         .lines()
         .find(|l| l.starts_with("promql: "))
         .unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {summary:?}"))
-    };
-    assert!(field("expressions") >= 20, "{summary}");
-    assert_eq!(field("evaluated"), field("expressions"), "{summary}");
-    assert_eq!(field("errors"), 0, "{summary}");
+    let expressions = summary_field(summary, "expressions");
+    assert!(expressions >= 20, "{summary}");
+    assert_eq!(
+        summary_field(summary, "evaluated"),
+        expressions,
+        "{summary}"
+    );
+    assert_eq!(summary_field(summary, "errors"), 0, "{summary}");
     env.stop().await;
 }

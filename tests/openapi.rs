@@ -30,16 +30,7 @@ async fn fuzz(with_keys: bool) {
     let mut env = TestEnv::new(if with_keys { "oakeys" } else { "oa" }, 1).await;
     let key = with_keys.then(|| {
         env.enable_api_keys("30s");
-        let out = env.cli(&["api-key", "create", "--name", "fuzz", "--scopes", "admin"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
+        env.create_key("fuzz", "admin")
     });
     env.start().await;
 
@@ -121,16 +112,9 @@ async fn fuzz(with_keys: bool) {
         String::from_utf8_lossy(&output.stderr),
         tail(&env.log(), 60)
     );
-    let field = |name: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {summary:?}"))
-    };
-    assert!(field("operations") >= 20, "{summary}");
-    assert!(field("cases") >= 500, "{summary}");
-    assert_eq!(field("failures"), 0, "{summary}");
+    assert!(summary_field(&summary, "operations") >= 20, "{summary}");
+    assert!(summary_field(&summary, "cases") >= 500, "{summary}");
+    assert_eq!(summary_field(&summary, "failures"), 0, "{summary}");
     env.stop().await;
 }
 

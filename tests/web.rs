@@ -26,23 +26,7 @@ async fn browse(with_keys: bool) {
     let mut env = TestEnv::new(if with_keys { "webkeys" } else { "web" }, 1).await;
     let key = with_keys.then(|| {
         env.enable_api_keys("30s");
-        let out = env.cli(&[
-            "api-key",
-            "create",
-            "--name",
-            "browser",
-            "--scopes",
-            "read,ingest",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
+        env.create_key("browser", "read,ingest")
     });
     env.start().await;
     let events: Vec<_> = (0..20)

@@ -19,14 +19,20 @@ pub struct Cache {
     client: Option<redis::Client>,
     conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     pub ttl: Duration,
+    /// Put before every key: answers come from one database, so two
+    /// deployments sharing a Redis must not read each other's.
+    prefix: String,
 }
 
 impl Cache {
-    pub fn new(url: &str, ttl: Duration) -> Cache {
+    /// `namespace` names where the cached answers come from (the
+    /// database), so that deployments sharing a Redis never mix them.
+    pub fn new(url: &str, ttl: Duration, namespace: &str) -> Cache {
         Cache {
             client: redis::Client::open(url).ok(),
             conn: Arc::new(Mutex::new(None)),
             ttl,
+            prefix: format!("{namespace}:"),
         }
     }
 
@@ -68,7 +74,9 @@ impl Cache {
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let found = match self.connection().await {
             Some(mut conn) => {
-                let cmd = redis::cmd("GET").arg(key).clone();
+                let cmd = redis::cmd("GET")
+                    .arg(format!("{}{key}", self.prefix))
+                    .clone();
                 match tokio::time::timeout(
                     OP_TIMEOUT,
                     cmd.query_async::<Option<Vec<u8>>>(&mut conn),
@@ -99,7 +107,7 @@ impl Cache {
         };
         let ttl = self.ttl.as_millis().max(1) as u64;
         let cmd = redis::cmd("SET")
-            .arg(key)
+            .arg(format!("{}{key}", self.prefix))
             .arg(value)
             .arg("PX")
             .arg(ttl)

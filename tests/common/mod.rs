@@ -316,6 +316,22 @@ security:
             .expect("run analytics")
     }
 
+    /// `analytics api-key create`: the key, alone on stdout.
+    pub fn create_key(&self, name: &str, scopes: &str) -> String {
+        let out = self.cli(&["api-key", "create", "--name", name, "--scopes", scopes]);
+        assert!(
+            out.status.success(),
+            "create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
+        assert!(key.starts_with("ak_") && !key.contains('\n'), "{key:?}");
+        key
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.api_port, path)
     }
@@ -692,4 +708,24 @@ pub fn to_nano(v: f64) -> i128 {
 /// The exact q-quantile with the sketch's rank convention.
 pub fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+}
+
+/// `name=N` of a tool's one-line summary (`schemathesis: cases=1850 …`).
+pub fn summary_field(summary: &str, name: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {summary:?}"))
+}
+
+/// Runs `command`: whether it succeeded, and its stdout and stderr.
+pub fn run_report(command: &mut Command) -> (bool, String) {
+    let out = command.output().expect("run a test tool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
 }
