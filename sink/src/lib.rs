@@ -31,9 +31,9 @@ pub mod writer;
 pub use error::SinkError;
 
 /// Serialises read-merge-write merges into `table` across concurrent
-/// transactions (the sink writer of every process and the REST path for
-/// the trading tables, every process's compactor for the rollups) until
-/// this one ends. Without it, two transactions that both find no row for a
+/// transactions (the sink writer of every process, the REST path and
+/// retention's deletes for the trading tables, every process's compactor
+/// for the rollups) until this one ends. Without it, two transactions that both find no row for a
 /// new key would both insert their own part, and the later upsert would
 /// overwrite the earlier one. A transaction takes tables in one fixed
 /// order, so that they cannot deadlock.

@@ -73,7 +73,7 @@ pub async fn apply(
     policy: Policy,
     now_us: i64,
 ) -> Result<Report, SinkError> {
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
     let mut report = Report::default();
     let raw_cutoff = cutoff_us(now_us, policy.raw_events);
     let longest = policy
@@ -97,7 +97,10 @@ pub async fn apply(
         }
     }
     let seconds = |us: i64| us as f64 / 1e6;
-    let mut deletes: Vec<(String, f64)> = Vec::new();
+    // (statement, cutoff, the trading table it deletes from: those deletes
+    // take the table's merge lock, like every merge into it, so a merge
+    // never writes back a row read before the delete).
+    let mut deletes: Vec<(String, f64, Option<&str>)> = Vec::new();
     // Bucketed rows per interval class: rollups and the trading buckets.
     for (table, bucket) in [
         ("metric_aggregations", "time_bucket"),
@@ -114,22 +117,43 @@ pub async fn apply(
                     "DELETE FROM {table} WHERE \"interval\" IN ({intervals}) AND {bucket} < to_timestamp($1)"
                 ),
                 seconds(cutoff_us(now_us, keep)),
+                (table != "metric_aggregations").then_some(table),
             ));
         }
     }
     // Rows that follow the raw events: per-second state, orders last
     // touched (closed, else first seen) and sessions last active before
     // the cutoff.
-    for sql in [
-        "DELETE FROM event_counts WHERE second < to_timestamp($1)",
-        "DELETE FROM second_sums WHERE second < to_timestamp($1)",
-        "DELETE FROM order_analytics WHERE coalesce(closed_at, first_seen) < to_timestamp($1)",
-        "DELETE FROM user_behavior WHERE last_event < to_timestamp($1)",
+    for (sql, merged) in [
+        (
+            "DELETE FROM event_counts WHERE second < to_timestamp($1)",
+            None,
+        ),
+        (
+            "DELETE FROM second_sums WHERE second < to_timestamp($1)",
+            None,
+        ),
+        (
+            "DELETE FROM order_analytics WHERE coalesce(closed_at, first_seen) < to_timestamp($1)",
+            Some("order_analytics"),
+        ),
+        (
+            "DELETE FROM user_behavior WHERE last_event < to_timestamp($1)",
+            Some("user_behavior"),
+        ),
     ] {
-        deletes.push((sql.to_string(), seconds(raw_cutoff)));
+        deletes.push((sql.to_string(), seconds(raw_cutoff), merged));
     }
-    for (sql, cutoff) in deletes {
-        report.deleted_rows += client.execute(&sql, &[&cutoff]).await?;
+    for (sql, cutoff, merged) in deletes {
+        match merged {
+            Some(table) => {
+                let tx = client.transaction().await?;
+                crate::lock_merges(&tx, table).await?;
+                report.deleted_rows += tx.execute(&sql, &[&cutoff]).await?;
+                tx.commit().await?;
+            }
+            None => report.deleted_rows += client.execute(&sql, &[&cutoff]).await?,
+        }
     }
     report.deleted_rows += client
         .execute(

@@ -6,11 +6,12 @@
 //! row always equals the fold of its committed events, exactly once.
 //!
 //! One generic path serves the four tables: the stored states of the
-//! batch's keys are read `FOR UPDATE` (the keys travel as typed arrays),
-//! merged with the batch's in Rust, and written back with one multi-row
-//! upsert of `unnest` over one array per column (each derived column as
-//! `text[]` cast to its type, the state as `bytea[]`): no JSON for
-//! PostgreSQL to parse.
+//! batch's keys are read under the table's merge lock (the keys travel as
+//! typed arrays), merged with the batch's in Rust, and written back with
+//! one multi-row upsert of `unnest` over one array per column (each
+//! derived column as `text[]` cast to its type, the state as `bytea[]`):
+//! no JSON for PostgreSQL to parse. Retention's deletes from these tables
+//! take the same lock.
 
 use std::collections::BTreeMap;
 
@@ -326,6 +327,11 @@ pub async fn merge_table<S: TradingRow>(
     if deltas.is_empty() {
         return Ok(());
     }
+    // Every merge into the table (the sink writer of every process, the
+    // REST path) and retention's deletes hold this lock until their
+    // transaction ends, so the states read below cannot change before the
+    // upsert: no row locks (`FOR UPDATE` doubled the read, writing a lock
+    // into every row).
     crate::lock_merges(tx, S::TABLE).await?;
     let keys: Vec<&S::Key> = deltas.keys().collect();
     let table = S::TABLE;
@@ -343,8 +349,7 @@ pub async fn merge_table<S: TradingRow>(
                      FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS u(k, i, b, ord)
                      JOIN {table} t ON t.{id} = u.k AND t.{interval} = u.i
                       AND t.{start} = to_timestamp(u.b)
-                     ORDER BY u.ord
-                     FOR UPDATE OF t"
+                     ORDER BY u.ord"
                 ),
                 &[&ids, &intervals, &starts],
             )
@@ -356,8 +361,7 @@ pub async fn merge_table<S: TradingRow>(
                     "SELECT u.ord, t.state
                      FROM unnest($1::text[]) WITH ORDINALITY AS u(k, ord)
                      JOIN {table} t ON t.{id} = u.k
-                     ORDER BY u.ord
-                     FOR UPDATE OF t"
+                     ORDER BY u.ord"
                 ),
                 &[&ids],
             )
