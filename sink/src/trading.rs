@@ -24,6 +24,7 @@ use differential_dataflow::difference::Semigroup;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 use crate::encode::PgMicros;
@@ -335,14 +336,15 @@ pub async fn merge_table<S: TradingRow>(
     crate::lock_merges(tx, S::TABLE).await?;
     let keys: Vec<&S::Key> = deltas.keys().collect();
     let table = S::TABLE;
-    // The keys as typed arrays (not JSON), in key order, locked in it.
+    // The keys as typed arrays (not JSON), in key order: the id, and for
+    // bucket keys the interval and the bucket's start (unused otherwise).
     let parts: Vec<(&str, Option<(&'static str, i64)>)> =
         keys.iter().map(|k| S::key_parts(k)).collect();
     let ids: Vec<&str> = parts.iter().map(|(id, _)| *id).collect();
+    let (intervals, starts): (Vec<&str>, Vec<i64>) =
+        parts.iter().map(|(_, b)| b.unwrap_or(("", 0))).unzip();
     let rows = match S::KEY {
         [id, interval, start] => {
-            let intervals: Vec<&str> = parts.iter().map(|(_, b)| b.map_or("", |b| b.0)).collect();
-            let starts: Vec<i64> = parts.iter().map(|(_, b)| b.map_or(0, |b| b.1)).collect();
             tx.query(
                 &format!(
                     "SELECT u.ord, t.state
@@ -400,36 +402,26 @@ pub async fn merge_table<S: TradingRow>(
         }
         states.push(to_bytes(merged));
     }
-    let (intervals, starts): (Vec<&str>, Vec<i64>) = parts
-        .iter()
-        .map(|(_, b)| b.map_or(("", 0), |b| (b.0, b.1)))
-        .unzip();
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&ids];
-    let mut inputs = vec!["$1::text[]".to_string()];
-    let mut selected: Vec<String> = vec!["u.k".into()];
+    // unnest's arguments: (parameter, its array type, what the SELECT
+    // makes of its column `u.aN`).
+    let mut args: Vec<(&(dyn ToSql + Sync), &str, String)> = vec![(&ids, "text[]", "u.a0".into())];
     if S::KEY.len() == 3 {
-        params.push(&intervals);
-        params.push(&starts);
-        inputs.push("$2::text[]".into());
-        inputs.push("$3::bigint[]".into());
-        selected.push("u.i".into());
-        selected.push("to_timestamp(u.b)".into());
+        args.push((&intervals, "text[]", "u.a1".into()));
+        args.push((&starts, "bigint[]", "to_timestamp(u.a2)".into()));
     }
-    for (n, (column, sql_type)) in texts.iter().zip(S::TYPES).enumerate() {
-        params.push(column);
-        inputs.push(format!("${}::text[]", params.len()));
-        selected.push(format!("u.c{n}::{sql_type}"));
+    for (column, sql_type) in texts.iter().zip(S::TYPES) {
+        let n = args.len();
+        args.push((column, "text[]", format!("u.a{n}::{sql_type}")));
     }
-    params.push(&states);
-    inputs.push(format!("${}::bytea[]", params.len()));
-    selected.push("u.state".into());
-    let mut names: Vec<String> = vec!["k".into()];
-    if S::KEY.len() == 3 {
-        names.push("i".into());
-        names.push("b".into());
-    }
-    names.extend((0..S::COLUMNS.len()).map(|n| format!("c{n}")));
-    names.push("state".into());
+    let n = args.len();
+    args.push((&states, "bytea[]", format!("u.a{n}")));
+    let inputs: Vec<String> = (1..=args.len())
+        .zip(&args)
+        .map(|(n, (_, array_type, _))| format!("${n}::{array_type}"))
+        .collect();
+    let aliases: Vec<String> = (0..args.len()).map(|n| format!("a{n}")).collect();
+    let selected: Vec<&str> = args.iter().map(|(_, _, s)| s.as_str()).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|(p, _, _)| *p).collect();
     let mut columns: Vec<&str> = S::KEY.to_vec();
     columns.extend_from_slice(S::COLUMNS);
     columns.push("state");
@@ -448,7 +440,7 @@ pub async fn merge_table<S: TradingRow>(
              ON CONFLICT ({conflict}) DO UPDATE SET {set}{}",
             selected.join(", "),
             inputs.join(", "),
-            names.join(", "),
+            aliases.join(", "),
             S::ON_UPDATE
         ),
         &params,
