@@ -20,8 +20,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use dataflows::dashboard::{LATENCY, VOLUME};
 use dataflows::event::{format_us, KNOWN_TYPES};
 use dataflows::windows::from_nano;
@@ -75,7 +74,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, AppError
     let snapshot = state.snapshot();
     let bytes = serialized(&state, &snapshot)
         .ok_or_else(|| AppError::Unavailable("live state not ready yet".into()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    Ok(crate::web::json_bytes(bytes))
 }
 
 /// The dashboard of `snapshot` as JSON bytes, serialized once per snapshot

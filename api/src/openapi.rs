@@ -14,8 +14,6 @@
 //! Served without a key at `GET /api/v1/openapi.json`, and readable at
 //! `GET /api/v1/docs` (a page embedded in the binary, no CDN).
 
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::Extension;
 use serde::Serialize;
 use serde_json::Value;
@@ -212,8 +210,8 @@ impl DocumentBytes {
     tag = "meta",
     responses((status = 200, description = "This document", content_type = "application/json", body = Object))
 )]
-pub async fn document(Extension(doc): Extension<DocumentBytes>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], doc.0)
+pub async fn document(Extension(doc): Extension<DocumentBytes>) -> axum::response::Response {
+    crate::web::json_bytes(doc.0)
 }
 
 const DOCS: &str = include_str!("web/docs.html");
@@ -226,14 +224,8 @@ const DOCS: &str = include_str!("web/docs.html");
     tag = "meta",
     responses((status = 200, description = "The API reference as HTML", content_type = "text/html"))
 )]
-pub async fn docs() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        DOCS,
-    )
+pub async fn docs() -> axum::response::Response {
+    crate::web::page(DOCS)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dataflows::event::format_us;
@@ -69,7 +68,7 @@ pub async fn stats(
                 ))
             })
             .ok_or_else(|| AppError::Internal("live stats answer missing".into()))?;
-        return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
+        return Ok(crate::web::json_bytes(bytes));
     }
     let by_type = sink::queries::stats_by_type(&state.pool, from_us, to_us).await?;
     Ok(Json(body(from_us, to_us, by_type, "postgres", None)).into_response())
