@@ -284,11 +284,27 @@ fn dimension<'a>(fields: &Fields<'a>, name: &str) -> Option<Cow<'a, str>> {
     fields.identifier(name).filter(|s| s.len() <= 128)
 }
 
+/// One series' minute while a tick is folded: the aggregate without its
+/// sketch, and the bucket id of every value, turned into the sketch once
+/// when the tick is drained ([`Sketch::of_buckets`]).
+#[derive(Debug, Default)]
+struct Pane {
+    agg: Agg,
+    buckets: Vec<i32>,
+}
+
+impl Pane {
+    fn into_agg(mut self) -> Agg {
+        self.agg.sketch = Sketch::of_buckets(&mut self.buckets);
+        self.agg
+    }
+}
+
 /// Window contributions of events, folded per series and minute of event
 /// time. See the [module docs](self).
 #[derive(Debug, Default)]
 pub struct Partials {
-    panes: FastMap<(SeriesId, i64), Agg>,
+    panes: FastMap<(SeriesId, i64), Pane>,
     names: FastMap<String, MetricIds>,
 }
 
@@ -309,7 +325,8 @@ impl Partials {
             self.panes.len() * spec.intervals.len(),
             Default::default(),
         );
-        for ((series, minute), agg) in self.panes.drain() {
+        for ((series, minute), pane) in self.panes.drain() {
+            let agg = pane.into_agg();
             for (interval, _) in &spec.intervals {
                 let id = WinId {
                     series,
@@ -342,10 +359,13 @@ impl Partials {
     }
 
     fn add(&mut self, series: SeriesId, minute: i64, value: Option<(i128, Option<i32>)>) {
-        let agg = self.panes.entry((series, minute)).or_default();
+        let pane = self.panes.entry((series, minute)).or_default();
         match value {
-            Some((nano, bucket)) => agg.add_value(nano, bucket),
-            None => agg.count += 1,
+            Some((nano, bucket)) => {
+                pane.agg.add_value(nano, None);
+                pane.buckets.extend(bucket);
+            }
+            None => pane.agg.count += 1,
         }
     }
 }
