@@ -351,6 +351,14 @@ pub fn parse_event(
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| ParseError::new(DeadReason::InvalidUtf8, e.to_string()))?;
+    // The common case in one pass: an object that reads as the event's
+    // fields. Anything else takes the two passes below, which tell
+    // malformed JSON from a JSON value that is not a valid event.
+    if text.trim_start().starts_with('{') {
+        if let Ok(wire) = serde_json::from_str::<Wire<'_>>(text) {
+            return from_wire(wire, source, default_id, now_us, bounds);
+        }
+    }
     let value: &RawValue = serde_json::from_str(text)
         .map_err(|e| ParseError::new(DeadReason::MalformedJson, e.to_string()))?;
     parse_value(value, source, default_id, now_us, bounds)
@@ -372,6 +380,17 @@ pub fn parse_value(
     }
     let wire: Wire<'_> = serde_json::from_str(value.get())
         .map_err(|e| ParseError::new(DeadReason::InvalidField, e.to_string()))?;
+    from_wire(wire, source, default_id, now_us, bounds)
+}
+
+/// The event of an object's fields.
+fn from_wire(
+    wire: Wire<'_>,
+    source: EventSource,
+    default_id: impl FnOnce() -> Uuid,
+    now_us: i64,
+    bounds: TimeBounds,
+) -> Result<Event, ParseError> {
     let event_type = match wire
         .event_type
         .map(|raw| string_field(raw, "/event_type"))

@@ -17,7 +17,9 @@
 //! exact and independent of order. Ties in event time are broken by value,
 //! so that the result never depends on arrival order either.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::panes::Fields;
 use crate::windows::{to_nano, Interval, INTERVALS};
+use crate::FastMap;
 
 /// Order lifecycle kinds, ordered so that at equal event times the later
 /// stage wins.
@@ -264,18 +267,20 @@ impl Semigroup for SessionState {
     }
 }
 
-/// What one event contributes; bucketed keys carry the event's second,
-/// which [`TradingBatch::add`] spreads over every interval.
+/// What one event contributes, keys borrowed from the event where its
+/// text allows. The session's state leaves `event_types` empty:
+/// [`TradingBatch::add`] adds the event's type to the session's set itself,
+/// so that a session already in the batch costs no new set.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Contribution {
-    pub order: Option<(String, OrderState)>,
-    pub strategy: Option<(String, StrategyPerf)>,
-    pub market: Option<(String, Ohlcv)>,
-    pub session: Option<(String, SessionState)>,
+struct Contribution<'a> {
+    order: Option<(Cow<'a, str>, OrderState)>,
+    strategy: Option<(Cow<'a, str>, StrategyPerf)>,
+    market: Option<(Cow<'a, str>, Ohlcv)>,
+    session: Option<(&'a str, SessionState)>,
 }
 
-fn ident(props: &Fields<'_>, name: &str) -> Option<String> {
-    props.identifier(name).map(std::borrow::Cow::into_owned)
+fn ident<'a>(props: &Fields<'a>, name: &str) -> Option<Cow<'a, str>> {
+    props.identifier(name)
 }
 
 fn nano(props: &Fields<'_>, name: &str) -> Option<i128> {
@@ -283,19 +288,19 @@ fn nano(props: &Fields<'_>, name: &str) -> Option<i128> {
 }
 
 /// The trading contribution of `event`.
-pub fn contribution(event: &Event) -> Contribution {
+fn contribution(event: &Event) -> Contribution<'_> {
     let mut out = Contribution::default();
     let t = event.timestamp_us;
     if let Some(session) = event.session_id.as_ref().filter(|s| !s.is_empty()) {
         out.session = Some((
-            session.clone(),
+            session.as_str(),
             SessionState {
                 user_id: event.user_id.clone().filter(|u| !u.is_empty()),
                 start: Some(t),
                 end: Some(t),
                 events: 1,
                 page_views: i64::from(event.event_type == "page.view"),
-                event_types: BTreeSet::from([event.event_type.clone()]),
+                event_types: BTreeSet::new(),
             },
         ));
     }
@@ -365,9 +370,9 @@ pub fn contribution(event: &Event) -> Contribution {
             attrs: Some((
                 t,
                 OrderAttrs {
-                    symbol,
-                    side: ident(&props, "side"),
-                    strategy_id: strategy,
+                    symbol: symbol.map(Cow::into_owned),
+                    side: ident(&props, "side").map(Cow::into_owned),
+                    strategy_id: strategy.map(Cow::into_owned),
                     user_id: event.user_id.clone().filter(|u| !u.is_empty()),
                 },
             )),
@@ -425,46 +430,85 @@ pub fn from_bytes<S: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<S> {
 /// A bucketed key: `(id, interval, bucket start second)`.
 pub type BucketKey = (String, Interval, i64);
 
-/// Contributions of a batch of events, merged per key (sorted, so that
-/// writers lock rows in one order). Strategy and market buckets are kept
-/// per one-minute pane, as the windows' fold does, and spread over every
-/// interval only when written ([`TradingBatch::strategies`],
-/// [`TradingBatch::markets`]): off the worker, once per pane instead of
-/// once per event (every interval is a whole number of minutes, and the
-/// states merge exactly).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Contributions of a batch of events, merged per key. Strategy and market
+/// buckets are kept per one-minute pane, as the windows' fold does, and
+/// spread over every interval only when written
+/// ([`TradingBatch::strategies`], [`TradingBatch::markets`]): off the
+/// worker, once per pane instead of once per event (every interval is a
+/// whole number of minutes, and the states merge exactly). The batch is
+/// hashed while events are added; the accessors give each table's rows in
+/// key order, so that writers lock rows in one order.
+#[derive(Clone, Debug, Default)]
 pub struct TradingBatch {
-    pub orders: std::collections::BTreeMap<String, OrderState>,
-    strategy_panes: std::collections::BTreeMap<(String, i64), StrategyPerf>,
-    market_panes: std::collections::BTreeMap<(String, i64), Ohlcv>,
-    pub sessions: std::collections::BTreeMap<String, SessionState>,
+    orders: FastMap<String, OrderState>,
+    /// id → (minute start, state); a tick holds one or two minutes of an id.
+    strategy_panes: FastMap<String, Vec<(i64, StrategyPerf)>>,
+    market_panes: FastMap<String, Vec<(i64, Ohlcv)>>,
+    sessions: FastMap<String, SessionState>,
+}
+
+/// Equal when every table gets the same rows, whatever order the panes
+/// of an id arrived in.
+impl PartialEq for TradingBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.orders == other.orders
+            && self.sessions == other.sessions
+            && self.strategies() == other.strategies()
+            && self.markets() == other.markets()
+    }
 }
 
 /// Panes `(id, minute start)` spread over every interval.
-fn spread<S: Semigroup + Clone>(
-    panes: &std::collections::BTreeMap<(String, i64), S>,
-) -> std::collections::BTreeMap<BucketKey, S> {
-    let mut out = std::collections::BTreeMap::new();
-    for ((id, minute), state) in panes {
-        for i in 0..INTERVALS.len() {
-            let interval = Interval(i as u8);
-            merge_into(
-                &mut out,
-                (id.clone(), interval, interval.window_of(*minute)),
-                state.clone(),
-            );
+fn spread<S: Semigroup + Clone>(panes: &FastMap<String, Vec<(i64, S)>>) -> BTreeMap<BucketKey, S> {
+    let mut out: BTreeMap<BucketKey, S> = BTreeMap::new();
+    for (id, minutes) in panes {
+        for (minute, state) in minutes {
+            for i in 0..INTERVALS.len() {
+                let interval = Interval(i as u8);
+                let key = (id.clone(), interval, interval.window_of(*minute));
+                match out.entry(key) {
+                    Entry::Occupied(mut e) => e.get_mut().plus_equals(state),
+                    Entry::Vacant(e) => {
+                        e.insert(state.clone());
+                    }
+                }
+            }
         }
     }
     out
 }
 
-fn merge_into<K: Ord, S: Semigroup>(map: &mut std::collections::BTreeMap<K, S>, key: K, state: S) {
-    match map.get_mut(&key) {
-        Some(slot) => slot.plus_equals(&state),
-        None => {
-            map.insert(key, state);
-        }
+/// Adds `state` to `key`'s, allocating the key only when it is new.
+fn merge_into<'m, S: Semigroup>(map: &'m mut FastMap<String, S>, key: &str, state: S) -> &'m mut S {
+    if map.contains_key(key) {
+        let slot = map.get_mut(key).expect("present");
+        slot.plus_equals(&state);
+        slot
+    } else {
+        map.entry(key.to_owned()).or_insert(state)
     }
+}
+
+/// Adds `state` to the pane `(key, minute)`.
+fn merge_pane<S: Semigroup>(
+    map: &mut FastMap<String, Vec<(i64, S)>>,
+    key: &str,
+    minute: i64,
+    state: S,
+) {
+    let minutes = match map.get_mut(key) {
+        Some(minutes) => minutes,
+        None => map.entry(key.to_owned()).or_default(),
+    };
+    match minutes.iter_mut().find(|(m, _)| *m == minute) {
+        Some((_, slot)) => slot.plus_equals(&state),
+        None => minutes.push((minute, state)),
+    }
+}
+
+/// A map's entries in key order.
+fn sorted<S: Clone>(map: &FastMap<String, S>) -> BTreeMap<String, S> {
+    map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
 }
 
 impl TradingBatch {
@@ -473,42 +517,59 @@ impl TradingBatch {
         let c = contribution(event);
         let minute = Interval(0).window_of(event.second());
         if let Some((id, s)) = c.order {
-            merge_into(&mut self.orders, id, s);
+            merge_into(&mut self.orders, &id, s);
         }
         if let Some((id, s)) = c.session {
-            merge_into(&mut self.sessions, id, s);
+            let slot = merge_into(&mut self.sessions, id, s);
+            if !slot.event_types.contains(&event.event_type) {
+                slot.event_types.insert(event.event_type.clone());
+            }
         }
         if let Some((id, s)) = c.strategy {
-            merge_into(&mut self.strategy_panes, (id, minute), s);
+            merge_pane(&mut self.strategy_panes, &id, minute, s);
         }
         if let Some((symbol, s)) = c.market {
-            merge_into(&mut self.market_panes, (symbol, minute), s);
+            merge_pane(&mut self.market_panes, &symbol, minute, s);
         }
     }
 
+    /// Order states per order id.
+    pub fn orders(&self) -> BTreeMap<String, OrderState> {
+        sorted(&self.orders)
+    }
+
+    /// Session states per session id.
+    pub fn sessions(&self) -> BTreeMap<String, SessionState> {
+        sorted(&self.sessions)
+    }
+
     /// Strategy performance per (strategy, interval, bucket start).
-    pub fn strategies(&self) -> std::collections::BTreeMap<BucketKey, StrategyPerf> {
+    pub fn strategies(&self) -> BTreeMap<BucketKey, StrategyPerf> {
         spread(&self.strategy_panes)
     }
 
     /// Candles per (symbol, interval, bucket start).
-    pub fn markets(&self) -> std::collections::BTreeMap<BucketKey, Ohlcv> {
+    pub fn markets(&self) -> BTreeMap<BucketKey, Ohlcv> {
         spread(&self.market_panes)
     }
 
     /// Merges `other` into this batch.
     pub fn absorb(&mut self, other: &TradingBatch) {
         for (k, s) in &other.orders {
-            merge_into(&mut self.orders, k.clone(), s.clone());
+            merge_into(&mut self.orders, k, s.clone());
         }
-        for (k, s) in &other.strategy_panes {
-            merge_into(&mut self.strategy_panes, k.clone(), s.clone());
+        for (k, minutes) in &other.strategy_panes {
+            for (minute, s) in minutes {
+                merge_pane(&mut self.strategy_panes, k, *minute, s.clone());
+            }
         }
-        for (k, s) in &other.market_panes {
-            merge_into(&mut self.market_panes, k.clone(), s.clone());
+        for (k, minutes) in &other.market_panes {
+            for (minute, s) in minutes {
+                merge_pane(&mut self.market_panes, k, *minute, s.clone());
+            }
         }
         for (k, s) in &other.sessions {
-            merge_into(&mut self.sessions, k.clone(), s.clone());
+            merge_into(&mut self.sessions, k, s.clone());
         }
     }
 

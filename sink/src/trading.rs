@@ -454,10 +454,10 @@ pub async fn merge(tx: &Transaction<'_>, batch: &TradingBatch) -> Result<(), Sin
     if batch.is_empty() {
         return Ok(());
     }
-    merge_table(tx, &batch.orders).await?;
+    merge_table(tx, &batch.orders()).await?;
     merge_table(tx, &batch.strategies()).await?;
     merge_table(tx, &batch.markets()).await?;
-    merge_table(tx, &batch.sessions).await?;
+    merge_table(tx, &batch.sessions()).await?;
     Ok(())
 }
 
