@@ -319,27 +319,51 @@ impl Partials {
     }
 
     /// The window deltas of the panes held, emptying them: every pane added
-    /// to the window of each configured interval that holds it.
-    pub fn drain_ids(&mut self, spec: &WindowSpec) -> FastMap<WinId, Agg> {
-        let mut out: FastMap<WinId, Agg> = FastMap::with_capacity_and_hasher(
-            self.panes.len() * spec.intervals.len(),
-            Default::default(),
-        );
-        for ((series, minute), pane) in self.panes.drain() {
-            let agg = pane.into_agg();
+    /// to the window of each configured interval that holds it, one delta
+    /// per window. The panes are sorted by series and minute, so the panes
+    /// of one window are adjacent: no map of windows is built.
+    pub fn drain_ids(&mut self, spec: &WindowSpec) -> Vec<(WinId, Agg)> {
+        let mut panes: Vec<((SeriesId, i64), Pane)> = self.panes.drain().collect();
+        panes.sort_unstable_by_key(|(key, _)| *key);
+        let mut out = Vec::with_capacity(panes.len() * spec.intervals.len());
+        let mut group: Vec<(i64, Agg)> = Vec::new();
+        let mut panes = panes.into_iter().peekable();
+        while let Some(((series, minute), pane)) = panes.next() {
+            group.clear();
+            group.push((minute, pane.into_agg()));
+            while let Some(((_, minute), pane)) = panes.next_if(|((s, _), _)| *s == series) {
+                group.push((minute, pane.into_agg()));
+            }
             for (interval, _) in &spec.intervals {
-                let id = WinId {
-                    series,
-                    interval: *interval,
-                    start: interval.window_of(minute),
-                };
-                match out.entry(id) {
-                    std::collections::hash_map::Entry::Occupied(mut e) => {
-                        e.get_mut().plus_equals(&agg)
+                let mut window: Option<(i64, Agg)> = None;
+                for (minute, agg) in &group {
+                    let start = interval.window_of(*minute);
+                    match &mut window {
+                        Some((s, sum)) if *s == start => sum.plus_equals(agg),
+                        _ => {
+                            if let Some((start, agg)) = window.take() {
+                                out.push((
+                                    WinId {
+                                        series,
+                                        interval: *interval,
+                                        start,
+                                    },
+                                    agg,
+                                ));
+                            }
+                            window = Some((start, agg.clone()));
+                        }
                     }
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(agg.clone());
-                    }
+                }
+                if let Some((start, agg)) = window {
+                    out.push((
+                        WinId {
+                            series,
+                            interval: *interval,
+                            start,
+                        },
+                        agg,
+                    ));
                 }
             }
         }
@@ -521,6 +545,42 @@ mod tests {
         };
         assert_eq!(into[&hour].count, 1);
         assert!(!into[&hour].has_values());
+    }
+
+    #[test]
+    fn panes_of_one_tick_sum_into_each_window_once() {
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        // Minutes 0, 1 and 61 (in that order of arrival: 61 first): three
+        // 1m windows, two 1h windows, the first holding two panes.
+        for second in [3_665, 5, 70, 71] {
+            let e = event("page.view", r#"{"latency_ms":2}"#, second);
+            contribute(&e, &spec(), &mut guard, &mut into);
+        }
+        let deltas = into.drain_ids(&spec());
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            deltas.iter().all(|(id, _)| seen.insert(*id)),
+            "one delta per window"
+        );
+        let into: HashMap<WindowKey, Agg> = deltas
+            .into_iter()
+            .filter_map(|(id, agg)| Some((id.key()?, agg)))
+            .collect();
+        let at = |interval: u8, start: i64| {
+            let key = WindowKey {
+                metric: "page.view.latency_ms".into(),
+                interval: Interval(interval),
+                dims: Dims::default(),
+                start,
+            };
+            into.get(&key).map(|agg| (agg.count, agg.sketch.count()))
+        };
+        assert_eq!(at(0, 0), Some((1, 1)));
+        assert_eq!(at(0, 60), Some((2, 2)));
+        assert_eq!(at(0, 3_660), Some((1, 1)));
+        assert_eq!(at(4, 0), Some((3, 3)));
+        assert_eq!(at(4, 3_600), Some((1, 1)));
     }
 
     #[test]
