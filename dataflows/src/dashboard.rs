@@ -13,11 +13,14 @@
 //!   that keeps the latest lifecycle event (started / stopped, by event
 //!   time) and the latest activity.
 
+use std::borrow::Cow;
+
 use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::windows::{identifier, number, to_nano};
+use crate::panes::Fields;
+use crate::windows::to_nano;
 
 /// Σ price × quantity of `order.filled`.
 pub const VOLUME: &str = "order_volume";
@@ -95,11 +98,11 @@ pub fn contribution(event: &Event) -> Contribution {
     if !is_order && lifecycle.is_none() && !event.properties.contains("strategy_id") {
         return out;
     }
-    let props: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&event.properties).unwrap_or_default();
+    // The raw-text reader of the windows' fold: no `Value` tree.
+    let props = Fields::parse(&event.properties);
     if event.event_type == "order.filled" {
-        let price = props.get("price").and_then(number);
-        let quantity = props.get("quantity").and_then(number);
+        let price = props.number("price");
+        let quantity = props.number("quantity");
         if let (Some(p), Some(q)) = (price, quantity) {
             if (p * q).is_finite() {
                 out.sums.push((VOLUME, p * q));
@@ -107,11 +110,11 @@ pub fn contribution(event: &Event) -> Contribution {
         }
     }
     if is_order {
-        if let Some(l) = props.get("latency_ms").and_then(number) {
+        if let Some(l) = props.number("latency_ms") {
             out.sums.push((LATENCY, l));
         }
     }
-    if let Some(id) = props.get("strategy_id").and_then(identifier) {
+    if let Some(id) = props.identifier("strategy_id").map(Cow::into_owned) {
         let state = StrategyState {
             lifecycle: lifecycle.map_or((i64::MIN, STOPPED), |k| (event.timestamp_us, k)),
             last_seen: event.timestamp_us,
