@@ -19,7 +19,7 @@
 //!   held in memory at all: they only reach PostgreSQL, and are counted.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -39,6 +39,7 @@ use crate::metrics;
 use crate::panes::{contribute, DimensionGuard, Partials, SeriesId, WinId};
 use crate::time::frontier_min;
 use crate::windows::{Agg, WindowKey, WindowSpec};
+use crate::FastSet;
 
 /// A window update with strings: `(key, tick, diff)` (sink, REST, restore).
 pub type WindowUpdate = (WindowKey, u64, Agg);
@@ -158,7 +159,7 @@ pub fn retire_windows<'s>(
     updates.unary_frontier::<WinBuilder, _, _, _>(pact, "RetireWindows", move |_, info| {
         let activator = scope.activator_for(Rc::clone(&info.address));
         // The live windows of this worker's series.
-        let mut live: HashSet<WinId> = HashSet::new();
+        let mut live: FastSet<WinId> = FastSet::default();
         // Windows by the tick they leave memory, with a capability for it.
         let mut schedule: BTreeMap<u64, (Capability<u64>, Vec<WinId>)> = BTreeMap::new();
         let mut upper = Antichain::new();

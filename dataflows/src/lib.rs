@@ -40,4 +40,6 @@ pub use event::{DeadLetter, DeadReason, Event, EventSource, ParseError, Record};
 /// worker's time on these short keys) and still not predictable by
 /// whoever sends the keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set of [`FastMap`]'s hash.
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 pub use live::{LiveCounts, LiveSnapshot};
