@@ -34,7 +34,7 @@ pub struct SinkBatch {
     pub worker: usize,
     /// The latest tick whose rows this batch completes.
     pub tick: u64,
-    pub events: Vec<Event>,
+    pub events: Vec<Arc<Event>>,
     pub dead: Vec<DeadLetter>,
     /// `(topic, partition, next_offset)` reached by the rows of this batch.
     pub offsets: Vec<PartitionOffset>,
@@ -126,7 +126,7 @@ impl WorkerAck {
 
 #[derive(Default)]
 struct Pending {
-    events: Vec<Event>,
+    events: Vec<Arc<Event>>,
     dead: Vec<DeadLetter>,
     offsets: BTreeMap<Partition, i64>,
     rollups: Vec<(WinId, Agg)>,

@@ -249,8 +249,9 @@ pub fn extract_event_type(payload: &[u8]) -> Option<String> {
 /// What the Kafka source emits, per worker, at a tick.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    /// A valid event, to be stored and counted.
-    Event(Event),
+    /// A valid event, to be stored and counted; shared, since every branch
+    /// of the dataflow reads it (a copy of a record is a reference count).
+    Event(Arc<Event>),
     /// A refused message, to be stored in `dead_letters`.
     Dead(DeadLetter),
     /// Every message of `topic/partition` below `next_offset` has been emitted

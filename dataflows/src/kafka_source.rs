@@ -407,7 +407,7 @@ pub(crate) fn decode(
     };
     match parse_event(payload, source.clone(), id, now_us, bounds) {
         Ok(mut event) => match validators.current().validate(&mut event) {
-            Ok(()) => Record::Event(event),
+            Ok(()) => Record::Event(Arc::new(event)),
             Err(rejection) => Record::Dead(rejection.into_dead_letter(payload, source, now_us)),
         },
         Err(err) => Record::Dead(DeadLetter::parse_failure(err, payload, source, now_us)),

@@ -385,7 +385,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             leader.then(|| Arc::clone(&ctx.committed)),
             ctx.tick_ms,
             Arc::clone(&ctx.shutdown),
-            |event, _| Record::Event(event),
+            |event, _| Record::Event(Arc::new(event)),
         );
         let committed_windows = committed(
             scope,

@@ -179,7 +179,7 @@ fn durability_gate_holds_ticks_until_acknowledged() {
         id += 1;
         fed.push(event(id, "user.login", now, EventSource::Rest));
         for e in &fed {
-            h.send(Record::Event(e.clone()));
+            h.send(Record::Event(e.clone().into()));
         }
         h.send(Record::Dead(dead(1, kafka(0, 100))));
         h.send(progress(0, 101));
@@ -200,14 +200,13 @@ fn durability_gate_holds_ticks_until_acknowledged() {
         // Tick t + 1 gets more events, left unacknowledged for a while.
         h.advance(t + TICK);
         id += 1;
-        h.send(Record::Event(event(id, "order.placed", now, kafka(1, 7))));
+        h.send(Record::Event(
+            event(id, "order.placed", now, kafka(1, 7)).into(),
+        ));
         id += 1;
-        h.send(Record::Event(event(
-            id,
-            "alert.triggered",
-            now,
-            kafka(1, 8),
-        )));
+        h.send(Record::Event(
+            event(id, "alert.triggered", now, kafka(1, 8)).into(),
+        ));
         h.advance(t + 2 * TICK);
 
         let batch_t = h.recv_batch(worker, t);
@@ -274,8 +273,8 @@ fn durability_gate_holds_ticks_until_acknowledged() {
     });
 }
 
-fn sorted_events(events: &[Event]) -> Vec<Event> {
-    let mut events = events.to_vec();
+fn sorted_events<E: std::borrow::Borrow<Event>>(events: &[E]) -> Vec<Event> {
+    let mut events: Vec<Event> = events.iter().map(|e| e.borrow().clone()).collect();
     events.sort_by_key(|e| e.id);
     events
 }
@@ -312,22 +311,22 @@ fn sink_batches_hold_exactly_their_ticks_rows_and_offsets() {
             event(4, "order.filled", now - 86_400, kafka(0, 11)),
         ];
         let dead_t = [dead(1, kafka(0, 12)), dead(2, EventSource::Rest)];
-        h.send(Record::Event(events_t[0].clone()));
+        h.send(Record::Event(events_t[0].clone().into()));
         h.send(progress(0, 11));
-        h.send(Record::Event(events_t[1].clone()));
+        h.send(Record::Event(events_t[1].clone().into()));
         h.send(progress(1, 4));
         h.send(Record::Dead(dead_t[0].clone()));
         h.send(progress(0, 13));
         h.send(progress(0, 9));
-        h.send(Record::Event(events_t[2].clone()));
+        h.send(Record::Event(events_t[2].clone().into()));
         h.send(Record::Dead(dead_t[1].clone()));
-        h.send(Record::Event(events_t[3].clone()));
+        h.send(Record::Event(events_t[3].clone().into()));
         h.send(progress(0, 12));
 
         // Tick t + 1: one event and its progress.
         h.advance(t + TICK);
         let events_t1 = [event(5, "order.canceled", now, kafka(0, 13))];
-        h.send(Record::Event(events_t1[0].clone()));
+        h.send(Record::Event(events_t1[0].clone().into()));
         h.send(progress(0, 14));
 
         // Tick t + 2: nothing. Tick t + 3: progress only.
@@ -464,12 +463,9 @@ fn run_oracle(steps: Vec<Step>) {
             for (ty, delta) in &step.events {
                 id += 1;
                 let second = now + delta;
-                h.send(Record::Event(event(
-                    id,
-                    TYPES[*ty],
-                    second,
-                    kafka(0, id as i64),
-                )));
+                h.send(Record::Event(
+                    event(id, TYPES[*ty], second, kafka(0, id as i64)).into(),
+                ));
                 fed.push((t, TYPES[*ty], second));
             }
             if step.dead_letter {
@@ -563,7 +559,9 @@ fn counts_expire_once_the_frontiers_pass_expire_at() {
         let expire = horizon.expire_at(s);
         assert_eq!(expire, (s as u64 + 1) * 1000 + HORIZON_MS);
 
-        h.send(Record::Event(event(1, "alert.triggered", s, kafka(0, 1))));
+        h.send(Record::Event(
+            event(1, "alert.triggered", s, kafka(0, 1)).into(),
+        ));
         h.advance(t + TICK);
         let batch = h.recv_batch(worker, t);
         h.ack.acknowledge(t, batch.rows());
@@ -605,7 +603,9 @@ fn expiry_waits_for_the_durability_frontier() {
         let s = second_of(t) - 30;
         let expire = horizon.expire_at(s);
 
-        h.send(Record::Event(event(1, "order.filled", s, kafka(0, 1))));
+        h.send(Record::Event(
+            event(1, "order.filled", s, kafka(0, 1)).into(),
+        ));
         h.advance(t + TICK);
         let batch = h.recv_batch(worker, t);
         h.ack.acknowledge(t, batch.rows());
@@ -615,12 +615,9 @@ fn expiry_waits_for_the_durability_frontier() {
         // while the input runs past the expiry.
         let held = expire - TICK;
         h.advance(held);
-        h.send(Record::Event(event(
-            2,
-            "user.login",
-            second_of(held),
-            kafka(0, 2),
-        )));
+        h.send(Record::Event(
+            event(2, "user.login", second_of(held), kafka(0, 2)).into(),
+        ));
         h.advance(expire + 5 * TICK);
         let batch = h.recv_batch(worker, held);
         h.step_until(worker, "the retraction to reach publish", |h| {

@@ -758,7 +758,7 @@ fn run_scenario(steps: Vec<Step>, checks: Checks) {
             for g in &step.events {
                 id += 1;
                 let (event, f) = g.feed(id, t);
-                h.send(Record::Event(event));
+                h.send(Record::Event(event.into()));
                 fed.push(f);
             }
             let next = step.gap.next(t);
@@ -885,7 +885,7 @@ fn late_events_reach_the_rollups_and_only_live_windows() {
         let mut fed = Vec::new();
         for (id, delta) in [(1, -3 * 3_600), (2, -3_300), (3, -5)] {
             let (event, f) = gen(delta).feed(id, t);
-            h.send(Record::Event(event));
+            h.send(Record::Event(event.into()));
             fed.push(f);
         }
         h.advance(t + TICK);
@@ -1004,7 +1004,7 @@ fn memory_stays_bounded_by_the_horizons() {
                 };
                 let (event, _) = g.feed(id, t);
                 assert!(event.second() <= now);
-                h.send(Record::Event(event));
+                h.send(Record::Event(event.into()));
             }
             let next = t + STEP_S * 1000;
             h.advance(next);

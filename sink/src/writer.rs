@@ -146,7 +146,10 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
         on_commit(&list);
     }
     if let Some(feed) = ctx.feed.as_ref() {
-        publish_committed(feed, group.iter().flat_map(|b| b.events.iter()));
+        publish_committed(
+            feed,
+            group.iter().flat_map(|b| b.events.iter().map(|e| &**e)),
+        );
     }
     for batch in group {
         batch.ack.acknowledge(batch.tick, batch.rows());
@@ -163,7 +166,10 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     ctx.partitions.ensure(&**client, "events", days).await?;
     let tx = client.transaction().await?;
     clock.lap("partitions");
-    let events: Vec<&Event> = group.iter().flat_map(|b| b.events.iter()).collect();
+    let events: Vec<&Event> = group
+        .iter()
+        .flat_map(|b| b.events.iter().map(|e| &**e))
+        .collect();
     copy_events(&tx, &events).await?;
     clock.lap("copy_events");
     let dead: Vec<&DeadLetter> = group.iter().flat_map(|b| b.dead.iter()).collect();
