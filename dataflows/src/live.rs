@@ -167,13 +167,19 @@ pub struct LiveWindows {
 impl LiveWindows {
     /// Applies one diff; a window whose aggregate cancels out is removed.
     pub fn apply(&mut self, id: WinId, diff: &Agg) {
-        let zero = {
-            let entry = self.windows.entry(id).or_default();
-            entry.plus_equals(diff);
-            entry.is_zero()
-        };
-        if zero {
-            self.windows.remove(&id);
+        // One search for a held window (`entry` searches twice).
+        match self.windows.get_mut(&id) {
+            Some(held) => {
+                held.plus_equals(diff);
+                if held.is_zero() {
+                    self.windows.remove(&id);
+                }
+            }
+            // The zero aggregate plus `diff` is `diff`.
+            None if !diff.is_zero() => {
+                self.windows.insert(id, diff.clone());
+            }
+            None => {}
         }
     }
 

@@ -428,7 +428,7 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
         let gathered = crate::route::send_to(updates, "ToLeaders", leaders);
         let probe = ProbeHandle::new();
         let durable = durable.probe_with(&probe);
-        crate::publish::publish(
+        let _ = crate::publish::publish(
             gathered,
             durable,
             horizon,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dataflows::counts::Horizon;
 use dataflows::durable::{SinkBatch, WorkerAck};
-use dataflows::publish::{publish, LiveUpdate};
+use dataflows::publish::{publish, LiveUpdate, PublishProgress};
 use dataflows::windows::WindowSpec;
 use dataflows::{LiveSnapshot, Record};
 use timely::container::CapacityContainerBuilder;
@@ -67,6 +67,8 @@ pub struct Harness<X> {
     pub batches: mpsc::UnboundedReceiver<SinkBatch>,
     pub ack: Arc<WorkerAck>,
     snapshots: watch::Receiver<Arc<LiveSnapshot>>,
+    /// The publisher thread's progress: snapshots are read once it is idle.
+    published: PublishProgress,
     horizon: Horizon,
     pub extra: X,
     dataflow: usize,
@@ -90,13 +92,13 @@ impl<X: 'static> Harness<X> {
         let updates_probe = ProbeHandle::new();
         let dataflow = worker.next_dataflow_index();
         let sink_ack = Arc::clone(&ack);
-        let (mut input, horizon, extra) = worker.dataflow::<u64, _, _>(|scope| {
+        let (mut input, horizon, extra, published) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_input::<Vec<Record>>();
             let wired = wiring.wire(records, sink, sink_ack);
             let durable = wired.durable.probe_with(&durable_probe);
             let updates = wired.updates.probe_with(&updates_probe);
-            publish(updates, durable, wired.horizon, wired.spec, Some(sender));
-            (input, wired.horizon, wired.extra)
+            let published = publish(updates, durable, wired.horizon, wired.spec, Some(sender));
+            (input, wired.horizon, wired.extra, published)
         });
         input.advance_to(start);
         let mut harness = Harness {
@@ -106,6 +108,7 @@ impl<X: 'static> Harness<X> {
             batches,
             ack,
             snapshots,
+            published,
             horizon,
             extra,
             dataflow,
@@ -137,6 +140,15 @@ impl<X: 'static> Harness<X> {
         Arc::clone(&self.snapshots.borrow())
     }
 
+    /// Waits until the publisher thread has published every tick handed to
+    /// it (the worker is not stepped meanwhile, so no new one arrives), or
+    /// until `deadline`.
+    fn await_publisher(&self, deadline: Instant) {
+        while !self.published.idle() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
+
     /// Steps the worker until `done` holds; panics after a bounded wait.
     pub fn step_until(
         &mut self,
@@ -146,6 +158,7 @@ impl<X: 'static> Harness<X> {
     ) {
         let deadline = Instant::now() + self.limits.max_wait;
         for _ in 0..self.limits.max_steps {
+            self.await_publisher(deadline);
             if done(self) {
                 return;
             }
@@ -154,6 +167,7 @@ impl<X: 'static> Harness<X> {
             }
             worker.step();
         }
+        self.await_publisher(deadline);
         if done(self) {
             return;
         }
@@ -169,6 +183,7 @@ impl<X: 'static> Harness<X> {
         for _ in 0..self.limits.settle_steps {
             worker.step();
         }
+        self.await_publisher(Instant::now() + self.limits.max_wait);
     }
 
     /// Waits for the next `SinkBatch` and checks that it is for `tick`.
