@@ -5,7 +5,7 @@
 //! build_windows:   records ─► FoldWindows (1m panes per series, per tick) ─► deltas ─┬─► DurableSink ─► durability ─┐
 //!                  deltas + REST + restored ─exchange(series)─► RetireWindows ⇄ arrange WindowAggregates ─┐         │
 //! build_counts:    records + REST records ─► CountByTypeSecond ─► arrange LiveCountsByTypeSecond ─────────┤         │
-//! build_dashboard: records + REST records ─► sums, active users, strategies ─► arrangements ─────────────┴► leaders ─► PublishSnapshot
+//! build_dashboard: records + REST records ─► sums, active users, strategies ─► arrangements ─────────────┴► leaders ─► PublishSnapshot ─► publisher thread
 //! ```
 
 use std::cell::RefCell;
