@@ -16,16 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 prefix=$1; shift
-PG="postgres://analytics_user:change_me@127.0.0.1:5432/analytics"
-PG_SOCK="$(readlink -f .data/postgres)/run"
-API=18080; METRICS=19090; HEALTH=18081
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+source benchmarks/scripts/lib.sh
 
-for t in trading.events market.data order.events user.actions; do
-    java -cp '.data/kafka/libs/*' org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server 127.0.0.1:9092 --create --if-not-exists \
-        --topic "$prefix.$t" --partitions 4 --replication-factor 1 >/dev/null 2>&1
-done
+create_topics "$prefix"
 total=$(target/release/bench loadgen --rate 20000 --duration 30 --seed 7 --topic-prefix "$prefix." 2>&1 \
     | grep -a '^produced' | awk '{print $2}')
 echo "backlog: $total events in $prefix.*"
@@ -52,7 +45,7 @@ redis: {host: "127.0.0.1", port: 6379}
 kafka:
   brokers: ["127.0.0.1:9092"]
   consumer_group: "catchup-$db"
-  topics: ["$prefix.trading.events", "$prefix.market.data", "$prefix.order.events", "$prefix.user.actions"]
+  topics: $(topic_list "$prefix")
 analytics:
   ingestion: {workers: 1}
   dataflow: {$dataflow}
@@ -81,6 +74,5 @@ YAML
         | sed 's/^analytics_//' | tr '\n' ' '
     echo
     kill -TERM "$pid"; wait "$pid" || true
-    runuser -u postgres -- psql -q -h "$PG_SOCK" -d postgres -c "DROP DATABASE $db WITH (FORCE)" >/dev/null \
-        || echo "could not drop $db"
+    drop_db "$db"
 done

@@ -9,16 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$1; secs=${2:-60}; rate=${3:-20000}; workers=${WORKERS:-2}
-PG="postgres://analytics_user:change_me@127.0.0.1:5432/analytics"
-PG_SOCK="$(readlink -f .data/postgres)/run"
-API=18080; METRICS=19090; HEALTH=18081
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+source benchmarks/scripts/lib.sh
 run="memsnap_$$"
-for t in trading.events market.data order.events user.actions; do
-    java -cp '.data/kafka/libs/*' org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server 127.0.0.1:9092 --create --if-not-exists \
-        --topic "$run.$t" --partitions 4 --replication-factor 1 >/dev/null 2>&1
-done
+create_topics "$run"
 psql -q "$PG" -c "CREATE DATABASE $run" >/dev/null
 cfg="/tmp/$run.yaml"
 cat >"$cfg" <<YAML
@@ -28,7 +21,7 @@ redis: {host: "127.0.0.1", port: 6379}
 kafka:
   brokers: ["127.0.0.1:9092"]
   consumer_group: "memsnap-$run"
-  topics: ["$run.trading.events", "$run.market.data", "$run.order.events", "$run.user.actions"]
+  topics: $(topic_list "$run")
 analytics:
   ingestion: {workers: $workers}
 metrics: {port: $METRICS}
@@ -42,9 +35,5 @@ echo "after $secs s at $rate events/s: rss $(( $(awk '/VmRSS/ {print $2}' "/proc
 curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_(arrangement_records|live_windows|live_count_entries|consumer_lag_messages|source_paused_total|events_ingested_total)' \
     | awk '{ if ($1 ~ /consumer_lag/) lag += $2; else print } END { print "analytics_consumer_lag_messages (sum)", lag }'
 kill -TERM "$pid"; wait "$pid" || true
-runuser -u postgres -- psql -q -h "$PG_SOCK" -d postgres -c "DROP DATABASE $run WITH (FORCE)" >/dev/null \
-    || echo "could not drop $run"
-for t in trading.events market.data order.events user.actions; do
-    java -cp '.data/kafka/libs/*' org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server 127.0.0.1:9092 --delete --topic "$run.$t" >/dev/null 2>&1 || true
-done
+drop_db "$run"
+delete_topics "$run"

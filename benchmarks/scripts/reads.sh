@@ -11,11 +11,8 @@
 #   benchmarks/scripts/reads.sh "BIN LABEL" ...
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PG="postgres://analytics_user:change_me@127.0.0.1:5432/analytics"
-PG_SOCK="$(readlink -f .data/postgres)/run"
-API=18080; METRICS=19090; HEALTH=18081
+source benchmarks/scripts/lib.sh
 HEY=.data/tools/hey
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 [[ -x $HEY ]] || GOBIN="$PWD/.data/tools" go install github.com/rakyll/hey@v0.1.5
 
 closed_loop() {  # URL LABEL
@@ -30,11 +27,7 @@ closed_loop() {  # URL LABEL
 for spec in "$@"; do
     read -r bin label <<<"$spec"
     run="reads_${label}_$$"
-    for t in trading.events market.data order.events user.actions; do
-        java -cp '.data/kafka/libs/*' org.apache.kafka.tools.TopicCommand \
-            --bootstrap-server 127.0.0.1:9092 --create --if-not-exists \
-            --topic "$run.$t" --partitions 4 --replication-factor 1 >/dev/null 2>&1
-    done
+    create_topics "$run"
     psql -q "$PG" -c "CREATE DATABASE $run" >/dev/null
     cfg="/tmp/$run.yaml"
     cat >"$cfg" <<YAML
@@ -44,7 +37,7 @@ redis: {host: "127.0.0.1", port: 6379}
 kafka:
   brokers: ["127.0.0.1:9092"]
   consumer_group: "reads-$run"
-  topics: ["$run.trading.events", "$run.market.data", "$run.order.events", "$run.user.actions"]
+  topics: $(topic_list "$run")
 analytics:
   ingestion: {workers: 1}
 metrics: {port: $METRICS}
@@ -69,10 +62,6 @@ YAML
     echo "$label: log lines $(wc -l <"/tmp/$run.log"), rss $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
     kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true
     kill -TERM "$pid"; wait "$pid" || true
-    runuser -u postgres -- psql -q -h "$PG_SOCK" -d postgres -c "DROP DATABASE $run WITH (FORCE)" >/dev/null \
-        || echo "could not drop $run"
-    for t in trading.events market.data order.events user.actions; do
-        java -cp '.data/kafka/libs/*' org.apache.kafka.tools.TopicCommand \
-            --bootstrap-server 127.0.0.1:9092 --delete --topic "$run.$t" >/dev/null 2>&1 || true
-    done
+    drop_db "$run"
+    delete_topics "$run"
 done
