@@ -335,35 +335,25 @@ impl Partials {
                 group.push((minute, pane.into_agg()));
             }
             for (interval, _) in &spec.intervals {
+                let id = |start| WinId {
+                    series,
+                    interval: *interval,
+                    start,
+                };
                 let mut window: Option<(i64, Agg)> = None;
                 for (minute, agg) in &group {
                     let start = interval.window_of(*minute);
                     match &mut window {
                         Some((s, sum)) if *s == start => sum.plus_equals(agg),
                         _ => {
-                            if let Some((start, agg)) = window.take() {
-                                out.push((
-                                    WinId {
-                                        series,
-                                        interval: *interval,
-                                        start,
-                                    },
-                                    agg,
-                                ));
+                            if let Some((start, sum)) = window.replace((start, agg.clone())) {
+                                out.push((id(start), sum));
                             }
-                            window = Some((start, agg.clone()));
                         }
                     }
                 }
-                if let Some((start, agg)) = window {
-                    out.push((
-                        WinId {
-                            series,
-                            interval: *interval,
-                            start,
-                        },
-                        agg,
-                    ));
+                if let Some((start, sum)) = window {
+                    out.push((id(start), sum));
                 }
             }
         }

@@ -19,7 +19,7 @@ use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
@@ -312,7 +312,9 @@ pub fn build_dashboard<'s>(
 /// `extra`: restored rollups and REST contributions), exchanged on their
 /// series, retired once at their horizon, arranged, and turned into live updates.
 pub struct Windows<'s> {
-    /// Every delta of the records, late ones included (for the sink).
+    /// Every delta of the records at the finest interval, late ones
+    /// included (for the sink, which stores only those: every coarser
+    /// window is a sum of them).
     pub deltas: Stream<'s, u64, Vec<WinUpdate>>,
     pub trace: WindowTrace,
     pub updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
@@ -325,7 +327,13 @@ pub fn build_windows<'s>(
     spec: Arc<WindowSpec>,
 ) -> Windows<'s> {
     let folded = fold_windows(records, Arc::clone(&spec));
-    let deltas = folded.clone();
+    // The coarser intervals' deltas would wait in the sink's batches for
+    // nothing (it stores the finest only): seven times the rollups of a
+    // tick with the default intervals, held while the sink is behind.
+    let finest = spec.finest();
+    let deltas = folded
+        .clone()
+        .filter(move |(id, _, _)| Some(id.interval) == finest);
     let slot: TraceSlot = Rc::new(RefCell::new(None));
     // Arranged where RetireWindows put each series (no second exchange),
     // so that it can read what it retires from this worker's trace.

@@ -356,6 +356,16 @@ pub struct WindowSpec {
 }
 
 impl WindowSpec {
+    /// The shortest configured interval: every other one is a whole
+    /// multiple of it, so its windows sum to theirs. The sink stores only
+    /// its windows.
+    pub fn finest(&self) -> Option<Interval> {
+        self.intervals
+            .iter()
+            .map(|(i, _)| *i)
+            .min_by_key(|i| i.seconds())
+    }
+
     /// Whether rows of `set` are kept (live and in rollups); the total always is.
     pub fn keeps(&self, set: DimSet) -> bool {
         set.0 == 0 || self.dimension_sets.contains(&set)

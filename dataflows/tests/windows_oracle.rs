@@ -19,6 +19,10 @@
 //!   (late: the window is already beyond its interval's horizon), and
 //!   otherwise emits it at `t`, and the retraction of the whole window at
 //!   `expire_at(key)`;
+//! * the sink gets the finest interval's windows only (every coarser one
+//!   is their sum); `derive` sums what it got into every interval, on the
+//!   sink's side, as the stored rollups are accumulated, and that is
+//!   compared with the oracle at every interval;
 //! * `publish` applies the updates of every tick `< as_of`, so a window is in
 //!   a snapshot iff some event of it was read at a tick `t < as_of` with
 //!   `expire_at > t`, and `expire_at >= as_of` (its retraction not applied).
@@ -452,6 +456,28 @@ fn oracle(fed: &[Fed], keep: impl Fn(&Fed, &WindowKey) -> bool) -> BTreeMap<Wind
     accs.into_iter().map(|(k, a)| (k, a.agg())).collect()
 }
 
+/// The finest interval's windows summed into every configured interval,
+/// as the sink's readers and compactor form them from the stored deltas;
+/// asserts that only the finest interval's windows reached the sink.
+fn derive(finest: &BTreeMap<WindowKey, Agg>) -> BTreeMap<WindowKey, Agg> {
+    let mut out: BTreeMap<WindowKey, Agg> = BTreeMap::new();
+    for (key, agg) in finest {
+        assert_eq!(
+            key.interval, INTERVALS[0].0,
+            "only the finest interval's windows reach the sink: {key:?}"
+        );
+        for (interval, _) in INTERVALS {
+            let coarse = WindowKey {
+                interval,
+                start: interval.window_of(key.start),
+                ..key.clone()
+            };
+            out.entry(coarse).or_default().plus_equals(agg);
+        }
+    }
+    out
+}
+
 /// What a snapshot as of `as_of` must hold.
 fn oracle_live(fed: &[Fed], as_of: u64) -> BTreeMap<WindowKey, Agg> {
     oracle(fed, |f, k| {
@@ -768,15 +794,21 @@ fn run_scenario(steps: Vec<Step>, checks: Checks) {
                 assert_eq!(batch.events.len(), step.events.len());
                 if checks.rollups {
                     // Each batch's rollups are exactly its own events'
-                    // contributions, late ones included.
+                    // contributions at the finest interval, late ones
+                    // included, and sum to them at every interval.
                     let own: Vec<Fed> = fed.iter().filter(|f| f.tick == t).cloned().collect();
                     let rollups: BTreeMap<WindowKey, Agg> =
                         batch.rollup_keys().into_iter().collect();
                     assert_eq!(rollups.len(), batch.rollups.len(), "one rollup per window");
                     assert_same_map(
-                        &oracle(&own, |_, _| true),
+                        &oracle(&own, |_, k| k.interval == INTERVALS[0].0),
                         &rollups,
                         &format!("step {i}: rollups of the batch of tick {t}"),
+                    );
+                    assert_same_map(
+                        &oracle(&own, |_, _| true),
+                        &derive(&rollups),
+                        &format!("step {i}: every interval from the batch of tick {t}"),
                     );
                 }
                 for (key, agg) in batch.rollup_keys() {
@@ -809,7 +841,7 @@ fn run_scenario(steps: Vec<Step>, checks: Checks) {
                     stored.iter().map(|(k, a)| (k.clone(), a.clone())).collect();
                 assert_same_map(
                     &oracle(&fed, |_, _| true),
-                    &stored,
+                    &derive(&stored),
                     &format!("step {i}: merged rollups"),
                 );
             }
@@ -891,9 +923,21 @@ fn late_events_reach_the_rollups_and_only_live_windows() {
         h.advance(t + TICK);
         let batch = h.recv_batch(worker, t);
         let rollups: BTreeMap<WindowKey, Agg> = batch.rollup_keys().into_iter().collect();
-        // 2 metrics × 3 intervals × 2 rows per event, no window shared.
-        assert_eq!(rollups.len(), 36);
-        assert_same_map(&oracle(&fed, |_, _| true), &rollups, "rollups");
+        // 2 metrics × 2 rows per event at the finest interval, no window
+        // shared; summed, 2 metrics × 3 intervals × 2 rows per event.
+        assert_eq!(rollups.len(), 12);
+        assert_same_map(
+            &oracle(&fed, |_, k| k.interval == INTERVALS[0].0),
+            &rollups,
+            "rollups",
+        );
+        let every = derive(&rollups);
+        assert_eq!(every.len(), 36);
+        assert_same_map(
+            &oracle(&fed, |_, _| true),
+            &every,
+            "rollups, every interval",
+        );
         h.ack.acknowledge(t, batch.rows());
         let snapshot = h.await_as_of(worker, t + TICK);
         // The 3 h old event nowhere; the 55 min old one in its 1h windows
