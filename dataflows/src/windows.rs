@@ -355,15 +355,17 @@ pub struct WindowSpec {
     pub tick_ms: u64,
 }
 
+/// The shortest of `intervals`: every other configured one is a whole
+/// multiple of it, so its windows sum to theirs.
+pub fn finest(intervals: impl IntoIterator<Item = Interval>) -> Option<Interval> {
+    intervals.into_iter().min_by_key(|i| i.seconds())
+}
+
 impl WindowSpec {
-    /// The shortest configured interval: every other one is a whole
-    /// multiple of it, so its windows sum to theirs. The sink stores only
+    /// The shortest configured interval ([`finest`]). The sink stores only
     /// its windows.
     pub fn finest(&self) -> Option<Interval> {
-        self.intervals
-            .iter()
-            .map(|(i, _)| *i)
-            .min_by_key(|i| i.seconds())
+        finest(self.intervals.iter().map(|(i, _)| *i))
     }
 
     /// Whether rows of `set` are kept (live and in rollups); the total always is.

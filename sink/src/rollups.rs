@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 
 use dataflows::event::{Event, EventSource};
 use dataflows::windows::{
-    contribute, Agg, DimSet, DimensionGuard, Dims, Interval, Partials, WindowKey, WindowSpec,
+    contribute, finest, Agg, DimSet, DimensionGuard, Dims, Interval, Partials, WindowKey,
+    WindowSpec,
 };
 use differential_dataflow::difference::Semigroup;
 use futures::pin_mut;
@@ -67,12 +68,6 @@ fn stored_windows(rows: &[tokio_postgres::Row]) -> Vec<StoredWindow> {
             Some(StoredWindow { key, agg })
         })
         .collect()
-}
-
-/// The finest of `intervals`: the one whose windows are stored as deltas
-/// (see [`append`]).
-pub fn finest(intervals: impl IntoIterator<Item = Interval>) -> Option<Interval> {
-    intervals.into_iter().min_by_key(|i| i.seconds())
 }
 
 /// Sums contributions per window, in key order.

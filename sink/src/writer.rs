@@ -198,18 +198,11 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     // was interned by this process's workers, and its dictionary only
     // grows, so none can be missing; if one were, say so rather than drop
     // it silently.
-    // Only the finest interval's windows are stored (see rollups::append).
-    let finest = crate::rollups::finest(
-        group
-            .iter()
-            .flat_map(|b| b.rollups.iter().map(|(id, _)| id.interval)),
-    );
+    // The batches hold the finest interval's windows only (the workers
+    // leave out the others, see `pipeline::build_windows`), the only ones
+    // stored (see rollups::append).
     let mut keyed: Vec<(WindowKey, &Agg)> = Vec::new();
-    for (id, a) in group
-        .iter()
-        .flat_map(|b| b.rollups.iter())
-        .filter(|(id, _)| Some(id.interval) == finest)
-    {
+    for (id, a) in group.iter().flat_map(|b| b.rollups.iter()) {
         match id.key() {
             Some(key) => keyed.push((key, a)),
             None => tracing::error!(
