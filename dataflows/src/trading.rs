@@ -279,10 +279,6 @@ struct Contribution<'a> {
     session: Option<(&'a str, SessionState)>,
 }
 
-fn ident<'a>(props: &Fields<'a>, name: &str) -> Option<Cow<'a, str>> {
-    props.identifier(name)
-}
-
 fn nano(props: &Fields<'_>, name: &str) -> Option<i128> {
     props.number(name).map(to_nano)
 }
@@ -319,8 +315,8 @@ fn contribution(event: &Event) -> Contribution<'_> {
     let props = Fields::parse(&event.properties);
     let price = nano(&props, "price");
     let quantity = nano(&props, "quantity");
-    let symbol = ident(&props, "symbol");
-    let strategy = ident(&props, "strategy_id");
+    let symbol = props.identifier("symbol");
+    let strategy = props.identifier("strategy_id");
     if let Some(symbol) = symbol.clone() {
         let mut candle = Ohlcv::default();
         if let Some(p) = price.filter(|_| market_data || kind == Some(FILLED)) {
@@ -365,13 +361,13 @@ fn contribution(event: &Event) -> Contribution<'_> {
             out.strategy = Some((id, perf));
         }
     }
-    if let Some(order_id) = ident(&props, "order_id") {
+    if let Some(order_id) = props.identifier("order_id") {
         let mut order = OrderState {
             attrs: Some((
                 t,
                 OrderAttrs {
                     symbol: symbol.map(Cow::into_owned),
-                    side: ident(&props, "side").map(Cow::into_owned),
+                    side: props.identifier("side").map(Cow::into_owned),
                     strategy_id: strategy.map(Cow::into_owned),
                     user_id: event.user_id.clone().filter(|u| !u.is_empty()),
                 },
@@ -506,6 +502,18 @@ fn merge_pane<S: Semigroup>(
     }
 }
 
+/// Adds every pane of `from` to `into`.
+fn merge_panes<S: Semigroup + Clone>(
+    into: &mut FastMap<String, Vec<(i64, S)>>,
+    from: &FastMap<String, Vec<(i64, S)>>,
+) {
+    for (key, minutes) in from {
+        for (minute, state) in minutes {
+            merge_pane(into, key, *minute, state.clone());
+        }
+    }
+}
+
 /// A map's entries in key order.
 fn sorted<S: Clone>(map: &FastMap<String, S>) -> BTreeMap<String, S> {
     map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
@@ -558,16 +566,8 @@ impl TradingBatch {
         for (k, s) in &other.orders {
             merge_into(&mut self.orders, k, s.clone());
         }
-        for (k, minutes) in &other.strategy_panes {
-            for (minute, s) in minutes {
-                merge_pane(&mut self.strategy_panes, k, *minute, s.clone());
-            }
-        }
-        for (k, minutes) in &other.market_panes {
-            for (minute, s) in minutes {
-                merge_pane(&mut self.market_panes, k, *minute, s.clone());
-            }
-        }
+        merge_panes(&mut self.strategy_panes, &other.strategy_panes);
+        merge_panes(&mut self.market_panes, &other.market_panes);
         for (k, s) in &other.sessions {
             merge_into(&mut self.sessions, k, s.clone());
         }
