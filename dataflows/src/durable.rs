@@ -39,7 +39,8 @@ pub struct SinkBatch {
     /// `(topic, partition, next_offset)` reached by the rows of this batch.
     pub offsets: Vec<PartitionOffset>,
     /// Window contributions of `events` at the finest configured interval
-    /// (the only one stored), to merge into the stored rollups: one per window (see [`SinkBatch::rollup_keys`] for their strings).
+    /// (the only one stored), to merge into the stored rollups: one per
+    /// window (see [`SinkBatch::rollup_keys`] for their strings).
     pub rollups: Vec<(WinId, Agg)>,
     /// Trading-table contributions of `events`, merged in the same transaction.
     pub trading: TradingBatch,

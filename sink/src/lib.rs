@@ -33,10 +33,10 @@ pub use error::SinkError;
 /// Serialises read-merge-write merges into `table` across concurrent
 /// transactions (the sink writer of every process, the REST path and
 /// retention's deletes for the trading tables, every process's compactor
-/// for the rollups) until this one ends. Without it, two transactions that both find no row for a
-/// new key would both insert their own part, and the later upsert would
-/// overwrite the earlier one. A transaction takes tables in one fixed
-/// order, so that they cannot deadlock.
+/// for the rollups) until this one ends. Without it, two transactions that
+/// both find no row for a new key would both insert their own part, and
+/// the later upsert would overwrite the earlier one. A transaction takes
+/// tables in one fixed order, so that they cannot deadlock.
 pub async fn lock_merges(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
