@@ -39,3 +39,30 @@ drop_db() {
     runuser -u postgres -- psql -q -h "$PG_SOCK" -d postgres -c "DROP DATABASE $1 WITH (FORCE)" >/dev/null \
         || echo "could not drop $1"
 }
+
+# A run named RUN of the service with WORKERS workers: its topics, its
+# database and its config in /tmp/RUN.yaml (rate limiting and keys off).
+start_run() {
+    create_topics "$1"
+    psql -q "$PG" -c "CREATE DATABASE $1" >/dev/null
+    cat >"/tmp/$1.yaml" <<YAML
+server: {host: "127.0.0.1", port: $API}
+database: {host: "127.0.0.1", port: 5432, database: "$1", user: "analytics_user", password: "change_me"}
+redis: {host: "127.0.0.1", port: 6379}
+kafka:
+  brokers: ["127.0.0.1:9092"]
+  consumer_group: "$1"
+  topics: $(topic_list "$1")
+analytics:
+  ingestion: {workers: $2}
+metrics: {port: $METRICS}
+health: {port: $HEALTH}
+security: {api_key_enabled: false, rate_limit: {enabled: false}}
+YAML
+}
+
+# Drops the database and topics of run RUN.
+end_run() {
+    drop_db "$1"
+    delete_topics "$1"
+}

@@ -11,29 +11,12 @@ cd "$(dirname "$0")/../.."
 bin=$1; secs=${2:-60}; rate=${3:-20000}; workers=${WORKERS:-2}
 source benchmarks/scripts/lib.sh
 run="memsnap_$$"
-create_topics "$run"
-psql -q "$PG" -c "CREATE DATABASE $run" >/dev/null
-cfg="/tmp/$run.yaml"
-cat >"$cfg" <<YAML
-server: {host: "127.0.0.1", port: $API}
-database: {host: "127.0.0.1", port: 5432, database: "$run", user: "analytics_user", password: "change_me"}
-redis: {host: "127.0.0.1", port: 6379}
-kafka:
-  brokers: ["127.0.0.1:9092"]
-  consumer_group: "memsnap-$run"
-  topics: $(topic_list "$run")
-analytics:
-  ingestion: {workers: $workers}
-metrics: {port: $METRICS}
-health: {port: $HEALTH}
-security: {api_key_enabled: false, rate_limit: {enabled: false}}
-YAML
-"$bin" run -c "$cfg" >"/tmp/$run.log" 2>&1 &
+start_run "$run" "$workers"
+"$bin" run -c "/tmp/$run.yaml" >"/tmp/$run.log" 2>&1 &
 pid=$!
 target/release/bench loadgen --rate "$rate" --duration "$secs" --seed 7 --topic-prefix "$run." >/dev/null 2>&1
 echo "after $secs s at $rate events/s: rss $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
 curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_(arrangement_records|live_windows|live_count_entries|consumer_lag_messages|source_paused_total|events_ingested_total)' \
     | awk '{ if ($1 ~ /consumer_lag/) lag += $2; else print } END { print "analytics_consumer_lag_messages (sum)", lag }'
 kill -TERM "$pid"; wait "$pid" || true
-drop_db "$run"
-delete_topics "$run"
+end_run "$run"

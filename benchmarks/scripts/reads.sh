@@ -27,24 +27,8 @@ closed_loop() {  # URL LABEL
 for spec in "$@"; do
     read -r bin label <<<"$spec"
     run="reads_${label}_$$"
-    create_topics "$run"
-    psql -q "$PG" -c "CREATE DATABASE $run" >/dev/null
-    cfg="/tmp/$run.yaml"
-    cat >"$cfg" <<YAML
-server: {host: "127.0.0.1", port: $API}
-database: {host: "127.0.0.1", port: 5432, database: "$run", user: "analytics_user", password: "change_me"}
-redis: {host: "127.0.0.1", port: 6379}
-kafka:
-  brokers: ["127.0.0.1:9092"]
-  consumer_group: "reads-$run"
-  topics: $(topic_list "$run")
-analytics:
-  ingestion: {workers: 1}
-metrics: {port: $METRICS}
-health: {port: $HEALTH}
-security: {api_key_enabled: false, rate_limit: {enabled: false}}
-YAML
-    "$bin" run -c "$cfg" >"/tmp/$run.log" 2>&1 &
+    start_run "$run" 1
+    "$bin" run -c "/tmp/$run.yaml" >"/tmp/$run.log" 2>&1 &
     pid=$!
     target/release/bench loadgen --rate 2000 --duration 70 --seed 7 --topic-prefix "$run." >/dev/null 2>&1 &
     load=$!
@@ -62,6 +46,5 @@ YAML
     echo "$label: log lines $(wc -l <"/tmp/$run.log"), rss $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
     kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true
     kill -TERM "$pid"; wait "$pid" || true
-    drop_db "$run"
-    delete_topics "$run"
+    end_run "$run"
 done
