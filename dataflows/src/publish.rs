@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
+use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -42,13 +43,12 @@ pub enum LiveUpdate {
     Strategy(String, StrategyState),
 }
 
-/// The updates of the ticks before `as_of`, in tick order, for the
-/// publisher thread.
-struct Ticks {
-    as_of: u64,
-    /// The first of these ticks (for the freshness histogram).
-    oldest: u64,
-    updates: Vec<LiveUpdate>,
+/// What the operator hands the publisher thread in one activation: the
+/// updates it received (with their ticks) and the bound both frontiers
+/// have passed (`None`: unchanged, or shutdown).
+struct Handed {
+    updates: Vec<(u64, LiveUpdate)>,
+    bound: Option<u64>,
 }
 
 /// How far the publisher thread has got: batches of ticks handed to it and
@@ -69,11 +69,12 @@ impl PublishProgress {
 
 /// Publishes snapshots from `updates` (`(tick, update)`) gated by `durable`.
 ///
-/// The operator only gathers the updates of the ticks both frontiers have
-/// passed; a thread of its own applies them to the live state and sends
+/// The operator only hands what it receives, and the bound both frontiers
+/// have passed, to a thread of its own, which holds the ticks not yet
+/// passed ([`Stash`]), applies the passed ones to the live state and sends
 /// the snapshot, so that the leader worker (which gathers every worker's
-/// updates) spends no time on the live maps. When ticks queue up, the
-/// thread applies them all and sends one snapshot, of the latest.
+/// updates) spends no time on them. When hand-offs queue up, the thread
+/// takes them all and sends one snapshot, of the latest.
 pub fn publish<'s>(
     updates: Stream<'s, u64, Vec<(u64, LiveUpdate)>>,
     durable: Stream<'s, u64, Vec<()>>,
@@ -91,46 +92,33 @@ pub fn publish<'s>(
             Pipeline,
             "PublishSnapshot",
             move |_capability, _info| {
-                let mut stash: BTreeMap<u64, Vec<LiveUpdate>> = BTreeMap::new();
-                let mut as_of = 0u64;
+                let mut handed_bound = 0u64;
                 move |(input1, frontier1), (input2, frontier2), _output| {
+                    let mut updates = Vec::new();
                     input1.for_each(|_cap, data| {
-                        for (time, update) in data.drain(..) {
-                            stash.entry(time).or_default().push(update);
+                        if updates.is_empty() {
+                            updates = std::mem::take(data);
+                        } else {
+                            updates.append(data);
                         }
                     });
                     input2.for_each(|_cap, _data| {});
                     let Some(to_thread) = to_thread.as_ref() else {
-                        stash.clear();
                         return;
                     };
                     let bound = crate::time::frontier_min(frontier1)
                         .min(crate::time::frontier_min(frontier2));
                     // Empty frontiers mean shutdown: the future-dated
                     // retractions flushed then must not blank the last snapshot.
-                    if bound <= as_of || bound == u64::MAX {
+                    let bound = (bound > handed_bound && bound != u64::MAX).then_some(bound);
+                    if updates.is_empty() && bound.is_none() {
                         return;
                     }
-                    let mut ticks = Ticks {
-                        as_of: bound,
-                        oldest: bound,
-                        updates: Vec::new(),
-                    };
-                    while let Some(entry) = stash.first_entry() {
-                        if *entry.key() >= bound {
-                            break;
-                        }
-                        ticks.oldest = ticks.oldest.min(*entry.key());
-                        let updates = entry.remove();
-                        if ticks.updates.is_empty() {
-                            ticks.updates = updates;
-                        } else {
-                            ticks.updates.extend(updates);
-                        }
+                    if let Some(bound) = bound {
+                        handed_bound = bound;
                     }
-                    as_of = bound;
                     sent.fetch_add(1, Ordering::AcqRel);
-                    if to_thread.send(ticks).is_err() {
+                    if to_thread.send(Handed { updates, bound }).is_err() {
                         tracing::error!("the snapshot publisher thread has stopped");
                     }
                 }
@@ -139,31 +127,215 @@ pub fn publish<'s>(
     progress
 }
 
+/// The updates of the ticks that the bound has not passed yet, in groups
+/// of consecutive ticks, each released (applied) whole once the bound
+/// passes its last tick.
+///
+/// A tick joins the latest group while the bound has passed none of that
+/// group and the group would span at most a quarter of how far the tick is
+/// ahead of the bound: while durability lags (the sink behind), the updates
+/// of many ticks to the same windows and seconds are summed as they arrive
+/// instead of each held until its tick is durable. The snapshot then lags
+/// by at most a quarter more; with the bound a tick or two behind (not
+/// lagging) every tick is a group of its own.
+#[derive(Debug, Default)]
+pub struct Stash {
+    /// First tick → the group.
+    groups: BTreeMap<u64, Group>,
+}
+
+#[derive(Debug)]
+struct Group {
+    last: u64,
+    updates: Vec<LiveUpdate>,
+    /// Length after the latest consolidation.
+    consolidated: usize,
+}
+
+/// Fewest updates a group holds before it is consolidated.
+const CONSOLIDATE_FROM: usize = 4096;
+
+impl Stash {
+    /// Adds an update of `tick`, with the bound as known now (`tick` is at
+    /// or after it).
+    pub fn add(&mut self, tick: u64, update: LiveUpdate, bound: u64) {
+        let holding = self
+            .groups
+            .range(..=tick)
+            .next_back()
+            .map(|(start, group)| (*start, group.last));
+        let latest = self.groups.last_key_value().map(|(start, _)| *start);
+        let start = match holding {
+            Some((start, last)) if tick <= last => start,
+            Some((start, _))
+                if latest == Some(start)
+                    && start >= bound
+                    && tick - start <= tick.saturating_sub(bound) / 4 =>
+            {
+                start
+            }
+            _ => {
+                self.groups.insert(
+                    tick,
+                    Group {
+                        last: tick,
+                        updates: Vec::new(),
+                        consolidated: 0,
+                    },
+                );
+                tick
+            }
+        };
+        let group = self.groups.get_mut(&start).expect("the group just found");
+        group.last = group.last.max(tick);
+        group.updates.push(update);
+        if group.updates.len() >= CONSOLIDATE_FROM.max(2 * group.consolidated) {
+            consolidate(&mut group.updates);
+            group.consolidated = group.updates.len();
+        }
+    }
+
+    /// Takes the groups that `bound` has passed whole: their updates, the
+    /// first of their ticks, and how far a snapshot with them reaches (the
+    /// bound, or the first tick still held).
+    pub fn release(&mut self, bound: u64) -> Released {
+        let mut out = Released {
+            updates: Vec::new(),
+            oldest: None,
+            as_of: bound,
+        };
+        while let Some(entry) = self.groups.first_entry() {
+            if entry.get().last >= bound {
+                out.as_of = out.as_of.min(*entry.key());
+                break;
+            }
+            out.oldest.get_or_insert(*entry.key());
+            let group = entry.remove();
+            if out.updates.is_empty() {
+                out.updates = group.updates;
+            } else {
+                out.updates.extend(group.updates);
+            }
+        }
+        out
+    }
+
+    /// Updates held (tests).
+    pub fn len(&self) -> usize {
+        self.groups.values().map(|g| g.updates.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// What [`Stash::release`] took.
+#[derive(Debug)]
+pub struct Released {
+    pub updates: Vec<LiveUpdate>,
+    /// The first tick released, if any.
+    pub oldest: Option<u64>,
+    /// Every tick before this one is released.
+    pub as_of: u64,
+}
+
+/// The key of an update, what [`consolidate`] sums by.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum UpdateKey<'a> {
+    Count(&'a (String, i64)),
+    Window(&'a WinId),
+    Sum(&'a (String, i64)),
+    User(&'a str),
+    Strategy(&'a str),
+}
+
+impl LiveUpdate {
+    fn key(&self) -> UpdateKey<'_> {
+        match self {
+            LiveUpdate::Count(k, _) => UpdateKey::Count(k),
+            LiveUpdate::Window(id, _) => UpdateKey::Window(id),
+            LiveUpdate::Sum(k, _) => UpdateKey::Sum(k),
+            LiveUpdate::User(u, _) => UpdateKey::User(u),
+            LiveUpdate::Strategy(s, _) => UpdateKey::Strategy(s),
+        }
+    }
+
+    /// Adds the diff of `other`, an update of the same key.
+    fn absorb(&mut self, other: &LiveUpdate) {
+        match (self, other) {
+            (LiveUpdate::Count(_, d), LiveUpdate::Count(_, e)) => *d += e,
+            (LiveUpdate::Window(_, a), LiveUpdate::Window(_, b)) => a.plus_equals(b),
+            (LiveUpdate::Sum(_, a), LiveUpdate::Sum(_, b)) => a.plus_equals(b),
+            (LiveUpdate::User(_, d), LiveUpdate::User(_, e)) => *d += e,
+            (LiveUpdate::Strategy(_, a), LiveUpdate::Strategy(_, b)) => a.plus_equals(b),
+            _ => unreachable!("absorb is called on updates of one key"),
+        }
+    }
+
+    /// Applying it changes nothing.
+    fn is_zero(&self) -> bool {
+        match self {
+            LiveUpdate::Count(_, d) | LiveUpdate::User(_, d) => *d == 0,
+            LiveUpdate::Window(_, a) => a.is_zero(),
+            LiveUpdate::Sum(_, s) => s.is_zero(),
+            LiveUpdate::Strategy(..) => false,
+        }
+    }
+}
+
+/// Sums the updates of each key into one, and drops those that change
+/// nothing.
+fn consolidate(updates: &mut Vec<LiveUpdate>) {
+    updates.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+    let mut kept = 0;
+    for i in 0..updates.len() {
+        if kept > 0 && updates[kept - 1].key() == updates[i].key() {
+            let (done, rest) = updates.split_at_mut(i);
+            done[kept - 1].absorb(&rest[0]);
+        } else {
+            updates.swap(kept, i);
+            kept += 1;
+        }
+    }
+    updates.truncate(kept);
+    updates.retain(|u| !u.is_zero());
+}
+
 /// Starts the thread that owns the live state and sends its snapshots.
 fn spawn_publisher(
     sender: Arc<watch::Sender<Arc<LiveSnapshot>>>,
     horizon: Horizon,
     spec: Arc<WindowSpec>,
     progress: PublishProgress,
-) -> mpsc::Sender<Ticks> {
-    let (to_thread, from_operator) = mpsc::channel::<Ticks>();
+) -> mpsc::Sender<Handed> {
+    let (to_thread, from_operator) = mpsc::channel::<Handed>();
     let run = move || {
         let mut counts = LiveCounts::default();
         let mut windows = LiveWindows::default();
         let mut dashboard = LiveDashboard::default();
+        let mut stash = Stash::default();
+        let mut bound = 0u64;
+        let mut as_of = 0u64;
         while let Ok(first) = from_operator.recv() {
-            let mut as_of = first.as_of;
-            let mut oldest_applied = None;
             let mut next = Some(first);
-            let mut batches = 0u64;
-            while let Some(ticks) = next {
-                batches += 1;
-                as_of = as_of.max(ticks.as_of);
-                if !ticks.updates.is_empty() {
-                    let oldest = oldest_applied.get_or_insert(ticks.oldest);
-                    *oldest = (*oldest).min(ticks.oldest);
+            let mut handed = 0u64;
+            while let Some(Handed { updates, bound: b }) = next {
+                handed += 1;
+                for (tick, update) in updates {
+                    stash.add(tick, update, bound);
                 }
-                for update in ticks.updates {
+                bound = bound.max(b.unwrap_or(0));
+                next = from_operator.try_recv().ok();
+            }
+            let released = stash.release(bound);
+            if released.as_of > as_of {
+                as_of = released.as_of;
+                if let Some(oldest) = released.oldest {
+                    let lag = now_ms().saturating_sub(oldest);
+                    metrics::FRESHNESS.observe(lag as f64 / 1000.0);
+                }
+                for update in released.updates {
                     match update {
                         LiveUpdate::Count((event_type, second), diff) => {
                             counts.update(&event_type, second, diff as i64)
@@ -176,28 +348,23 @@ fn spawn_publisher(
                         LiveUpdate::Strategy(id, diff) => dashboard.merge_strategy(&id, &diff),
                     }
                 }
-                next = from_operator.try_recv().ok();
+                metrics::LIVE_ENTRIES.set(counts.len() as i64);
+                metrics::WINDOWS_HELD.set(windows.len() as i64);
+                let windows_covered_from = spec
+                    .intervals
+                    .iter()
+                    .filter_map(|(i, _)| spec.covered_from(*i, as_of).map(|s| (*i, s)))
+                    .collect();
+                sender.send_replace(Arc::new(LiveSnapshot {
+                    as_of_ms: as_of,
+                    counts: counts.clone(),
+                    covered_from_second: horizon.covered_from(as_of),
+                    windows: windows.clone(),
+                    windows_covered_from,
+                    dashboard: dashboard.clone(),
+                }));
             }
-            if let Some(oldest) = oldest_applied {
-                let lag = now_ms().saturating_sub(oldest);
-                metrics::FRESHNESS.observe(lag as f64 / 1000.0);
-            }
-            metrics::LIVE_ENTRIES.set(counts.len() as i64);
-            metrics::WINDOWS_HELD.set(windows.len() as i64);
-            let windows_covered_from = spec
-                .intervals
-                .iter()
-                .filter_map(|(i, _)| spec.covered_from(*i, as_of).map(|s| (*i, s)))
-                .collect();
-            sender.send_replace(Arc::new(LiveSnapshot {
-                as_of_ms: as_of,
-                counts: counts.clone(),
-                covered_from_second: horizon.covered_from(as_of),
-                windows: windows.clone(),
-                windows_covered_from,
-                dashboard: dashboard.clone(),
-            }));
-            progress.published.fetch_add(batches, Ordering::AcqRel);
+            progress.published.fetch_add(handed, Ordering::AcqRel);
         }
     };
     if let Err(e) = std::thread::Builder::new()
@@ -207,4 +374,97 @@ fn spawn_publisher(
         tracing::error!(error = %e, "cannot start the snapshot publisher thread");
     }
     to_thread
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(second: i64, diff: isize) -> LiveUpdate {
+        LiveUpdate::Count(("order_placed".into(), second), diff)
+    }
+
+    #[test]
+    fn ticks_near_the_bound_stay_apart() {
+        let mut stash = Stash::default();
+        // The bound 100 ms behind: each tick is its own group.
+        stash.add(1_000, count(1, 1), 900);
+        stash.add(1_100, count(1, 1), 1_000);
+        stash.add(1_200, count(1, 1), 1_100);
+        let released = stash.release(1_150);
+        assert_eq!(released.as_of, 1_150);
+        assert_eq!(released.oldest, Some(1_000));
+        assert_eq!(released.updates, vec![count(1, 1), count(1, 1)]);
+        assert_eq!(stash.len(), 1);
+        let released = stash.release(1_201);
+        assert_eq!((released.as_of, released.oldest), (1_201, Some(1_200)));
+        assert!(stash.is_empty());
+    }
+
+    #[test]
+    fn lagging_ticks_are_grouped_and_released_whole() {
+        let mut stash = Stash::default();
+        // The bound 10 s behind: a group may span 2.5 s.
+        stash.add(10_000, count(1, 1), 0);
+        stash.add(10_100, count(1, 2), 0);
+        stash.add(12_400, count(2, 1), 2_000);
+        // Past a quarter of the lag: a new group.
+        stash.add(15_000, count(2, 1), 5_000);
+        // The bound inside the first group: nothing of it is released, and
+        // the snapshot reaches only its first tick.
+        let released = stash.release(10_200);
+        assert_eq!((released.as_of, released.oldest), (10_000, None));
+        assert!(released.updates.is_empty());
+        let released = stash.release(12_401);
+        assert_eq!((released.as_of, released.oldest), (12_401, Some(10_000)));
+        let mut updates = released.updates;
+        consolidate(&mut updates);
+        assert_eq!(updates, vec![count(1, 3), count(2, 1)]);
+        // A tick inside a held group joins it, whatever the bound.
+        stash.add(15_000, count(2, 1), 14_999);
+        let released = stash.release(15_001);
+        assert_eq!(released.updates, vec![count(2, 1), count(2, 1)]);
+    }
+
+    #[test]
+    fn a_group_that_the_bound_entered_takes_no_later_tick() {
+        let mut stash = Stash::default();
+        stash.add(10_000, count(1, 1), 0);
+        // Bound 10_000 has not passed the group, bound 10_050 has entered it.
+        stash.add(10_100, count(1, 1), 10_050);
+        let released = stash.release(10_101);
+        assert_eq!(released.as_of, 10_101);
+        assert_eq!(released.updates.len(), 2);
+        assert_eq!(stash.len(), 0);
+        stash.add(20_000, count(1, 1), 0);
+        stash.add(20_010, count(1, 1), 0);
+        let released = stash.release(20_005);
+        assert_eq!((released.as_of, released.updates.len()), (20_000, 0));
+        stash.add(20_020, count(1, 1), 20_005);
+        let released = stash.release(20_011);
+        assert_eq!((released.as_of, released.updates.len()), (20_011, 2));
+        assert_eq!(stash.len(), 1);
+    }
+
+    #[test]
+    fn consolidation_sums_per_key_and_drops_nothing_changes() {
+        let mut updates = vec![
+            count(2, 1),
+            LiveUpdate::User("u1".into(), 1),
+            count(1, 1),
+            count(2, -1),
+            LiveUpdate::User("u1".into(), 1),
+            LiveUpdate::Sum(("volume".into(), 1), (1, 5)),
+            LiveUpdate::Sum(("volume".into(), 1), (2, 7)),
+        ];
+        consolidate(&mut updates);
+        assert_eq!(
+            updates,
+            vec![
+                count(1, 1),
+                LiveUpdate::Sum(("volume".into(), 1), (3, 12)),
+                LiveUpdate::User("u1".into(), 2),
+            ]
+        );
+    }
 }
