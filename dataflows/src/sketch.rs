@@ -28,7 +28,7 @@
 //! # Sketches as differences
 //!
 //! A [`Sketch`] is a sparse map from bucket id to a *signed* `i64` count,
-//! kept as a sorted vector with no zero entries, so two sketches of the same
+//! kept as sorted pairs with no zero entries (compactly encoded, [`Pairs`]), so two sketches of the same
 //! multiset of values are structurally equal (`Eq`, `Ord` and `Hash` are
 //! canonical). Adding sketches ([`Sketch::merge`]) is exact and commutative,
 //! and every sketch has an inverse ([`Sketch::negated`]): sketches form an
@@ -104,16 +104,26 @@ pub enum SketchError {
 /// A mergeable, negatable quantile sketch: sorted `(bucket id, count)`
 /// pairs with non-zero counts. See the [module docs](self).
 ///
-/// The pairs are shared copy-on-write (`Arc`): a sketch is cloned for every
-/// interval of a pane, every consumer of a stream, the arrangement and the
-/// published snapshot, and most of those copies are never changed. A clone
-/// is a reference count; the first change of a shared sketch copies it.
-/// An empty sketch holds no allocation at all (`None`), which keeps
-/// equality canonical.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+/// The pairs are encoded compactly ([`Pairs`]) in one shared allocation
+/// (`Arc`) of exactly their size: a sketch is cloned for every interval of
+/// a pane, every consumer of a stream, the arrangement and the published
+/// snapshot, and most of those copies are never changed. A clone is a
+/// reference count; a change encodes a new sketch. The encoding of a set
+/// of pairs is unique and an empty sketch holds no allocation at all
+/// (`None`), which keeps equality canonical.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "SketchRepr")]
 pub struct Sketch {
-    buckets: Option<Arc<Vec<(i32, i64)>>>,
+    /// The pairs, encoded ([`Pairs`]); `None` when there are none.
+    bytes: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Sketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sketch")
+            .field("buckets", &self.buckets())
+            .finish()
+    }
 }
 
 /// The same form as a struct with a `buckets` vector, so that stored
@@ -122,8 +132,129 @@ impl Serialize for Sketch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut state = serializer.serialize_struct("Sketch", 1)?;
-        state.serialize_field("buckets", self.buckets())?;
+        state.serialize_field("buckets", &AsSeq(self))?;
         state.end()
+    }
+}
+
+/// A sketch's pairs as a sequence, serialised like a `Vec` of them.
+struct AsSeq<'a>(&'a Sketch);
+
+impl Serialize for AsSeq<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.pairs().count()))?;
+        for pair in self.0.pairs() {
+            seq.serialize_element(&pair)?;
+        }
+        seq.end()
+    }
+}
+
+/// The `(bucket id, count)` pairs of a sketch, decoded from its bytes: each
+/// pair is two LEB128 varints, the id (zigzag-encoded for the first pair,
+/// the positive difference from the previous id after it) and the
+/// zigzag-encoded count. Ids are dense around a series' values and counts
+/// are small, so a pair takes about 2-4 bytes instead of 16; a live
+/// window's sketch is held in the arrangement and the live map, and
+/// sketches were most of the memory of a live window.
+#[derive(Clone, Debug)]
+pub struct Pairs<'a> {
+    bytes: &'a [u8],
+    previous: Option<i32>,
+}
+
+impl Iterator for Pairs<'_> {
+    type Item = (i32, i64);
+
+    fn next(&mut self) -> Option<(i32, i64)> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let first = take_varint(&mut self.bytes);
+        let id = match self.previous {
+            None => unzigzag(first) as i32,
+            Some(p) => (i64::from(p) + first as i64) as i32,
+        };
+        self.previous = Some(id);
+        Some((id, unzigzag(take_varint(&mut self.bytes))))
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint written by [`put_varint`] (the bytes are only ever this
+/// module's own encoding).
+fn take_varint(bytes: &mut &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = bytes[0];
+        *bytes = &bytes[1..];
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes pairs given in increasing id order, leaving out zero counts,
+/// into this thread's scratch buffer, then copies them into the sketch's
+/// own allocation (one allocation per sketch built, of its exact size).
+struct Builder {
+    bytes: Vec<u8>,
+    previous: Option<i32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Builder {
+    fn with_capacity(pairs: usize) -> Builder {
+        let mut bytes = SCRATCH.take();
+        bytes.clear();
+        bytes.reserve(pairs * 3);
+        Builder {
+            bytes,
+            previous: None,
+        }
+    }
+
+    fn push(&mut self, id: i32, count: i64) {
+        if count == 0 {
+            return;
+        }
+        let id_part = match self.previous {
+            None => zigzag(i64::from(id)),
+            Some(p) => (i64::from(id) - i64::from(p)) as u64,
+        };
+        put_varint(&mut self.bytes, id_part);
+        put_varint(&mut self.bytes, zigzag(count));
+        self.previous = Some(id);
+    }
+
+    fn finish(self) -> Sketch {
+        let sketch = Sketch {
+            bytes: (!self.bytes.is_empty()).then(|| Arc::from(self.bytes.as_slice())),
+        };
+        SCRATCH.set(self.bytes);
+        sketch
     }
 }
 
@@ -151,7 +282,11 @@ impl TryFrom<SketchRepr> for Sketch {
             }
             previous = Some(id);
         }
-        Ok(Sketch::from_vec(repr.buckets))
+        let mut builder = Builder::with_capacity(repr.buckets.len());
+        for (id, count) in repr.buckets {
+            builder.push(id, count);
+        }
+        Ok(builder.finish())
     }
 }
 
@@ -214,7 +349,9 @@ impl Sketch {
         if n == 0 {
             return;
         }
-        self.update(|buckets| add_to(buckets, id, n));
+        let mut one = Builder::with_capacity(1);
+        one.push(id, n);
+        self.merge(&one.finish());
     }
 
     /// The sketch of one occurrence per bucket id (from
@@ -226,43 +363,39 @@ impl Sketch {
             return Sketch::new();
         }
         ids.sort_unstable();
-        let mut buckets: Vec<(i32, i64)> = Vec::new();
+        let mut builder = Builder::with_capacity(ids.len().min(64));
+        let mut run: Option<(i32, i64)> = None;
         for &id in ids.iter() {
-            match buckets.last_mut() {
+            match &mut run {
                 Some((last, n)) if *last == id => *n += 1,
-                _ => buckets.push((id, 1)),
+                _ => {
+                    if let Some((last, n)) = run.replace((id, 1)) {
+                        builder.push(last, n);
+                    }
+                }
             }
         }
-        Sketch {
-            buckets: Some(Arc::new(buckets)),
+        if let Some((last, n)) = run {
+            builder.push(last, n);
         }
+        builder.finish()
     }
 
     /// Adds `other`'s counts to this sketch, dropping buckets that reach
     /// zero.
     pub fn merge(&mut self, other: &Sketch) {
-        let Some(theirs) = &other.buckets else {
+        let Some(theirs) = &other.bytes else {
             return;
         };
-        let Some(ours) = &self.buckets else {
-            self.buckets = Some(Arc::clone(theirs));
-            return;
-        };
-        // A small delta into a large sketch (a tick's values into a live
-        // window): in place, without a new allocation per merge.
-        if theirs.len() * 8 <= ours.len() {
-            self.update(|buckets| {
-                for &(id, count) in theirs.iter() {
-                    add_to(buckets, id, count);
-                }
-            });
+        if self.bytes.is_none() {
+            self.bytes = Some(Arc::clone(theirs));
             return;
         }
-        let mut merged = Vec::with_capacity(ours.len() + theirs.len());
-        let mut a = ours.iter().copied().peekable();
-        let mut b = theirs.iter().copied().peekable();
+        let mut merged = Builder::with_capacity(self.bytes_len().max(other.bytes_len()) / 2);
+        let mut a = self.pairs().peekable();
+        let mut b = other.pairs().peekable();
         loop {
-            let next = match (a.peek(), b.peek()) {
+            let (id, count) = match (a.peek(), b.peek()) {
                 (Some(&(ia, ca)), Some(&(ib, cb))) => {
                     if ia < ib {
                         a.next();
@@ -286,27 +419,29 @@ impl Sketch {
                 }
                 (None, None) => break,
             };
-            if next.1 != 0 {
-                merged.push(next);
-            }
+            merged.push(id, count);
         }
-        *self = Sketch::from_vec(merged);
+        *self = merged.finish();
     }
 
-    /// A sketch of already sorted, non-zero pairs.
-    fn from_vec(buckets: Vec<(i32, i64)>) -> Sketch {
-        Sketch {
-            buckets: (!buckets.is_empty()).then(|| Arc::new(buckets)),
+    /// Every count replaced by `f(count)` (zeros left out).
+    fn map_counts(&self, f: impl Fn(i64) -> i64) -> Sketch {
+        let mut out = Builder::with_capacity(self.bytes_len() / 2);
+        for (id, count) in self.pairs() {
+            out.push(id, f(count));
         }
+        out.finish()
     }
 
-    /// Changes the pairs in place (copying them first if they are shared)
-    /// and keeps the empty sketch canonical.
-    fn update(&mut self, change: impl FnOnce(&mut Vec<(i32, i64)>)) {
-        let buckets = Arc::make_mut(self.buckets.get_or_insert_with(Default::default));
-        change(buckets);
-        if buckets.is_empty() {
-            self.buckets = None;
+    fn bytes_len(&self) -> usize {
+        self.bytes.as_deref().map_or(0, <[u8]>::len)
+    }
+
+    /// The sorted `(bucket id, count)` pairs, none with a zero count.
+    pub fn pairs(&self) -> Pairs<'_> {
+        Pairs {
+            bytes: self.bytes.as_deref().unwrap_or(&[]),
+            previous: None,
         }
     }
 
@@ -319,23 +454,19 @@ impl Sketch {
     }
 
     fn negate_in_place(&mut self) {
-        if self.buckets.is_some() {
-            self.update(|buckets| {
-                for (_, count) in buckets.iter_mut() {
-                    *count = count.wrapping_neg();
-                }
-            });
+        if self.bytes.is_some() {
+            *self = self.map_counts(i64::wrapping_neg);
         }
     }
 
     /// True if no bucket has a non-zero count.
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_none()
+        self.bytes.is_none()
     }
 
     /// Sum of the counts (saturating at the `i64` bounds).
     pub fn count(&self) -> i64 {
-        let total: i128 = self.buckets().iter().map(|&(_, c)| i128::from(c)).sum();
+        let total: i128 = self.pairs().map(|(_, c)| i128::from(c)).sum();
         i64::try_from(total).unwrap_or(if total < 0 { i64::MIN } else { i64::MAX })
     }
 
@@ -344,7 +475,7 @@ impl Sketch {
     /// `None` if `q` is outside `[0, 1]`, if the count is not positive, or
     /// if any bucket has a negative count.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if !(0.0..=1.0).contains(&q) || self.buckets().iter().any(|&(_, c)| c < 0) {
+        if !(0.0..=1.0).contains(&q) || self.pairs().any(|(_, c)| c < 0) {
             return None;
         }
         let count = self.count();
@@ -354,7 +485,7 @@ impl Sketch {
         // `as` saturates; the `min` guards against rounding past the end.
         let rank = ((q * (count - 1) as f64).floor() as i64).min(count - 1);
         let mut seen: i64 = 0;
-        for &(id, c) in self.buckets() {
+        for (id, c) in self.pairs() {
             seen = seen.saturating_add(c);
             if seen > rank {
                 return Some(Self::bucket_estimate(id));
@@ -364,8 +495,8 @@ impl Sketch {
     }
 
     /// The sorted `(bucket id, count)` pairs, none with a zero count.
-    pub fn buckets(&self) -> &[(i32, i64)] {
-        self.buckets.as_deref().map_or(&[], Vec::as_slice)
+    pub fn buckets(&self) -> Vec<(i32, i64)> {
+        self.pairs().collect()
     }
 
     /// The bincode 2 (standard configuration) encoding.
@@ -385,30 +516,8 @@ impl Sketch {
         }
     }
 
-    fn scaled(mut self, factor: i64) -> Sketch {
-        if self.buckets.is_some() {
-            self.update(|buckets| {
-                for (_, count) in buckets.iter_mut() {
-                    *count = count.wrapping_mul(factor);
-                }
-                buckets.retain(|&(_, c)| c != 0);
-            });
-        }
-        self
-    }
-}
-
-/// Adds `n` to bucket `id` of sorted, non-zero pairs, keeping them so.
-fn add_to(buckets: &mut Vec<(i32, i64)>, id: i32, n: i64) {
-    match buckets.binary_search_by_key(&id, |&(b, _)| b) {
-        Ok(i) => {
-            let count = &mut buckets[i].1;
-            *count = count.wrapping_add(n);
-            if *count == 0 {
-                buckets.remove(i);
-            }
-        }
-        Err(i) => buckets.insert(i, (id, n)),
+    fn scaled(self, factor: i64) -> Sketch {
+        self.map_counts(|count| count.wrapping_mul(factor))
     }
 }
 
@@ -774,7 +883,7 @@ mod tests {
     fn from_bytes_rejects_invalid_input() {
         // The raw encoding is the sketch's own format.
         let s = sketch_of(&[-3.0, 0.0, 1.0, 1.0, 1e300]);
-        assert_eq!(encode_raw(s.buckets()), s.to_bytes());
+        assert_eq!(encode_raw(&s.buckets()), s.to_bytes());
         let valid = encode_raw(&[(3, 1), (7, -2)]);
         assert!(Sketch::from_bytes(&valid).is_ok());
         for invalid in [
