@@ -9,7 +9,8 @@
 //! of keeping them lazily freed (`muzzy_decay_ms: 0`), so that RSS follows
 //! what is in use. Its per-thread caches were also faster than glibc's on
 //! the dataflow's short-lived pane and sketch vectors (benchmarks/RESULTS.md,
-//! "Allocator").
+//! "Memory: heap profile, the publisher's stash, jemalloc, encoded
+//! sketches").
 //!
 //! These options are compiled into jemalloc (`JEMALLOC_SYS_WITH_MALLOC_CONF`
 //! in `.cargo/config.toml`); `_RJEM_MALLOC_CONF` in the environment still
