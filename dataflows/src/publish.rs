@@ -155,10 +155,35 @@ struct Group {
 /// Fewest updates a group holds before it is consolidated.
 const CONSOLIDATE_FROM: usize = 4096;
 
+impl Group {
+    /// Adds an update, consolidating the group whenever it has doubled.
+    fn push(&mut self, update: LiveUpdate) {
+        self.updates.push(update);
+        if self.updates.len() >= CONSOLIDATE_FROM.max(2 * self.consolidated) {
+            consolidate(&mut self.updates);
+            self.consolidated = self.updates.len();
+        }
+    }
+}
+
 impl Stash {
-    /// Adds an update of `tick`, with the bound as known now (`tick` is at
-    /// or after it).
-    pub fn add(&mut self, tick: u64, update: LiveUpdate, bound: u64) {
+    /// Adds updates with their ticks, each at or after `bound` (the bound
+    /// as known now). The group of a tick is looked up once for a run of
+    /// updates of that tick.
+    pub fn add(&mut self, updates: impl IntoIterator<Item = (u64, LiveUpdate)>, bound: u64) {
+        let mut updates = updates.into_iter().peekable();
+        while let Some((tick, first)) = updates.next() {
+            let group = self.group_of(tick, bound);
+            group.push(first);
+            while let Some((_, update)) = updates.next_if(|(t, _)| *t == tick) {
+                group.push(update);
+            }
+        }
+    }
+
+    /// The group `tick` belongs to: the one that spans it, the latest one
+    /// extended to it (see [`Stash`]), or a new one.
+    fn group_of(&mut self, tick: u64, bound: u64) -> &mut Group {
         let holding = self
             .groups
             .range(..=tick)
@@ -174,25 +199,15 @@ impl Stash {
             {
                 start
             }
-            _ => {
-                self.groups.insert(
-                    tick,
-                    Group {
-                        last: tick,
-                        updates: Vec::new(),
-                        consolidated: 0,
-                    },
-                );
-                tick
-            }
+            _ => tick,
         };
-        let group = self.groups.get_mut(&start).expect("the group just found");
+        let group = self.groups.entry(start).or_insert_with(|| Group {
+            last: tick,
+            updates: Vec::new(),
+            consolidated: 0,
+        });
         group.last = group.last.max(tick);
-        group.updates.push(update);
-        if group.updates.len() >= CONSOLIDATE_FROM.max(2 * group.consolidated) {
-            consolidate(&mut group.updates);
-            group.consolidated = group.updates.len();
-        }
+        group
     }
 
     /// Takes the groups that `bound` has passed whole: their updates, the
@@ -322,9 +337,7 @@ fn spawn_publisher(
             let mut handed = 0u64;
             while let Some(Handed { updates, bound: b }) = next {
                 handed += 1;
-                for (tick, update) in updates {
-                    stash.add(tick, update, bound);
-                }
+                stash.add(updates, bound);
                 bound = bound.max(b.unwrap_or(0));
                 next = from_operator.try_recv().ok();
             }
@@ -388,9 +401,9 @@ mod tests {
     fn ticks_near_the_bound_stay_apart() {
         let mut stash = Stash::default();
         // The bound 100 ms behind: each tick is its own group.
-        stash.add(1_000, count(1, 1), 900);
-        stash.add(1_100, count(1, 1), 1_000);
-        stash.add(1_200, count(1, 1), 1_100);
+        stash.add([(1_000, count(1, 1))], 900);
+        stash.add([(1_100, count(1, 1))], 1_000);
+        stash.add([(1_200, count(1, 1))], 1_100);
         let released = stash.release(1_150);
         assert_eq!(released.as_of, 1_150);
         assert_eq!(released.oldest, Some(1_000));
@@ -405,11 +418,11 @@ mod tests {
     fn lagging_ticks_are_grouped_and_released_whole() {
         let mut stash = Stash::default();
         // The bound 10 s behind: a group may span 2.5 s.
-        stash.add(10_000, count(1, 1), 0);
-        stash.add(10_100, count(1, 2), 0);
-        stash.add(12_400, count(2, 1), 2_000);
+        stash.add([(10_000, count(1, 1))], 0);
+        stash.add([(10_100, count(1, 2))], 0);
+        stash.add([(12_400, count(2, 1))], 2_000);
         // Past a quarter of the lag: a new group.
-        stash.add(15_000, count(2, 1), 5_000);
+        stash.add([(15_000, count(2, 1))], 5_000);
         // The bound inside the first group: nothing of it is released, and
         // the snapshot reaches only its first tick.
         let released = stash.release(10_200);
@@ -421,7 +434,7 @@ mod tests {
         consolidate(&mut updates);
         assert_eq!(updates, vec![count(1, 3), count(2, 1)]);
         // A tick inside a held group joins it, whatever the bound.
-        stash.add(15_000, count(2, 1), 14_999);
+        stash.add([(15_000, count(2, 1))], 14_999);
         let released = stash.release(15_001);
         assert_eq!(released.updates, vec![count(2, 1), count(2, 1)]);
     }
@@ -429,18 +442,18 @@ mod tests {
     #[test]
     fn a_group_that_the_bound_entered_takes_no_later_tick() {
         let mut stash = Stash::default();
-        stash.add(10_000, count(1, 1), 0);
+        stash.add([(10_000, count(1, 1))], 0);
         // Bound 10_000 has not passed the group, bound 10_050 has entered it.
-        stash.add(10_100, count(1, 1), 10_050);
+        stash.add([(10_100, count(1, 1))], 10_050);
         let released = stash.release(10_101);
         assert_eq!(released.as_of, 10_101);
         assert_eq!(released.updates.len(), 2);
         assert_eq!(stash.len(), 0);
-        stash.add(20_000, count(1, 1), 0);
-        stash.add(20_010, count(1, 1), 0);
+        stash.add([(20_000, count(1, 1))], 0);
+        stash.add([(20_010, count(1, 1))], 0);
         let released = stash.release(20_005);
         assert_eq!((released.as_of, released.updates.len()), (20_000, 0));
-        stash.add(20_020, count(1, 1), 20_005);
+        stash.add([(20_020, count(1, 1))], 20_005);
         let released = stash.release(20_011);
         assert_eq!((released.as_of, released.updates.len()), (20_011, 2));
         assert_eq!(stash.len(), 1);

@@ -28,10 +28,11 @@
 //! # Sketches as differences
 //!
 //! A [`Sketch`] is a sparse map from bucket id to a *signed* `i64` count,
-//! kept as sorted pairs with no zero entries (compactly encoded, [`Pairs`]), so two sketches of the same
-//! multiset of values are structurally equal (`Eq`, `Ord` and `Hash` are
-//! canonical). Adding sketches ([`Sketch::merge`]) is exact and commutative,
-//! and every sketch has an inverse ([`Sketch::negated`]): sketches form an
+//! kept as sorted pairs with no zero entries (compactly encoded,
+//! [`Pairs`]), so two sketches of the same multiset of values are
+//! structurally equal (`Eq`, `Ord` and `Hash` are canonical). Adding
+//! sketches ([`Sketch::merge`]) is exact and commutative, and every
+//! sketch has an inverse ([`Sketch::negated`]): sketches form an
 //! Abelian group, and implement differential dataflow's
 //! [`IsZero`], [`Semigroup`], [`Monoid`] and [`Abelian`]. A windowed
 //! aggregate is then kept as the *diff* of a collection: a window's values
@@ -349,9 +350,7 @@ impl Sketch {
         if n == 0 {
             return;
         }
-        let mut one = Builder::with_capacity(1);
-        one.push(id, n);
-        self.merge(&one.finish());
+        *self = self.merged_with(std::iter::once((id, n)), 1);
     }
 
     /// The sketch of one occurrence per bucket id (from
@@ -391,9 +390,15 @@ impl Sketch {
             self.bytes = Some(Arc::clone(theirs));
             return;
         }
-        let mut merged = Builder::with_capacity(self.bytes_len().max(other.bytes_len()) / 2);
+        *self = self.merged_with(other.pairs(), other.bytes_len() / 2);
+    }
+
+    /// This sketch plus `pairs` (sorted by id, about `hint` of them), with
+    /// the buckets that reach zero left out.
+    fn merged_with(&self, pairs: impl Iterator<Item = (i32, i64)>, hint: usize) -> Sketch {
+        let mut merged = Builder::with_capacity((self.bytes_len() / 2).max(hint));
         let mut a = self.pairs().peekable();
-        let mut b = other.pairs().peekable();
+        let mut b = pairs.peekable();
         loop {
             let (id, count) = match (a.peek(), b.peek()) {
                 (Some(&(ia, ca)), Some(&(ib, cb))) => {
@@ -421,7 +426,7 @@ impl Sketch {
             };
             merged.push(id, count);
         }
-        *self = merged.finish();
+        merged.finish()
     }
 
     /// Every count replaced by `f(count)` (zeros left out).
