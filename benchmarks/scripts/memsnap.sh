@@ -16,7 +16,7 @@ start_run "$run" "$workers"
 pid=$!
 target/release/bench loadgen --rate "$rate" --duration "$secs" --seed 7 --topic-prefix "$run." >/dev/null 2>&1
 echo "after $secs s at $rate events/s: rss $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"
-curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_(arrangement_records|live_windows|live_count_entries|consumer_lag_messages|source_paused_total|events_ingested_total)' \
+curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_(arrangement_records|live_windows|live_count_entries|heap_allocated_bytes|heap_resident_bytes|consumer_lag_messages|source_paused_total|events_ingested_total)' \
     | awk '{ if ($1 ~ /consumer_lag/) lag += $2; else print } END { print "analytics_consumer_lag_messages (sum)", lag }'
 kill -TERM "$pid"; wait "$pid" || true
 end_run "$run"

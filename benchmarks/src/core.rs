@@ -108,6 +108,13 @@ pub struct CoreResult {
     /// the allocator's slack), an upper bound since the dashboard, counts
     /// and channels grow with it.
     pub bytes_per_live_window: Option<f64>,
+    /// The same from jemalloc's count of allocated bytes instead of RSS
+    /// (no allocator slack, no pages not yet returned).
+    pub heap_bytes_per_live_window: Option<f64>,
+    /// Of those, what the last published snapshot alone holds (bytes freed
+    /// by dropping it once the workers have stopped) per live window:
+    /// the window map's entries and nodes, counts and the dashboard.
+    pub snapshot_bytes_per_live_window: Option<f64>,
 }
 
 /// Runs `events` events through `workers` worker threads, waiting at most
@@ -204,6 +211,8 @@ pub fn run(
         timely::Config::thread()
     };
     let rss_before = crate::env::rss_kib(std::process::id()).unwrap_or(0);
+    let heap = || dataflows::alloc::heap_bytes().map_or(0, |(allocated, _)| allocated);
+    let heap_before = heap();
     let start = Instant::now();
     let worker_ctx = Arc::clone(&ctx);
     let guards = timely::execute(config, move |worker| {
@@ -246,6 +255,7 @@ pub fn run(
     let counted = count(&snap_rx.borrow());
     let live_windows = snap_rx.borrow().windows.len() as u64;
     let rss_end = crate::env::rss_kib(std::process::id()).unwrap_or(0);
+    let heap_end = heap();
     shutdown.store(true, Ordering::SeqCst);
     for r in guards.join() {
         r.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
@@ -274,6 +284,21 @@ pub fn run(
             tally.invalid
         );
     }
+    // The last snapshot alone: what dropping it frees once nothing else
+    // holds it (the workers and the publisher have stopped, so the
+    // channel's sender is gone).
+    let closing = Instant::now() + Duration::from_secs(5);
+    while snap_rx.has_changed().is_ok() && Instant::now() < closing {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let snapshot_bytes = if snap_rx.has_changed().is_err() {
+        let held = heap();
+        drop(snap_rx);
+        held.checked_sub(heap())
+    } else {
+        None
+    };
+    let per_window = |bytes: u64| (live_windows > 0).then(|| bytes as f64 / live_windows as f64);
     let events_per_s = if completed {
         events as f64 / seconds
     } else {
@@ -297,5 +322,7 @@ pub fn run(
         rss_end_mib: rss_end as f64 / 1024.0,
         bytes_per_live_window: (live_windows > 0 && rss_end > rss_before)
             .then(|| (rss_end - rss_before) as f64 * 1024.0 / live_windows as f64),
+        heap_bytes_per_live_window: heap_end.checked_sub(heap_before).and_then(per_window),
+        snapshot_bytes_per_live_window: snapshot_bytes.and_then(per_window),
     })
 }

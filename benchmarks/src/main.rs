@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "dataflow core -w {}: {} events ({} invalid) in {:.3} s: {:.0} events/s, {:.0} per worker (generation {:.1} s, not timed); {} live windows, RSS {:.0} -> {:.0} MiB, {} bytes per live window{}",
+                    "dataflow core -w {}: {} events ({} invalid) in {:.3} s: {:.0} events/s, {:.0} per worker (generation {:.1} s, not timed); {} live windows, RSS {:.0} -> {:.0} MiB, {} bytes per live window (heap {}, of which the snapshot {}){}",
                     r.workers,
                     r.events,
                     r.invalid,
@@ -162,6 +162,10 @@ fn main() -> anyhow::Result<()> {
                     r.rss_before_mib,
                     r.rss_end_mib,
                     r.bytes_per_live_window
+                        .map_or("-".to_string(), |b| format!("{b:.0}")),
+                    r.heap_bytes_per_live_window
+                        .map_or("-".to_string(), |b| format!("{b:.0}")),
+                    r.snapshot_bytes_per_live_window
                         .map_or("-".to_string(), |b| format!("{b:.0}")),
                     if r.completed {
                         String::new()

@@ -18,3 +18,28 @@
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Bytes the process's code holds in allocations, and bytes of memory
+/// jemalloc has mapped and resident (its metadata and not yet returned
+/// dirty pages included): jemalloc's `stats.allocated` and
+/// `stats.resident`, refreshed by this call. `None` if jemalloc refuses.
+pub fn heap_bytes() -> Option<(u64, u64)> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    let allocated = tikv_jemalloc_ctl::stats::allocated::read().ok()?;
+    let resident = tikv_jemalloc_ctl::stats::resident::read().ok()?;
+    Some((allocated as u64, resident as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn heap_bytes_see_an_allocation() {
+        let (before, resident) = super::heap_bytes().expect("jemalloc stats");
+        assert!(resident >= before);
+        // Large enough that other tests running meanwhile cannot hide it.
+        let held = vec![1u8; 512 << 20];
+        let (after, _) = super::heap_bytes().expect("jemalloc stats");
+        assert!(after >= before + (256 << 20), "{before} -> {after}");
+        drop(held);
+    }
+}

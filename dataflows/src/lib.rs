@@ -11,7 +11,7 @@
 //! Event time is data, carried inside each record.
 
 pub mod aggregates;
-mod alloc;
+pub mod alloc;
 pub mod counts;
 pub mod dashboard;
 pub mod dashboard_ops;

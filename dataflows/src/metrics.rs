@@ -155,6 +155,26 @@ pub static WINDOWS_HELD: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static HEAP_ALLOCATED: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_heap_allocated_bytes",
+            "Bytes held in heap allocations (jemalloc stats.allocated), refreshed at each live publish"
+        ),
+        "analytics_heap_allocated_bytes",
+    )
+});
+
+pub static HEAP_RESIDENT: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_die(
+        register_int_gauge!(
+            "analytics_heap_resident_bytes",
+            "Bytes of heap memory resident, allocator metadata and dirty pages not yet returned included (jemalloc stats.resident), refreshed at each live publish"
+        ),
+        "analytics_heap_resident_bytes",
+    )
+});
+
 pub static SCHEMA_COMPILATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     or_die(
         register_int_counter!(
@@ -195,6 +215,8 @@ pub fn init(topics: &[String]) {
     LazyLock::force(&LATE_WINDOW_EVENTS);
     LazyLock::force(&LATE_WINDOW_UPDATES);
     LazyLock::force(&WINDOWS_HELD);
+    LazyLock::force(&HEAP_ALLOCATED);
+    LazyLock::force(&HEAP_RESIDENT);
     LazyLock::force(&SCHEMA_COMPILATIONS);
     LazyLock::force(&CUSTOM_SCHEMAS);
 }

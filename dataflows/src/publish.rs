@@ -363,6 +363,10 @@ fn spawn_publisher(
                 }
                 metrics::LIVE_ENTRIES.set(counts.len() as i64);
                 metrics::WINDOWS_HELD.set(windows.len() as i64);
+                if let Some((allocated, resident)) = crate::alloc::heap_bytes() {
+                    metrics::HEAP_ALLOCATED.set(allocated as i64);
+                    metrics::HEAP_RESIDENT.set(resident as i64);
+                }
                 let windows_covered_from = spec
                     .intervals
                     .iter()
