@@ -141,7 +141,16 @@ pub type WindowTrace = TraceAgent<KeySpine<WinId, u64, Agg>>;
 /// Where [`retire_windows`] finds the arrangement it feeds, once it exists.
 pub type TraceSlot = Rc<RefCell<Option<WindowTrace>>>;
 
-/// Exchanges window deltas on their series and retires each window once,
+/// A window update out of [`retire_windows`], and whether the live state
+/// takes it as a window diff (`true`: a retraction, or an update that did
+/// not come from the fold; the fold's reach the live state as pane diffs
+/// instead, see `LiveUpdate::Pane`).
+pub type RetiredUpdate = (WinId, u64, Agg, bool);
+
+type RetiredBuilder = CapacityContainerBuilder<Vec<RetiredUpdate>>;
+
+/// Exchanges window deltas (`folded`, from [`fold_windows`], and `other`,
+/// from REST and restores) on their series and retires each window once,
 /// at [`WindowSpec::expire_at`], by the negation of all it received.
 ///
 /// The operator keeps only which windows are live and when each leaves;
@@ -150,107 +159,118 @@ pub type TraceSlot = Rc<RefCell<Option<WindowTrace>>>;
 /// update before the retirement tick. A window is thus held once in the
 /// dataflow. When the input ends, nothing is retracted: the dataflow stops.
 pub fn retire_windows<'s>(
-    updates: Stream<'s, u64, Vec<WinUpdate>>,
+    folded: Stream<'s, u64, Vec<WinUpdate>>,
+    other: Stream<'s, u64, Vec<WinUpdate>>,
     spec: Arc<WindowSpec>,
     slot: TraceSlot,
-) -> Stream<'s, u64, Vec<WinUpdate>> {
-    let pact = Exchange::new(|(id, _, _): &WinUpdate| series_hash(&id.series));
-    let scope = updates.scope();
-    updates.unary_frontier::<WinBuilder, _, _, _>(pact, "RetireWindows", move |_, info| {
-        let activator = scope.activator_for(Rc::clone(&info.address));
-        // The live windows of this worker's series.
-        let mut live: FastSet<WinId> = FastSet::default();
-        // Windows by the tick they leave memory, with a capability for it.
-        let mut schedule: BTreeMap<u64, (Capability<u64>, Vec<WinId>)> = BTreeMap::new();
-        let mut upper = Antichain::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let Some(cap) = cap.retain_least(0) else {
-                    return;
-                };
+) -> Stream<'s, u64, Vec<RetiredUpdate>> {
+    let pact = || Exchange::new(|(id, _, _): &WinUpdate| series_hash(&id.series));
+    let scope = folded.scope();
+    folded.binary_frontier::<_, RetiredBuilder, _, _, _, _>(
+        other,
+        pact(),
+        pact(),
+        "RetireWindows",
+        move |_, info| {
+            let activator = scope.activator_for(Rc::clone(&info.address));
+            // The live windows of this worker's series.
+            let mut live: FastSet<WinId> = FastSet::default();
+            // Windows by the tick they leave memory, with a capability for it.
+            let mut schedule: BTreeMap<u64, (Capability<u64>, Vec<WinId>)> = BTreeMap::new();
+            let mut upper = Antichain::new();
+            move |(folded, frontier1), (other, frontier2), output| {
                 let mut late = 0u64;
-                let mut session = output.session(&cap);
-                for (id, time, diff) in data.drain(..) {
-                    let at = spec.expire_at_window(id.interval, id.start);
-                    if at <= time {
-                        late += 1;
-                        continue;
+                let mut take = |cap: timely::dataflow::operators::InputCapability<u64>,
+                                data: &mut Vec<WinUpdate>,
+                                from_fold: bool| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    let mut session = output.session(&cap);
+                    for (id, time, diff) in data.drain(..) {
+                        let at = spec.expire_at_window(id.interval, id.start);
+                        if at <= time {
+                            late += 1;
+                            continue;
+                        }
+                        if live.insert(id) {
+                            schedule
+                                .entry(at)
+                                .or_insert_with(|| (cap.delayed(&at), Vec::new()))
+                                .1
+                                .push(id);
+                        }
+                        session.give((id, time, diff, !from_fold));
                     }
-                    if live.insert(id) {
-                        schedule
-                            .entry(at)
-                            .or_insert_with(|| (cap.delayed(&at), Vec::new()))
-                            .1
-                            .push(id);
-                    }
-                    session.give((id, time, diff));
-                }
+                };
+                folded.for_each(|cap, data| take(cap, data, true));
+                other.for_each(|cap, data| take(cap, data, false));
                 if late > 0 {
                     metrics::LATE_WINDOW_UPDATES.inc_by(late);
                 }
-            });
-            if frontier.frontier().is_empty() {
-                schedule.clear();
-                live.clear();
-                return;
-            }
-            let bound = frontier_min(frontier);
-            let mut slot = slot.borrow_mut();
-            let Some(trace) = slot.as_mut() else {
-                return;
-            };
-            // Everything before the trace's upper is in it; this handle
-            // never reads before that again.
-            trace.read_upper(&mut upper);
-            trace.set_logical_compaction(upper.borrow());
-            trace.set_physical_compaction(upper.borrow());
-            let mut due = Vec::new();
-            while let Some(entry) = schedule.first_entry() {
-                let at = *entry.key();
-                if at > bound {
-                    break;
+                if frontier1.frontier().is_empty() && frontier2.frontier().is_empty() {
+                    schedule.clear();
+                    live.clear();
+                    return;
                 }
-                if upper.less_than(&at) {
-                    // Updates before `at` are still on their way into the
-                    // arrangement: look again at the next step.
-                    activator.activate();
-                    break;
+                let bound = frontier_min(frontier1).min(frontier_min(frontier2));
+                let mut slot = slot.borrow_mut();
+                let Some(trace) = slot.as_mut() else {
+                    return;
+                };
+                // Everything before the trace's upper is in it; this handle
+                // never reads before that again.
+                trace.read_upper(&mut upper);
+                trace.set_logical_compaction(upper.borrow());
+                trace.set_physical_compaction(upper.borrow());
+                let mut due = Vec::new();
+                while let Some(entry) = schedule.first_entry() {
+                    let at = *entry.key();
+                    if at > bound {
+                        break;
+                    }
+                    if upper.less_than(&at) {
+                        // Updates before `at` are still on their way into the
+                        // arrangement: look again at the next step.
+                        activator.activate();
+                        break;
+                    }
+                    due.push(entry.remove_entry());
                 }
-                due.push(entry.remove_entry());
-            }
-            if due.is_empty() {
-                return;
-            }
-            let mut ids: Vec<(WinId, usize)> = due
-                .iter()
-                .enumerate()
-                .flat_map(|(i, (_, (_, ids)))| ids.iter().map(move |id| (*id, i)))
-                .collect();
-            ids.sort_unstable();
-            let Some(batches) = trace.batches_through(upper.borrow()) else {
-                tracing::error!("window arrangement cannot be read through its own upper");
-                return;
-            };
-            let (mut cursor, storage) = cursor_list(batches);
-            let mut retractions: Vec<Vec<WinUpdate>> = vec![Vec::new(); due.len()];
-            for (id, group) in ids {
-                live.remove(&id);
-                cursor.seek_key(&storage, &id);
-                if cursor.get_key(&storage) != Some(&id) {
-                    continue;
+                if due.is_empty() {
+                    return;
                 }
-                let mut agg = Agg::default();
-                cursor.map_times(&storage, |_, diff| agg.plus_equals(diff));
-                if !agg.is_zero() {
-                    agg.negate();
-                    retractions[group].push((id, due[group].0, agg));
+                let mut ids: Vec<(WinId, usize)> = due
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, (_, (_, ids)))| ids.iter().map(move |id| (*id, i)))
+                    .collect();
+                ids.sort_unstable();
+                let Some(batches) = trace.batches_through(upper.borrow()) else {
+                    tracing::error!("window arrangement cannot be read through its own upper");
+                    return;
+                };
+                let (mut cursor, storage) = cursor_list(batches);
+                let mut retractions: Vec<Vec<RetiredUpdate>> = vec![Vec::new(); due.len()];
+                for (id, group) in ids {
+                    live.remove(&id);
+                    cursor.seek_key(&storage, &id);
+                    if cursor.get_key(&storage) != Some(&id) {
+                        continue;
+                    }
+                    let mut agg = Agg::default();
+                    cursor.map_times(&storage, |_, diff| agg.plus_equals(diff));
+                    if !agg.is_zero() {
+                        agg.negate();
+                        retractions[group].push((id, due[group].0, agg, true));
+                    }
+                }
+                for ((_, (cap, _)), updates) in due.iter().zip(retractions) {
+                    output.session(cap).give_iterator(updates.into_iter());
                 }
             }
-            for ((_, (cap, _)), updates) in due.iter().zip(retractions) {
-                output.session(cap).give_iterator(updates.into_iter());
-            }
-        }
-    })
+        },
+    )
 }
 
 /// Windows restored from PostgreSQL, emitted by worker 0 at time 0.

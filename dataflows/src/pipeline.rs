@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! start offsets (worker 0, t=0) ─broadcast─► Kafka source ─► records
-//! build_windows:   records ─► FoldWindows (1m panes per series, per tick) ─► deltas ─┬─► DurableSink ─► durability ─┐
-//!                  deltas + REST + restored ─exchange(series)─► RetireWindows ⇄ arrange WindowAggregates ─┐         │
-//! build_counts:    records + REST records ─► CountByTypeSecond ─► arrange LiveCountsByTypeSecond ─────────┤         │
-//! build_dashboard: records + REST records ─► sums, active users, strategies ─► arrangements ─────────────┴► leaders ─► PublishSnapshot ─► publisher thread
+//! build_windows:   records ─► FoldWindows (1m panes per series, per tick) ─┬─► finest interval: deltas ─┬─► DurableSink ─► durability ─┐
+//!                                                                          │                            └─► pane diffs ──────────────┐ │
+//!                  every interval + REST + restored ─exchange(series)─► RetireWindows ⇄ arrange WindowAggregates                  │ │
+//!                                                   └─► retractions, REST and restored diffs ─────────────────────────────────────┤ │
+//! build_counts:    records + REST records ─► CountByTypeSecond ─► arrange LiveCountsByTypeSecond ──────────────────────────────────┤ │
+//! build_dashboard: records + REST records ─► sums, active users, strategies ─► arrangements ──────────────────────────────────────┴►leaders ─► PublishSnapshot ─► publisher thread (expands pane diffs)
 //! ```
 
 use std::cell::RefCell;
@@ -334,11 +336,20 @@ pub fn build_windows<'s>(
     let deltas = folded
         .clone()
         .filter(move |(id, _, _)| Some(id.interval) == finest);
+    // The live state takes the fold's deltas as pane diffs (finest only,
+    // expanded to every interval by the publisher): one update per pane
+    // crosses to the leader and waits there for durability, not one per
+    // interval. Retractions and other updates go as window diffs.
+    let panes = deltas
+        .clone()
+        .map(|(id, time, agg)| (time, LiveUpdate::Pane(id, agg)));
     let slot: TraceSlot = Rc::new(RefCell::new(None));
     // Arranged where RetireWindows put each series (no second exchange),
     // so that it can read what it retires from this worker's trace.
-    let keyed = retire_windows(folded.concat(window_ids(extra)), spec, Rc::clone(&slot))
-        .map(|(id, time, agg)| ((id, ()), time, agg));
+    let retired = retire_windows(folded, window_ids(extra), spec, Rc::clone(&slot));
+    let keyed = retired
+        .clone()
+        .map(|(id, time, agg, _)| ((id, ()), time, agg));
     let arranged = arrange_core::<_, _, KeyBatcher<WinId, u64, Agg>, KeySpine<WinId, u64, Agg>>(
         keyed,
         Pipeline,
@@ -347,10 +358,9 @@ pub fn build_windows<'s>(
     );
     *slot.borrow_mut() = Some(arranged.trace.clone());
     let trace = arranged.trace.clone();
-    let updates = arranged
-        .flat_map_ref(|key, _| Some(*key))
-        .inner
-        .map(|(key, time, diff)| (time, LiveUpdate::Window(key, diff)));
+    let updates = retired
+        .flat_map(|(id, time, agg, live)| live.then_some((time, LiveUpdate::Window(id, agg))))
+        .concat(panes);
     Windows {
         deltas,
         trace,
