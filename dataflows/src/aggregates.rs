@@ -226,7 +226,13 @@ pub fn retire_windows<'s>(
                 let mut due = Vec::new();
                 while let Some(entry) = schedule.first_entry() {
                     let at = *entry.key();
-                    if at > bound {
+                    // Only once the inputs have passed `at`, as an
+                    // arrangement's output would: a retraction handed on
+                    // while `at` is still the frontier reaches the publisher
+                    // with the ticks before it, and (durability lagging)
+                    // joins their stash group, which then waits for `at`
+                    // to be durable too.
+                    if at >= bound {
                         break;
                     }
                     if upper.less_than(&at) {

@@ -893,6 +893,52 @@ proptest! {
     }
 }
 
+/// The case the oracle test once found (shrunk): a window retires at the
+/// very tick the input has just reached while durability lags. Its
+/// retraction must not join the stash's group of earlier ticks, or that
+/// group (and the snapshot) waits for the next tick once the sink catches
+/// up, instead of reaching the new bound.
+#[test]
+fn a_retirement_at_the_frontier_does_not_hold_back_the_snapshot() {
+    let plain = Gen {
+        ty: 0,
+        delta_s: 0,
+        micros: 0,
+        price: Num::Absent,
+        quantity: Num::Absent,
+        pnl: Num::Absent,
+        commission: Num::Absent,
+        symbol: Label::Absent,
+        side: Label::Absent,
+        strategy: Label::Absent,
+    };
+    let steps = vec![
+        Step {
+            events: vec![],
+            gap: Gap::Ticks(3040),
+            defer_ack: false,
+        },
+        Step {
+            events: vec![plain.clone()],
+            gap: Gap::Ticks(5760),
+            defer_ack: true,
+        },
+        Step {
+            events: vec![plain],
+            gap: Gap::Minute(1, 0),
+            defer_ack: false,
+        },
+    ];
+    run_scenario(
+        steps,
+        Checks {
+            windows: true,
+            rollups: true,
+            series: true,
+        },
+    );
+}
+
 /// A deterministic companion to the oracle test: an event already beyond
 /// every horizon (3 h old), and one beyond the 1m and 5m horizons only
 /// (55 min old, in the previous hour: T0 is 3,200 s into its hour), reach the
