@@ -20,7 +20,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
-use differential_dataflow::difference::Semigroup;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -28,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::event::Event;
 use crate::ids::Sym;
 use crate::sketch::Sketch;
-use crate::windows::{to_nano, Agg, Dims, Interval, WindowKey, WindowSpec, DIMENSIONS};
+use crate::windows::{to_nano, Agg, AggSum, Dims, Interval, WindowKey, WindowSpec, DIMENSIONS};
 use crate::FastMap;
 
 /// A metric and one dimension row of it; [`Sym::NONE`] marks a dimension
@@ -318,45 +317,17 @@ impl Partials {
         self.panes.is_empty()
     }
 
-    /// The window deltas of the panes held, emptying them: every pane added
-    /// to the window of each configured interval that holds it, one delta
-    /// per window. The panes are sorted by series and minute, so the panes
-    /// of one window are adjacent: no map of windows is built.
+    /// The window deltas of the panes held, emptying them (see
+    /// [`expand_panes`]).
     pub fn drain_ids(&mut self, spec: &WindowSpec) -> Vec<(WinId, Agg)> {
-        let mut panes: Vec<((SeriesId, i64), Pane)> = self.panes.drain().collect();
+        let mut panes: Vec<((SeriesId, i64), Agg)> = self
+            .panes
+            .drain()
+            .map(|(key, pane)| (key, pane.into_agg()))
+            .collect();
         panes.sort_unstable_by_key(|(key, _)| *key);
         let mut out = Vec::with_capacity(panes.len() * spec.intervals.len());
-        let mut group: Vec<(i64, Agg)> = Vec::new();
-        let mut panes = panes.into_iter().peekable();
-        while let Some(((series, minute), pane)) = panes.next() {
-            group.clear();
-            group.push((minute, pane.into_agg()));
-            while let Some(((_, minute), pane)) = panes.next_if(|((s, _), _)| *s == series) {
-                group.push((minute, pane.into_agg()));
-            }
-            for (interval, _) in &spec.intervals {
-                let id = |start| WinId {
-                    series,
-                    interval: *interval,
-                    start,
-                };
-                let mut window: Option<(i64, Agg)> = None;
-                for (minute, agg) in &group {
-                    let start = interval.window_of(*minute);
-                    match &mut window {
-                        Some((s, sum)) if *s == start => sum.plus_equals(agg),
-                        _ => {
-                            if let Some((start, sum)) = window.replace((start, agg.clone())) {
-                                out.push((id(start), sum));
-                            }
-                        }
-                    }
-                }
-                if let Some((start, sum)) = window {
-                    out.push((id(start), sum));
-                }
-            }
-        }
+        expand_panes(panes, spec, &mut out);
         out
     }
 
@@ -380,6 +351,49 @@ impl Partials {
                 pane.buckets.extend(bucket);
             }
             None => pane.agg.count += 1,
+        }
+    }
+}
+
+/// Adds to `out` the window deltas of `panes` (sorted by series and
+/// minute): every pane added to the window of each configured interval
+/// that holds it, one delta per window, in window order. The panes of one
+/// window are adjacent: no map of windows is built, and a window's sum is
+/// encoded once ([`AggSum`]).
+pub fn expand_panes(
+    panes: Vec<((SeriesId, i64), Agg)>,
+    spec: &WindowSpec,
+    out: &mut Vec<(WinId, Agg)>,
+) {
+    let mut group: Vec<(i64, Agg)> = Vec::new();
+    let mut panes = panes.into_iter().peekable();
+    while let Some(((series, minute), agg)) = panes.next() {
+        group.clear();
+        group.push((minute, agg));
+        while let Some(((_, minute), agg)) = panes.next_if(|((s, _), _)| *s == series) {
+            group.push((minute, agg));
+        }
+        for (interval, _) in &spec.intervals {
+            let id = |start| WinId {
+                series,
+                interval: *interval,
+                start,
+            };
+            let mut window: Option<(i64, AggSum)> = None;
+            for (minute, agg) in &group {
+                let start = interval.window_of(*minute);
+                if !matches!(&window, Some((s, _)) if *s == start) {
+                    if let Some((start, sum)) = window.replace((start, AggSum::default())) {
+                        out.push((id(start), sum.finish()));
+                    }
+                }
+                if let Some((_, sum)) = &mut window {
+                    sum.add(agg.clone());
+                }
+            }
+            if let Some((start, sum)) = window {
+                out.push((id(start), sum.finish()));
+            }
         }
     }
 }

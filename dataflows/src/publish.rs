@@ -25,9 +25,9 @@ use crate::counts::Horizon;
 use crate::dashboard::{CountSum, StrategyState};
 use crate::live::{LiveCounts, LiveDashboard, LiveSnapshot, LiveWindows};
 use crate::metrics;
-use crate::panes::WinId;
+use crate::panes::{expand_panes, SeriesId, WinId};
 use crate::time::now_ms;
-use crate::windows::{Agg, Interval, WindowSpec};
+use crate::windows::{Agg, AggSum, Interval, WindowSpec};
 use crate::FastMap;
 
 /// A change to live state.
@@ -209,24 +209,45 @@ impl Group {
         }
     }
 
-    /// Its updates, windows last and panes expanded to every interval;
-    /// sums that cancelled out are left out.
-    fn into_updates(self, spec: &WindowSpec) -> impl Iterator<Item = LiveUpdate> + '_ {
-        let panes = self
+    /// Its updates, then its window diffs, with each pane's added to the
+    /// window of every interval that holds it ([`expand_panes`]); sums that
+    /// cancelled out are left out. A window receives one diff per group,
+    /// whatever the number of its panes (applying each pane's to the live
+    /// window would merge into the window's whole sketch once per pane),
+    /// and the diffs come in window order: the live windows are an ordered
+    /// map whose nodes are shared with the last snapshot, so neighbouring
+    /// windows copy and touch the same nodes.
+    fn into_updates(self, spec: &WindowSpec) -> impl Iterator<Item = LiveUpdate> {
+        let mut panes: Vec<((SeriesId, i64), Agg)> = self
             .panes
             .into_iter()
             .filter(|(_, agg)| !agg.is_zero())
-            .flat_map(move |(id, agg)| {
-                spec.intervals.iter().map(move |(interval, _)| {
-                    LiveUpdate::Window(window_of(&id, *interval), agg.clone())
-                })
-            });
+            .map(|(id, agg)| ((id.series, id.start), agg))
+            .collect();
+        panes.sort_unstable_by_key(|(key, _)| *key);
+        let mut windows: Vec<(WinId, Agg)> =
+            Vec::with_capacity(self.windows.len() + panes.len() * spec.intervals.len());
+        expand_panes(panes, spec, &mut windows);
+        windows.extend(self.windows);
+        // Stable: a window's pane sum and its other diff stay adjacent.
+        windows.sort_by_key(|(id, _)| *id);
+        let mut summed: Vec<(WinId, Agg)> = Vec::with_capacity(windows.len());
+        let mut windows = windows.into_iter().peekable();
+        while let Some((id, agg)) = windows.next() {
+            let mut sum = AggSum::default();
+            sum.add(agg);
+            while let Some((_, agg)) = windows.next_if(|(next, _)| *next == id) {
+                sum.add(agg);
+            }
+            let agg = sum.finish();
+            if !agg.is_zero() {
+                summed.push((id, agg));
+            }
+        }
         self.updates.into_iter().chain(
-            self.windows
+            summed
                 .into_iter()
-                .filter(|(_, agg)| !agg.is_zero())
-                .map(|(id, agg)| LiveUpdate::Window(id, agg))
-                .chain(panes),
+                .map(|(id, agg)| LiveUpdate::Window(id, agg)),
         )
     }
 
@@ -587,6 +608,56 @@ mod tests {
             vec![LiveUpdate::Window(window(0), expected)],
             "the window that cancelled out is left out"
         );
+    }
+
+    #[test]
+    fn panes_expand_to_one_sum_per_window_in_window_order() {
+        use crate::panes::SeriesId;
+        let spec = Arc::new(crate::windows::test_spec());
+        let finest = spec.intervals[0].0;
+        let coarsest = spec
+            .intervals
+            .last()
+            .expect("the test spec has intervals")
+            .0;
+        let pane = |start: i64| WinId {
+            series: SeriesId::default(),
+            interval: finest,
+            start,
+        };
+        let mut stash = Stash::new(Arc::clone(&spec));
+        stash.add(
+            [
+                (10_000, LiveUpdate::Pane(pane(0), Agg::of_value(1.0))),
+                (10_000, LiveUpdate::Pane(pane(60), Agg::of_value(2.0))),
+                (10_000, LiveUpdate::Pane(pane(0), Agg::of_value(4.0))),
+                (
+                    10_000,
+                    LiveUpdate::Window(window_of(&pane(0), coarsest), Agg::of_value(8.0)),
+                ),
+            ],
+            0,
+        );
+        let released = stash.release(10_001);
+        // The same sums, one merge at a time.
+        let mut expected: BTreeMap<WinId, Agg> = BTreeMap::new();
+        for (start, v) in [(0, 1.0), (60, 2.0), (0, 4.0)] {
+            for (interval, _) in &spec.intervals {
+                expected
+                    .entry(window_of(&pane(start), *interval))
+                    .or_default()
+                    .plus_equals(&Agg::of_value(v));
+            }
+        }
+        expected
+            .entry(window_of(&pane(0), coarsest))
+            .or_default()
+            .plus_equals(&Agg::of_value(8.0));
+        let expected: Vec<LiveUpdate> = expected
+            .into_iter()
+            .map(|(id, agg)| LiveUpdate::Window(id, agg))
+            .collect();
+        assert_eq!(released.updates, expected);
     }
 
     #[test]

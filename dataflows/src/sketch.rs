@@ -259,6 +259,47 @@ impl Builder {
     }
 }
 
+/// The sketch of `pairs` given in increasing id order, the counts of equal
+/// ids summed and zero sums left out; about `hint` distinct ids.
+fn encode_sorted(pairs: impl Iterator<Item = (i32, i64)>, hint: usize) -> Sketch {
+    let mut builder = Builder::with_capacity(hint);
+    let mut run: Option<(i32, i64)> = None;
+    for (id, n) in pairs {
+        match &mut run {
+            Some((last, count)) if *last == id => *count = count.wrapping_add(n),
+            _ => {
+                if let Some((last, count)) = run.replace((id, n)) {
+                    builder.push(last, count);
+                }
+            }
+        }
+    }
+    if let Some((last, count)) = run {
+        builder.push(last, count);
+    }
+    builder.finish()
+}
+
+/// The sum of many sketches, encoded once: their pairs are gathered, then
+/// sorted and summed per id, where a [`Sketch::merge`] per sketch would
+/// decode and encode the whole running sum each time.
+#[derive(Debug, Default)]
+pub struct SketchSum {
+    pairs: Vec<(i32, i64)>,
+}
+
+impl SketchSum {
+    pub fn add(&mut self, sketch: &Sketch) {
+        self.pairs.extend(sketch.pairs());
+    }
+
+    pub fn finish(mut self) -> Sketch {
+        self.pairs.sort_unstable_by_key(|(id, _)| *id);
+        let hint = self.pairs.len();
+        encode_sorted(self.pairs.into_iter(), hint)
+    }
+}
+
 /// The serialised form of a [`Sketch`] before its invariants are checked.
 #[derive(Deserialize)]
 struct SketchRepr {
@@ -358,26 +399,8 @@ impl Sketch {
     /// than one [`Sketch::add_to_bucket`] per value when many values are
     /// collected first: one sort instead of a sorted insert each.
     pub fn of_buckets(ids: &mut [i32]) -> Sketch {
-        if ids.is_empty() {
-            return Sketch::new();
-        }
         ids.sort_unstable();
-        let mut builder = Builder::with_capacity(ids.len().min(64));
-        let mut run: Option<(i32, i64)> = None;
-        for &id in ids.iter() {
-            match &mut run {
-                Some((last, n)) if *last == id => *n += 1,
-                _ => {
-                    if let Some((last, n)) = run.replace((id, 1)) {
-                        builder.push(last, n);
-                    }
-                }
-            }
-        }
-        if let Some((last, n)) = run {
-            builder.push(last, n);
-        }
-        builder.finish()
+        encode_sorted(ids.iter().map(|&id| (id, 1)), ids.len().min(64))
     }
 
     /// Adds `other`'s counts to this sketch, dropping buckets that reach
@@ -924,6 +947,30 @@ mod tests {
             (-1e-9..1e-9f64),
             any::<f64>(),
         ]
+    }
+
+    proptest! {
+        /// A sum encoded once equals the same sketches merged one by one,
+        /// retractions included (zero sums left out, canonical form).
+        #[test]
+        fn a_sketch_sum_equals_merging_one_by_one(
+            parts in prop::collection::vec(
+                (prop::collection::vec(value(), 0..50), any::<bool>()),
+                0..8,
+            ),
+        ) {
+            let mut sum = SketchSum::default();
+            let mut merged = Sketch::new();
+            for (values, retract) in &parts {
+                let mut part = sketch_of(values);
+                if *retract {
+                    part = part.negated();
+                }
+                sum.add(&part);
+                merged.merge(&part);
+            }
+            prop_assert_eq!(sum.finish(), merged);
+        }
     }
 
     proptest! {

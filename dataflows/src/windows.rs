@@ -19,7 +19,7 @@ use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
 
 pub use crate::panes::{contribute, DimensionGuard, Partials};
-use crate::sketch::Sketch;
+use crate::sketch::{Sketch, SketchSum};
 use crate::time::tick_ceil;
 
 /// The intervals a window can have: name and length in seconds.
@@ -321,6 +321,41 @@ impl Semigroup for Agg {
         self.min = self.min.min(rhs.min);
         self.max = self.max.max(rhs.max);
         self.sketch.merge(&rhs.sketch);
+    }
+}
+
+/// The sum of many aggregates, its sketch encoded once ([`SketchSum`]); a
+/// sum of one is that aggregate as it is (its sketch shared, not copied).
+#[derive(Debug, Default)]
+pub struct AggSum {
+    agg: Option<Agg>,
+    sketch: Option<SketchSum>,
+}
+
+impl AggSum {
+    pub fn add(&mut self, other: Agg) {
+        let Some(agg) = &mut self.agg else {
+            self.agg = Some(other);
+            return;
+        };
+        agg.count += other.count;
+        agg.sum += other.sum;
+        agg.min = agg.min.min(other.min);
+        agg.max = agg.max.max(other.max);
+        let sketch = self.sketch.get_or_insert_with(|| {
+            let mut sum = SketchSum::default();
+            sum.add(&agg.sketch);
+            sum
+        });
+        sketch.add(&other.sketch);
+    }
+
+    pub fn finish(self) -> Agg {
+        let mut agg = self.agg.unwrap_or_default();
+        if let Some(sketch) = self.sketch {
+            agg.sketch = sketch.finish();
+        }
+        agg
     }
 }
 
