@@ -9,7 +9,8 @@
 //! and a minute of event time; every interval (1m … 1d) is an aligned
 //! multiple of a minute, so a window's contribution is the sum of its
 //! panes'. [`Partials`] folds events into panes (one hash-map update per
-//! event, metric and row, never one per interval) and [`Partials::drain_ids`]
+//! event and dimension row, holding the panes of every metric of the
+//! event's type; never one per interval) and [`Partials::drain_ids`]
 //! expands a tick's panes into window deltas ([`WinId`], [`Agg`]): one per
 //! window touched in the tick, whatever the number of events.
 //!
@@ -263,6 +264,21 @@ impl MetricIds {
     }
 }
 
+impl MetricIds {
+    /// Metrics of the type: its count, then its values.
+    fn len(&self) -> usize {
+        1 + self.values.len()
+    }
+
+    /// The id of metric `m` (0: the count, then the values in order).
+    fn metric(&self, m: usize) -> Option<Sym> {
+        match m {
+            0 => self.count,
+            m => self.values.get(m - 1).copied().flatten(),
+        }
+    }
+}
+
 /// The name of an event type's count metric is this followed by the type.
 const COUNT_PREFIX: &str = "events.count.";
 
@@ -301,29 +317,52 @@ impl Pane {
 
 /// Window contributions of events, folded per series and minute of event
 /// time. See the [module docs](self).
+///
+/// The panes of one event type's metrics for one dimension row and minute
+/// are held together, one per metric of the type in the order of its
+/// [`MetricIds`] (count, numeric properties, notional): an event costs one
+/// map update per row, not one per metric and row. A pane no event reached
+/// has a count of 0 and yields nothing.
 #[derive(Debug, Default)]
 pub struct Partials {
-    panes: FastMap<(SeriesId, i64), Pane>,
-    names: FastMap<String, MetricIds>,
+    /// (event type, dimension row, minute) → one pane per metric of the type.
+    rows: FastMap<(u32, [Sym; 3], i64), Vec<Pane>>,
+    /// Event type → its index in `types`.
+    names: FastMap<String, u32>,
+    types: Vec<MetricIds>,
 }
 
 impl Partials {
     /// Panes held.
     pub fn len(&self) -> usize {
-        self.panes.len()
+        self.rows
+            .values()
+            .map(|panes| panes.iter().filter(|p| p.agg.count != 0).count())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.panes.is_empty()
+        self.rows.is_empty()
     }
 
     /// The window deltas of the panes held, emptying them (see
     /// [`expand_panes`]).
     pub fn drain_ids(&mut self, spec: &WindowSpec) -> Vec<(WinId, Agg)> {
+        let types = &self.types;
         let mut panes: Vec<((SeriesId, i64), Agg)> = self
-            .panes
+            .rows
             .drain()
-            .map(|(key, pane)| (key, pane.into_agg()))
+            .flat_map(|((ty, dims, minute), panes)| {
+                let ids = &types[ty as usize];
+                panes
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, pane)| pane.agg.count != 0)
+                    .filter_map(move |(m, pane)| {
+                        let metric = ids.metric(m)?;
+                        Some(((SeriesId { metric, dims }, minute), pane.into_agg()))
+                    })
+            })
             .collect();
         panes.sort_unstable_by_key(|(key, _)| *key);
         let mut out = Vec::with_capacity(panes.len() * spec.intervals.len());
@@ -343,14 +382,38 @@ impl Partials {
         self.drain(spec).collect()
     }
 
-    fn add(&mut self, series: SeriesId, minute: i64, value: Option<(i128, Option<i32>)>) {
-        let pane = self.panes.entry((series, minute)).or_default();
+    /// The index of `event_type`, its metric ids made on first sight.
+    fn type_index(&mut self, event_type: &str, spec: &WindowSpec) -> u32 {
+        if let Some(ty) = self.names.get(event_type) {
+            return *ty;
+        }
+        let ty = self.types.len() as u32;
+        self.types.push(MetricIds::new(event_type, spec));
+        self.names.insert(event_type.to_string(), ty);
+        ty
+    }
+
+    /// The panes of a row (one per metric of the type).
+    fn row(&mut self, ty: u32, dims: [Sym; 3], minute: i64) -> &mut Vec<Pane> {
+        let metrics = self.types[ty as usize].len();
+        self.rows
+            .entry((ty, dims, minute))
+            .or_insert_with(|| (0..metrics).map(|_| Pane::default()).collect())
+    }
+}
+
+/// What an event adds to a pane: its value in nano-units and sketch
+/// bucket, or `None` for a count-only metric.
+type Value = Option<(i128, Option<i32>)>;
+
+impl Pane {
+    fn add(&mut self, value: Value) {
         match value {
             Some((nano, bucket)) => {
-                pane.agg.add_value(nano, None);
-                pane.buckets.extend(bucket);
+                self.agg.add_value(nano, None);
+                self.buckets.extend(bucket);
             }
-            None => pane.agg.count += 1,
+            None => self.agg.count += 1,
         }
     }
 }
@@ -410,18 +473,14 @@ pub fn contribute(
     let second = event.second();
     let minute = second.div_euclid(60) * 60;
     let fields = Fields::parse(&event.properties);
-    let ids = match into.names.get(event.event_type.as_str()) {
-        Some(ids) => ids,
-        None => into
-            .names
-            .entry(event.event_type.clone())
-            .or_insert_with(|| MetricIds::new(&event.event_type, spec)),
-    };
-    let mut metrics: Vec<(Option<Sym>, Option<f64>)> = Vec::with_capacity(4);
-    metrics.push((ids.count, None));
+    let ty = into.type_index(&event.event_type, spec);
+    let ids = &into.types[ty as usize];
+    // (metric index in the type's row, id, value)
+    let mut metrics: Vec<(usize, Option<Sym>, Option<f64>)> = Vec::with_capacity(5);
+    metrics.push((0, ids.count, None));
     // price and quantity are read once, for their own metrics and notional.
     let (mut price, mut quantity) = (None, None);
-    for (name, id) in spec.numeric.iter().zip(&ids.values) {
+    for (i, (name, id)) in spec.numeric.iter().zip(&ids.values).enumerate() {
         let v = fields.number(name);
         match name.as_str() {
             "price" => price = Some(v),
@@ -429,7 +488,7 @@ pub fn contribute(
             _ => {}
         }
         if let Some(v) = v {
-            metrics.push((*id, Some(v)));
+            metrics.push((1 + i, *id, Some(v)));
         }
     }
     let price = price.unwrap_or_else(|| fields.number("price"));
@@ -437,7 +496,11 @@ pub fn contribute(
     if let (Some(p), Some(q)) = (price, quantity) {
         let notional = p * q;
         if notional.is_finite() {
-            metrics.push((ids.values.last().copied().flatten(), Some(notional)));
+            metrics.push((
+                ids.len() - 1,
+                ids.values.last().copied().flatten(),
+                Some(notional),
+            ));
         }
     }
     let values: [Option<Cow<'_, str>>; 3] = [
@@ -447,38 +510,53 @@ pub fn contribute(
     ];
     let split = values.iter().any(Option::is_some) && !spec.dimension_sets.is_empty();
     let forget_after = spec.memory_span_secs();
-    for (metric, value) in metrics {
+    // (metric index, value, admitted dimension values) of every metric
+    // whose name has an id.
+    let mut admitted: Vec<(usize, Value, [Option<Sym>; 3])> = Vec::with_capacity(metrics.len());
+    for (m, metric, value) in metrics {
         let Some(metric) = metric else {
             // The metric's name collides with another's id: never merged.
             guard.refused += 1;
             continue;
         };
         let value = value.map(|v| (to_nano(v), Sketch::bucket_of(v)));
-        into.add(
-            SeriesId {
+        let ids = if split {
+            guard.admit(
                 metric,
-                dims: [Sym::NONE; 3],
-            },
-            minute,
-            value,
-        );
-        if !split {
+                &values,
+                spec.max_dimension_values,
+                second,
+                forget_after,
+            )
+        } else {
+            [None; 3]
+        };
+        admitted.push((m, value, ids));
+    }
+    if admitted.is_empty() {
+        return;
+    }
+    let total = into.row(ty, [Sym::NONE; 3], minute);
+    for (m, value, _) in &admitted {
+        total[*m].add(*value);
+    }
+    if !split {
+        return;
+    }
+    for set in &spec.dimension_sets {
+        if set.0 == 0 {
             continue;
         }
-        let admitted = guard.admit(
-            metric,
-            &values,
-            spec.max_dimension_values,
-            second,
-            forget_after,
-        );
-        for set in &spec.dimension_sets {
+        // The row of the previous metric: the guard admits the same values
+        // for every metric of an event but near its cap.
+        let mut current: Option<([Sym; 3], &mut Vec<Pane>)> = None;
+        for (m, value, ids) in &admitted {
             let mut dims = [Sym::NONE; 3];
             let complete = (0..3).all(|i| {
                 if !set.contains(i) {
                     return true;
                 }
-                match admitted[i] {
+                match ids[i] {
                     Some(id) => {
                         dims[i] = id;
                         true
@@ -486,9 +564,15 @@ pub fn contribute(
                     None => false,
                 }
             });
-            if complete && set.0 != 0 {
-                into.add(SeriesId { metric, dims }, minute, value);
+            if !complete {
+                continue;
             }
+            let row = match current {
+                Some((held, row)) if held == dims => row,
+                _ => into.row(ty, dims, minute),
+            };
+            row[*m].add(*value);
+            current = Some((dims, row));
         }
     }
 }
@@ -608,6 +692,37 @@ mod tests {
             "refused values still count in the total"
         );
         assert!(!into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn the_guard_admits_per_metric_and_rows_follow_it() {
+        let spec = WindowSpec {
+            max_dimension_values: 1,
+            ..spec()
+        };
+        let mut into = Partials::default();
+        let mut guard = DimensionGuard::default();
+        // The count metric takes symbol X first, so it refuses Y; the price
+        // metric first sees Y and takes it.
+        for props in [r#"{"symbol":"X"}"#, r#"{"symbol":"Y","price":2}"#] {
+            contribute(&event("tick", props, 10), &spec, &mut guard, &mut into);
+        }
+        assert_eq!(guard.refused, 1);
+        let into = into.into_map(&spec);
+        let key = |metric: &str, symbol: &str| WindowKey {
+            metric: metric.into(),
+            interval: Interval(0),
+            dims: Dims {
+                symbol: Some(symbol.into()),
+                side: None,
+                strategy_id: None,
+            },
+            start: 0,
+        };
+        assert_eq!(into[&key("events.count.tick", "X")].count, 1);
+        assert!(!into.contains_key(&key("events.count.tick", "Y")));
+        assert_eq!(into[&key("tick.price", "Y")].count, 1);
+        assert!(!into.contains_key(&key("tick.price", "X")));
     }
 
     #[test]
