@@ -262,9 +262,7 @@ impl MetricIds {
             values,
         }
     }
-}
 
-impl MetricIds {
     /// Metrics of the type: its count, then its values.
     fn len(&self) -> usize {
         1 + self.values.len()
@@ -474,13 +472,13 @@ pub fn contribute(
     let minute = second.div_euclid(60) * 60;
     let fields = Fields::parse(&event.properties);
     let ty = into.type_index(&event.event_type, spec);
-    let ids = &into.types[ty as usize];
-    // (metric index in the type's row, id, value)
-    let mut metrics: Vec<(usize, Option<Sym>, Option<f64>)> = Vec::with_capacity(5);
-    metrics.push((0, ids.count, None));
+    let metric_ids = &into.types[ty as usize];
+    // (metric index in the type's row, value)
+    let mut metrics: Vec<(usize, Option<f64>)> = Vec::with_capacity(5);
+    metrics.push((0, None));
     // price and quantity are read once, for their own metrics and notional.
     let (mut price, mut quantity) = (None, None);
-    for (i, (name, id)) in spec.numeric.iter().zip(&ids.values).enumerate() {
+    for (i, name) in spec.numeric.iter().enumerate() {
         let v = fields.number(name);
         match name.as_str() {
             "price" => price = Some(v),
@@ -488,7 +486,7 @@ pub fn contribute(
             _ => {}
         }
         if let Some(v) = v {
-            metrics.push((1 + i, *id, Some(v)));
+            metrics.push((1 + i, Some(v)));
         }
     }
     let price = price.unwrap_or_else(|| fields.number("price"));
@@ -496,11 +494,7 @@ pub fn contribute(
     if let (Some(p), Some(q)) = (price, quantity) {
         let notional = p * q;
         if notional.is_finite() {
-            metrics.push((
-                ids.len() - 1,
-                ids.values.last().copied().flatten(),
-                Some(notional),
-            ));
+            metrics.push((metric_ids.len() - 1, Some(notional)));
         }
     }
     let values: [Option<Cow<'_, str>>; 3] = [
@@ -513,8 +507,8 @@ pub fn contribute(
     // (metric index, value, admitted dimension values) of every metric
     // whose name has an id.
     let mut admitted: Vec<(usize, Value, [Option<Sym>; 3])> = Vec::with_capacity(metrics.len());
-    for (m, metric, value) in metrics {
-        let Some(metric) = metric else {
+    for (m, value) in metrics {
+        let Some(metric) = metric_ids.metric(m) else {
             // The metric's name collides with another's id: never merged.
             guard.refused += 1;
             continue;

@@ -316,11 +316,18 @@ impl IsZero for Agg {
 
 impl Semigroup for Agg {
     fn plus_equals(&mut self, rhs: &Self) {
+        self.add_scalars(rhs);
+        self.sketch.merge(&rhs.sketch);
+    }
+}
+
+impl Agg {
+    /// [`Semigroup::plus_equals`] but for the sketch.
+    fn add_scalars(&mut self, rhs: &Agg) {
         self.count += rhs.count;
         self.sum += rhs.sum;
         self.min = self.min.min(rhs.min);
         self.max = self.max.max(rhs.max);
-        self.sketch.merge(&rhs.sketch);
     }
 }
 
@@ -338,10 +345,7 @@ impl AggSum {
             self.agg = Some(other);
             return;
         };
-        agg.count += other.count;
-        agg.sum += other.sum;
-        agg.min = agg.min.min(other.min);
-        agg.max = agg.max.max(other.max);
+        agg.add_scalars(&other);
         let sketch = self.sketch.get_or_insert_with(|| {
             let mut sum = SketchSum::default();
             sum.add(&agg.sketch);
