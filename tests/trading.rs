@@ -520,6 +520,7 @@ async fn concurrent_merges_of_a_new_key_add_up() {
             timestamp_us: 1_700_000_000_000_000 + t,
             created_at_us: 0,
             source: EventSource::Rest,
+            parsed: Default::default(),
         }])
     };
     let mut a = env.pg().await;

@@ -13,13 +13,11 @@
 //!   that keeps the latest lifecycle event (started / stopped, by event
 //!   time) and the latest activity.
 
-use std::borrow::Cow;
-
 use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::panes::Fields;
+use crate::props::{Id, Num};
 use crate::windows::to_nano;
 
 /// Σ price × quantity of `order.filled`.
@@ -95,31 +93,25 @@ pub fn contribution(event: &Event) -> Contribution {
         "strategy.stopped" => Some(STOPPED),
         _ => None,
     };
-    if !is_order && lifecycle.is_none() && !event.properties.contains("strategy_id") {
-        return out;
-    }
-    // The raw-text reader of the windows' fold: no `Value` tree.
-    let props = Fields::parse(&event.properties);
+    let props = event.props();
     if event.event_type == "order.filled" {
-        let price = props.number("price");
-        let quantity = props.number("quantity");
-        if let (Some(p), Some(q)) = (price, quantity) {
+        if let (Some(p), Some(q)) = (props.num(Num::Price), props.num(Num::Quantity)) {
             if (p * q).is_finite() {
                 out.sums.push((VOLUME, p * q));
             }
         }
     }
     if is_order {
-        if let Some(l) = props.number("latency_ms") {
+        if let Some(l) = props.num(Num::LatencyMs) {
             out.sums.push((LATENCY, l));
         }
     }
-    if let Some(id) = props.identifier("strategy_id").map(Cow::into_owned) {
+    if let Some(id) = props.id(Id::StrategyId) {
         let state = StrategyState {
             lifecycle: lifecycle.map_or((i64::MIN, STOPPED), |k| (event.timestamp_us, k)),
             last_seen: event.timestamp_us,
         };
-        out.strategy = Some((id, state));
+        out.strategy = Some((id.to_string(), state));
     }
     out
 }
@@ -144,6 +136,7 @@ mod tests {
             timestamp_us: us,
             created_at_us: 0,
             source: EventSource::Rest,
+            parsed: Default::default(),
         }
     }
 

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::props::{PropsCell, PropsRef};
+
 /// Namespace of the deterministic ids given to Kafka events without an `id`
 /// (UUID v5 of `topic/partition/offset`).
 pub const KAFKA_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_4c0e_93d2_4b7a_8e51_c0ff_ee00_2025);
@@ -77,9 +79,25 @@ pub struct Event {
     /// When the service accepted the event, microseconds since the epoch.
     pub created_at_us: i64,
     pub source: EventSource,
+    /// `properties` read once, on first use ([`Event::props`]).
+    #[serde(skip)]
+    pub parsed: PropsCell,
 }
 
 impl Event {
+    /// The typed fields of `properties`, read on the first call.
+    pub fn props(&self) -> PropsRef<'_> {
+        self.parsed
+            .get_or_read(&self.properties)
+            .with(&self.properties)
+    }
+
+    /// Replaces `properties`, and forgets what was read from the old text.
+    pub fn set_properties(&mut self, properties: String) {
+        self.properties = properties;
+        self.parsed = PropsCell::default();
+    }
+
     /// Event time in whole seconds since the epoch (floor).
     pub fn second(&self) -> i64 {
         self.timestamp_us.div_euclid(1_000_000)
@@ -486,6 +504,7 @@ fn from_wire(
         timestamp_us,
         created_at_us: now_us,
         source,
+        parsed: PropsCell::default(),
     })
 }
 

@@ -26,6 +26,7 @@ pub mod memory_source;
 pub mod metrics;
 pub mod panes;
 pub mod pipeline;
+pub mod props;
 pub mod publish;
 pub mod route;
 pub mod sketch;

@@ -14,21 +14,18 @@
 //! expands a tick's panes into window deltas ([`WinId`], [`Agg`]): one per
 //! window touched in the tick, whatever the number of events.
 //!
-//! Properties are read once per event from the raw JSON text, without
-//! building a `serde_json::Value` tree ([`Fields`]).
+//! Properties are read from the event's typed record ([`crate::props`]),
+//! read once per event.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::value::RawValue;
+use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::ids::Sym;
+use crate::props::{Id, Num, PropsRef};
 use crate::sketch::Sketch;
-use crate::windows::{to_nano, Agg, AggSum, Dims, Interval, WindowKey, WindowSpec, DIMENSIONS};
+use crate::windows::{to_nano, Agg, AggSum, Dims, Interval, WindowKey, WindowSpec};
 use crate::FastMap;
 
 /// A metric and one dimension row of it; [`Sym::NONE`] marks a dimension
@@ -105,77 +102,6 @@ impl WinId {
     }
 }
 
-/// The top-level fields of a `properties` object, borrowed from its text;
-/// a repeated name keeps its last value (as `serde_json::Map` does).
-#[derive(Debug, Default)]
-pub struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    out.push((k, v));
-                }
-                Ok(Fields(out))
-            }
-        }
-        deserializer.deserialize_map(FieldsVisitor)
-    }
-}
-
-impl<'a> Fields<'a> {
-    /// The fields of `properties` (empty if it is not a JSON object).
-    pub fn parse(properties: &'a str) -> Fields<'a> {
-        if properties.len() <= 2 {
-            return Fields::default();
-        }
-        serde_json::from_str(properties).unwrap_or_default()
-    }
-
-    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
-    }
-
-    /// A finite number from a JSON number or a numeric string
-    /// (as [`crate::windows::number`]).
-    pub fn number(&self, name: &str) -> Option<f64> {
-        let raw = self.get(name)?.get();
-        if raw.starts_with('"') {
-            let s: Cow<'_, str> = serde_json::from_str(raw).ok()?;
-            s.trim().parse::<f64>().ok()
-        } else {
-            serde_json::from_str::<f64>(raw).ok()
-        }
-        .filter(|f| f.is_finite())
-    }
-
-    /// An identifier: a non-empty string, or a number as its text
-    /// (as [`crate::windows::identifier`]).
-    pub fn identifier(&self, name: &str) -> Option<Cow<'a, str>> {
-        let raw = self.get(name)?.get();
-        if raw.starts_with('"') {
-            let s: Cow<'a, str> = serde_json::from_str(raw).ok()?;
-            (!s.is_empty()).then_some(s)
-        } else if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-            let n: serde_json::Number = serde_json::from_str(raw).ok()?;
-            Some(Cow::Owned(n.to_string()))
-        } else {
-            None
-        }
-    }
-}
-
 /// Admitted values of one dimension: value → (its id, last event second seen).
 type Seen = FastMap<Box<str>, (Sym, i64)>;
 
@@ -197,7 +123,7 @@ impl DimensionGuard {
     fn admit(
         &mut self,
         metric: Sym,
-        values: &[Option<Cow<'_, str>>; 3],
+        values: &[Option<&str>; 3],
         cap: usize,
         second: i64,
         forget_after: i64,
@@ -206,7 +132,7 @@ impl DimensionGuard {
         let mut out = [None; 3];
         let mut refused = false;
         for (i, value) in values.iter().enumerate() {
-            let Some(value) = value.as_deref() else {
+            let Some(value) = *value else {
                 continue;
             };
             let set = &mut sets[i];
@@ -293,8 +219,8 @@ pub fn event_type_of<'m>(metric: &'m str, spec: &WindowSpec) -> Option<&'m str> 
 }
 
 /// A dimension value: an identifier of at most 128 bytes.
-fn dimension<'a>(fields: &Fields<'a>, name: &str) -> Option<Cow<'a, str>> {
-    fields.identifier(name).filter(|s| s.len() <= 128)
+fn dimension<'a>(props: &PropsRef<'a>, id: Id) -> Option<&'a str> {
+    props.id(id).filter(|s| s.len() <= 128)
 }
 
 /// One series' minute while a tick is folded: the aggregate without its
@@ -470,37 +396,27 @@ pub fn contribute(
 ) {
     let second = event.second();
     let minute = second.div_euclid(60) * 60;
-    let fields = Fields::parse(&event.properties);
+    let props = event.props();
     let ty = into.type_index(&event.event_type, spec);
     let metric_ids = &into.types[ty as usize];
     // (metric index in the type's row, value)
     let mut metrics: Vec<(usize, Option<f64>)> = Vec::with_capacity(5);
     metrics.push((0, None));
-    // price and quantity are read once, for their own metrics and notional.
-    let (mut price, mut quantity) = (None, None);
     for (i, name) in spec.numeric.iter().enumerate() {
-        let v = fields.number(name);
-        match name.as_str() {
-            "price" => price = Some(v),
-            "quantity" => quantity = Some(v),
-            _ => {}
-        }
-        if let Some(v) = v {
+        if let Some(v) = props.number(name) {
             metrics.push((1 + i, Some(v)));
         }
     }
-    let price = price.unwrap_or_else(|| fields.number("price"));
-    let quantity = quantity.unwrap_or_else(|| fields.number("quantity"));
-    if let (Some(p), Some(q)) = (price, quantity) {
+    if let (Some(p), Some(q)) = (props.num(Num::Price), props.num(Num::Quantity)) {
         let notional = p * q;
         if notional.is_finite() {
             metrics.push((metric_ids.len() - 1, Some(notional)));
         }
     }
-    let values: [Option<Cow<'_, str>>; 3] = [
-        dimension(&fields, DIMENSIONS[0]),
-        dimension(&fields, DIMENSIONS[1]),
-        dimension(&fields, DIMENSIONS[2]),
+    let values: [Option<&str>; 3] = [
+        dimension(&props, Id::Symbol),
+        dimension(&props, Id::Side),
+        dimension(&props, Id::StrategyId),
     ];
     let split = values.iter().any(Option::is_some) && !spec.dimension_sets.is_empty();
     let forget_after = spec.memory_span_secs();
@@ -588,6 +504,7 @@ mod tests {
             timestamp_us: second * 1_000_000 + 250_000,
             created_at_us: 0,
             source: EventSource::Rest,
+            parsed: Default::default(),
         }
     }
 
@@ -772,35 +689,6 @@ mod tests {
         assert_eq!(guard.refused, 1, "A is forgotten, C takes its place");
         let into = into.into_map(&spec());
         assert!(into.keys().any(|k| k.dims.symbol.as_deref() == Some("C")));
-    }
-
-    #[test]
-    fn fields_read_numbers_and_identifiers_like_serde_json_values() {
-        let text = r#"{"price":"  12.5 ","quantity":3,"symbol":7,"side":"","x":{"a":1},"price":1e2,"s\u0079mbol2":"e\"sc"}"#;
-        let f = Fields::parse(text);
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).expect("valid JSON");
-        for name in [
-            "price", "quantity", "symbol", "side", "x", "symbol2", "missing",
-        ] {
-            assert_eq!(
-                f.number(name),
-                map.get(name).and_then(crate::windows::number),
-                "{name}"
-            );
-            assert_eq!(
-                f.identifier(name).map(|c| c.into_owned()),
-                map.get(name).and_then(crate::windows::identifier),
-                "{name}"
-            );
-        }
-        assert_eq!(
-            f.number("price"),
-            Some(100.0),
-            "the last of a repeated name wins"
-        );
-        assert!(Fields::parse("{}").get("price").is_none());
-        assert!(Fields::parse("not json").get("price").is_none());
     }
 
     #[test]

@@ -17,7 +17,6 @@
 //! exact and independent of order. Ties in event time are broken by value,
 //! so that the result never depends on arrival order either.
 
-use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +24,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::panes::Fields;
+use crate::props::{Id, Num, PropsRef};
 use crate::windows::{to_nano, Interval, INTERVALS};
 use crate::FastMap;
 
@@ -273,14 +272,14 @@ impl Semigroup for SessionState {
 /// so that a session already in the batch costs no new set.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Contribution<'a> {
-    order: Option<(Cow<'a, str>, OrderState)>,
-    strategy: Option<(Cow<'a, str>, StrategyPerf)>,
-    market: Option<(Cow<'a, str>, Ohlcv)>,
+    order: Option<(&'a str, OrderState)>,
+    strategy: Option<(&'a str, StrategyPerf)>,
+    market: Option<(&'a str, Ohlcv)>,
     session: Option<(&'a str, SessionState)>,
 }
 
-fn nano(props: &Fields<'_>, name: &str) -> Option<i128> {
-    props.number(name).map(to_nano)
+fn nano(props: &PropsRef<'_>, num: Num) -> Option<i128> {
+    props.num(num).map(to_nano)
 }
 
 /// The trading contribution of `event`.
@@ -311,13 +310,12 @@ fn contribution(event: &Event) -> Contribution<'_> {
     if kind.is_none() && !market_data {
         return out;
     }
-    // The raw-text reader of the windows' fold: no `Value` tree.
-    let props = Fields::parse(&event.properties);
-    let price = nano(&props, "price");
-    let quantity = nano(&props, "quantity");
-    let symbol = props.identifier("symbol");
-    let strategy = props.identifier("strategy_id");
-    if let Some(symbol) = symbol.clone() {
+    let props = event.props();
+    let price = nano(&props, Num::Price);
+    let quantity = nano(&props, Num::Quantity);
+    let symbol = props.id(Id::Symbol);
+    let strategy = props.id(Id::StrategyId);
+    if let Some(symbol) = symbol {
         let mut candle = Ohlcv::default();
         if let Some(p) = price.filter(|_| market_data || kind == Some(FILLED)) {
             candle.open = Some((t, p));
@@ -327,7 +325,7 @@ fn contribution(event: &Event) -> Contribution<'_> {
             candle.points = 1;
         }
         if market_data {
-            candle.volume = nano(&props, "volume").unwrap_or(0);
+            candle.volume = nano(&props, Num::Volume).unwrap_or(0);
         } else if kind == Some(FILLED) {
             candle.volume = quantity.unwrap_or(0);
             candle.trades = 1;
@@ -339,8 +337,8 @@ fn contribution(event: &Event) -> Contribution<'_> {
     let Some(kind) = kind else {
         return out;
     };
-    let pnl = nano(&props, "pnl");
-    if let Some(id) = strategy.clone() {
+    let pnl = nano(&props, Num::Pnl);
+    if let Some(id) = strategy {
         let mut perf = StrategyPerf::default();
         if kind == FILLED {
             let p = pnl.unwrap_or(0);
@@ -353,7 +351,7 @@ fn contribution(event: &Event) -> Contribution<'_> {
             perf.largest_win = (p > 0).then_some(p);
             perf.largest_loss = (p < 0).then_some(p);
         }
-        if let Some(l) = nano(&props, "latency_ms") {
+        if let Some(l) = nano(&props, Num::LatencyMs) {
             perf.latency_count = 1;
             perf.latency_sum = l;
         }
@@ -361,19 +359,19 @@ fn contribution(event: &Event) -> Contribution<'_> {
             out.strategy = Some((id, perf));
         }
     }
-    if let Some(order_id) = props.identifier("order_id") {
+    if let Some(order_id) = props.id(Id::OrderId) {
         let mut order = OrderState {
             attrs: Some((
                 t,
                 OrderAttrs {
-                    symbol: symbol.map(Cow::into_owned),
-                    side: props.identifier("side").map(Cow::into_owned),
-                    strategy_id: strategy.map(Cow::into_owned),
+                    symbol: symbol.map(str::to_string),
+                    side: props.id(Id::Side).map(str::to_string),
+                    strategy_id: strategy.map(str::to_string),
                     user_id: event.user_id.clone().filter(|u| !u.is_empty()),
                 },
             )),
             last: Some((t, kind)),
-            commission: nano(&props, "commission").unwrap_or(0),
+            commission: nano(&props, Num::Commission).unwrap_or(0),
             pnl: pnl.unwrap_or(0),
             ..OrderState::default()
         };
@@ -387,10 +385,8 @@ fn contribution(event: &Event) -> Contribution<'_> {
                 // nano × nano / 10⁹ stays in nano-units.
                 order.notional = p * q / 1_000_000_000;
             }
-            match props.get("is_maker").map(|raw| raw.get()) {
-                Some("true") => order.maker = Some((t, true)),
-                Some("false") => order.maker = Some((t, false)),
-                _ => {}
+            if let Some(maker) = props.is_maker() {
+                order.maker = Some((t, maker));
             }
         }
         out.order = Some((order_id, order));
@@ -525,7 +521,7 @@ impl TradingBatch {
         let c = contribution(event);
         let minute = Interval(0).window_of(event.second());
         if let Some((id, s)) = c.order {
-            merge_into(&mut self.orders, &id, s);
+            merge_into(&mut self.orders, id, s);
         }
         if let Some((id, s)) = c.session {
             let slot = merge_into(&mut self.sessions, id, s);
@@ -534,10 +530,10 @@ impl TradingBatch {
             }
         }
         if let Some((id, s)) = c.strategy {
-            merge_pane(&mut self.strategy_panes, &id, minute, s);
+            merge_pane(&mut self.strategy_panes, id, minute, s);
         }
         if let Some((symbol, s)) = c.market {
-            merge_pane(&mut self.market_panes, &symbol, minute, s);
+            merge_pane(&mut self.market_panes, symbol, minute, s);
         }
     }
 
@@ -605,6 +601,7 @@ mod tests {
             timestamp_us: us,
             created_at_us: 0,
             source: EventSource::Rest,
+            parsed: Default::default(),
         }
     }
 

@@ -25,12 +25,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::event::{DeadLetter, DeadReason, Event, EventSource, FieldError, KNOWN_TYPES};
 use crate::metrics;
+use crate::props::{Id, Num, PropsRef};
 
 /// Most errors kept per refused event (the rest are summarised).
 pub const MAX_ERRORS: usize = 64;
@@ -224,8 +223,9 @@ impl ValidatorSet {
     /// in its canonical form (`"BUY"`), which is what is stored.
     pub fn validate(&self, event: &mut Event) -> Result<(), Rejection> {
         if is_known_type(&event.event_type) {
-            if let Some(side) = builtin_check(&event.event_type, &event.properties)? {
-                event.properties = with_side(&event.properties, side);
+            if let Some(side) = builtin_check(&event.event_type, event.props())? {
+                let rewritten = with_side(&event.properties, side);
+                event.set_properties(rewritten);
             }
             return Ok(());
         }
@@ -364,73 +364,57 @@ impl CachedValidators {
     }
 }
 
-/// The trading fields checked on the platform's own event types.
-#[derive(Deserialize)]
-struct TradingFields<'a> {
-    #[serde(default, borrow)]
-    symbol: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    side: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    price: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    quantity: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    order_id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    strategy_id: Option<&'a RawValue>,
-}
-
-/// The string a JSON value holds, borrowed unless it has escapes.
-fn as_string(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
-    let text = raw.get();
-    if !text.starts_with('"') {
-        return None;
-    }
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(std::borrow::Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text)
-            .ok()
-            .map(std::borrow::Cow::Owned),
-    }
-}
-
-/// Built-in checks of a known type's `properties` (JSON object text):
-/// `order.*` events need a non-empty string `symbol`; wherever present,
-/// `symbol`, `order_id` and `strategy_id` are strings, `side` is `BUY` or
-/// `SELL` in any case (surrounding blanks ignored), and `price` and
-/// `quantity` are finite numbers or numeric strings. `null` counts as
-/// absent. `Ok(Some(side))` asks for `side` to be stored as `side` (it was
-/// written in another spelling).
+/// Built-in checks of a known type's `properties`, as read once into
+/// `props`: `order.*` events need a non-empty string `symbol`; wherever
+/// present, `symbol`, `order_id` and `strategy_id` are strings, `side` is
+/// `BUY` or `SELL` in any case (surrounding blanks ignored), and `price`
+/// and `quantity` are finite numbers or numeric strings; none of these
+/// names is repeated. `null` counts as absent. `Ok(Some(side))` asks for
+/// `side` to be stored as `side` (it was written in another spelling).
 pub fn builtin_check(
     event_type: &str,
-    properties: &str,
+    props: PropsRef<'_>,
 ) -> Result<Option<&'static str>, Rejection> {
-    let fields: TradingFields<'_> = serde_json::from_str(properties).map_err(|e| {
-        Rejection::new(
+    let read = props.props();
+    if !read.is_object() {
+        return Err(Rejection::new(
             DeadReason::InvalidField,
-            vec![field_error("/properties", e.to_string())],
-        )
-    })?;
+            vec![field_error(
+                "/properties",
+                "properties must be a JSON object",
+            )],
+        ));
+    }
+    let shape = |name: &str| read.shape_of(name).unwrap_or_default();
     let mut errors = Vec::new();
-    if event_type.starts_with("order.") && fields.symbol.is_none() {
+    for name in CHECKED {
+        if shape(name).occurrences > 1 {
+            errors.push(field_error(
+                format!("/properties/{name}"),
+                format!("{name} is given more than once"),
+            ));
+        }
+    }
+    let symbol = shape("symbol");
+    if event_type.starts_with("order.") && !symbol.present {
         errors.push(field_error(
             "/properties/symbol",
             format!("symbol is required for {event_type}"),
         ));
     }
-    if let Some(raw) = fields.symbol {
-        match as_string(raw) {
-            Some(s) if !s.trim().is_empty() => {}
-            _ => errors.push(field_error(
-                "/properties/symbol",
-                "symbol must be a non-empty string",
-            )),
-        }
+    if symbol.present
+        && !(symbol.string && props.id(Id::Symbol).is_some_and(|s| !s.trim().is_empty()))
+    {
+        errors.push(field_error(
+            "/properties/symbol",
+            "symbol must be a non-empty string",
+        ));
     }
     let mut rewrite = None;
-    if let Some(raw) = fields.side {
-        match as_string(raw).as_deref().map(canonical_side) {
+    let side = shape("side");
+    if side.present {
+        let written = props.id(Id::Side).filter(|_| side.string);
+        match written.map(canonical_side) {
             Some(Some((side, exact))) => {
                 if !exact {
                     rewrite = Some(side);
@@ -442,29 +426,17 @@ pub fn builtin_check(
             )),
         }
     }
-    for (name, raw) in [("price", fields.price), ("quantity", fields.quantity)] {
-        let Some(raw) = raw else { continue };
-        let text = raw.get();
-        let ok = if text.starts_with('"') {
-            as_string(raw)
-                .and_then(|s| s.trim().parse::<f64>().ok())
-                .is_some_and(f64::is_finite)
-        } else {
-            text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
-                && text.parse::<f64>().is_ok_and(f64::is_finite)
-        };
-        if !ok {
+    for (name, num) in [("price", Num::Price), ("quantity", Num::Quantity)] {
+        if shape(name).present && props.num(num).is_none() {
             errors.push(field_error(
                 format!("/properties/{name}"),
                 format!("{name} must be a number or a numeric string"),
             ));
         }
     }
-    for (name, raw) in [
-        ("order_id", fields.order_id),
-        ("strategy_id", fields.strategy_id),
-    ] {
-        if raw.is_some_and(|r| as_string(r).is_none()) {
+    for name in ["order_id", "strategy_id"] {
+        let s = shape(name);
+        if s.present && !s.string {
             errors.push(field_error(
                 format!("/properties/{name}"),
                 format!("{name} must be a string"),
@@ -477,6 +449,16 @@ pub fn builtin_check(
         Err(Rejection::new(DeadReason::InvalidField, errors))
     }
 }
+
+/// The names the built-in checks look at.
+const CHECKED: [&str; 6] = [
+    "symbol",
+    "side",
+    "price",
+    "quantity",
+    "order_id",
+    "strategy_id",
+];
 
 /// `BUY` or `SELL` for a side in any case, and whether it was written
 /// exactly so.
@@ -515,6 +497,7 @@ mod tests {
             timestamp_us: 0,
             created_at_us: 0,
             source: EventSource::Rest,
+            parsed: Default::default(),
         }
     }
 
@@ -661,6 +644,13 @@ mod tests {
         assert!(cached.current().validate(&mut e.clone()).is_ok());
     }
 
+    fn check(event_type: &str, properties: &str) -> Result<Option<&'static str>, Rejection> {
+        builtin_check(
+            event_type,
+            crate::props::Props::read(properties).with(properties),
+        )
+    }
+
     #[test]
     fn builtin_checks() {
         let ok = [
@@ -677,7 +667,7 @@ mod tests {
             ("position.opened", json!({"side": "SELL", "quantity": 1e-3})),
         ];
         for (t, p) in ok {
-            assert!(builtin_check(t, &p.to_string()).is_ok(), "{t} {p}");
+            assert!(check(t, &p.to_string()).is_ok(), "{t} {p}");
         }
         let bad = [
             ("order.placed", json!({}), vec!["/properties/symbol"]),
@@ -713,7 +703,7 @@ mod tests {
             ),
         ];
         for (t, p, pointers) in bad {
-            let err = builtin_check(t, &p.to_string()).expect_err("refused");
+            let err = check(t, &p.to_string()).expect_err("refused");
             assert_eq!(err.reason, DeadReason::InvalidField);
             let mut got: Vec<&str> = err.errors.iter().map(|e| e.pointer.as_str()).collect();
             got.sort();
@@ -736,7 +726,7 @@ mod tests {
             assert_eq!(p["price"], 1.5);
         }
         let exact = r#"{"side":"SELL","symbol":"X"}"#;
-        assert_eq!(builtin_check("order.placed", exact).ok(), Some(None));
+        assert_eq!(check("order.placed", exact).ok(), Some(None));
     }
 
     #[test]

@@ -120,6 +120,7 @@ fn event(id: u128, event_type: &str, second: i64, source: EventSource) -> Event 
         timestamp_us: second * 1_000_000 + (id as i64 % 1_000) * 997,
         created_at_us: second * 1_000_000,
         source,
+        parsed: Default::default(),
     }
 }
 

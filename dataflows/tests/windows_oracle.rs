@@ -308,6 +308,7 @@ impl Gen {
                 partition: 0,
                 offset: id as i64,
             },
+            parsed: Default::default(),
         };
         let mut metrics = vec![(format!("events.count.{ty}"), None)];
         for (name, num) in [

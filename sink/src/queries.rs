@@ -179,6 +179,7 @@ pub async fn list_events(
                 timestamp_us: r.get(5),
                 created_at_us: r.get(6),
                 source,
+                parsed: Default::default(),
             }
         })
         .collect())

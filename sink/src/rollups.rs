@@ -451,6 +451,7 @@ pub async fn raw_series<C: GenericClient>(
             timestamp_us: row.get(1),
             created_at_us: 0,
             source: EventSource::Rest,
+            parsed: Default::default(),
         };
         contribute(&event, &one, &mut guard, &mut partials);
     }
