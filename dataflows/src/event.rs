@@ -585,20 +585,27 @@ pub fn check_storable_json(text: &str) -> Result<(), &'static str> {
             }
             b'-' | b'0'..=b'9' => {
                 let start = i;
-                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
+                // Where the first `e` or `E` is: the exponent follows it.
+                let mut exponent_at = None;
+                while let Some(&c) = b.get(i) {
+                    match c {
+                        b'-' | b'+' | b'.' | b'0'..=b'9' => {}
+                        b'e' | b'E' => {
+                            exponent_at.get_or_insert(i);
+                        }
+                        _ => break,
+                    }
                     i += 1;
                 }
-                let number = &text[start..i];
-                let (mantissa, exponent) = match number.find(['e', 'E']) {
-                    Some(p) => (&number[..p], Some(&number[p + 1..])),
-                    None => (number, None),
-                };
-                if mantissa.bytes().filter(u8::is_ascii_digit).count() > MAX_JSON_DIGITS {
+                let mantissa = &b[start..exponent_at.unwrap_or(i)];
+                if mantissa.len() > MAX_JSON_DIGITS
+                    && mantissa.iter().filter(|c| c.is_ascii_digit()).count() > MAX_JSON_DIGITS
+                {
                     return Err("number has too many digits");
                 }
-                if let Some(e) = exponent {
-                    if e.parse::<i64>()
+                if let Some(at) = exponent_at {
+                    if text[at + 1..i]
+                        .parse::<i64>()
                         .map_or(true, |e| e.abs() > MAX_JSON_EXPONENT)
                     {
                         return Err("number exponent out of range");
@@ -621,10 +628,22 @@ pub fn replay_event_id(dead_letter_id: i64) -> Uuid {
 
 /// The deterministic id of a Kafka message without an `id`.
 pub fn kafka_event_id(topic: &str, partition: i32, offset: i64) -> Uuid {
-    Uuid::new_v5(
-        &KAFKA_ID_NAMESPACE,
-        format!("{topic}/{partition}/{offset}").as_bytes(),
-    )
+    use std::io::Write;
+    // Written on the stack: a topic name has at most 249 bytes.
+    let mut buf = [0u8; 320];
+    let written = {
+        let mut rest = &mut buf[..];
+        write!(rest, "{topic}/{partition}/{offset}")
+            .ok()
+            .map(|()| rest.len())
+    };
+    match written {
+        Some(left) => Uuid::new_v5(&KAFKA_ID_NAMESPACE, &buf[..buf.len() - left]),
+        None => Uuid::new_v5(
+            &KAFKA_ID_NAMESPACE,
+            format!("{topic}/{partition}/{offset}").as_bytes(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -778,6 +797,17 @@ mod tests {
     #[test]
     fn kafka_ids_are_deterministic() {
         assert_eq!(kafka_event_id("t", 1, 2), kafka_event_id("t", 1, 2));
+        // The name hashed is `topic/partition/offset`: stored ids depend on it.
+        let long = "t".repeat(400);
+        for (topic, partition, offset) in [("t", 1, 2), ("market.data", -3, i64::MIN), (&long, 0, 7)] {
+            assert_eq!(
+                kafka_event_id(topic, partition, offset),
+                Uuid::new_v5(
+                    &KAFKA_ID_NAMESPACE,
+                    format!("{topic}/{partition}/{offset}").as_bytes()
+                )
+            );
+        }
         assert_ne!(kafka_event_id("t", 1, 2), kafka_event_id("t", 1, 3));
         assert_ne!(kafka_event_id("t", 1, 2), kafka_event_id("u", 1, 2));
     }
