@@ -328,9 +328,18 @@ struct Wire<'a> {
     timestamp: Option<&'a RawValue>,
 }
 
+/// The text of a JSON string without escapes, from the raw JSON of a
+/// value that a parser has already checked (`RawValue`): the bytes between
+/// its quotes, since a valid JSON string holds no bare quote or control
+/// character. `None` for any other value, or a string with escapes.
+pub fn unescaped(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
 /// A string field, borrowed when it holds no escapes.
 fn string_field<'a>(raw: &'a RawValue, pointer: &'static str) -> Result<Cow<'a, str>, ParseError> {
-    if let Ok(s) = serde_json::from_str::<&'a str>(raw.get()) {
+    if let Some(s) = unescaped(raw.get()) {
         return Ok(Cow::Borrowed(s));
     }
     serde_json::from_str::<String>(raw.get())
@@ -513,6 +522,9 @@ fn optional_string(field: &str, raw: Option<&RawValue>) -> Result<Option<String>
     let text = raw.get();
     if text == "null" {
         return Ok(None);
+    }
+    if let Some(s) = unescaped(text) {
+        return Ok(Some(s.to_string()));
     }
     if text.starts_with('"') {
         let s: String = serde_json::from_str(text)

@@ -313,6 +313,9 @@ impl<'de> serde::Deserialize<'de> for CowStr<'de> {
 
 /// The string a raw JSON string holds.
 fn string(raw: &str) -> Option<Cow<'_, str>> {
+    if let Some(s) = crate::event::unescaped(raw) {
+        return Some(Cow::Borrowed(s));
+    }
     serde_json::from_str::<CowStr<'_>>(raw).ok().map(|s| s.0)
 }
 
