@@ -37,7 +37,7 @@ use timely::progress::Antichain;
 use crate::event::{EventSource, Record};
 use crate::metrics;
 use crate::panes::{contribute, DimensionGuard, Partials, SeriesId, WinId};
-use crate::time::frontier_min;
+use crate::time::{frontier_min, TickStash};
 use crate::windows::{Agg, WindowKey, WindowSpec};
 use crate::FastSet;
 
@@ -57,23 +57,11 @@ pub fn fold_windows<'s>(
 ) -> Stream<'s, u64, Vec<WinUpdate>> {
     records.unary_frontier::<WinBuilder, _, _, _>(Pipeline, "FoldWindows", move |_, _| {
         let mut guard = DimensionGuard::default();
-        let mut pending: BTreeMap<u64, (Capability<u64>, Partials)> = BTreeMap::new();
+        let mut pending: TickStash<Partials> = TickStash::default();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
-                let Some(time) = cap.least().copied() else {
+                let Some((time, partials)) = pending.at(&cap, Partials::default) else {
                     return;
-                };
-                let partials = match pending.get_mut(&time) {
-                    Some((_, partials)) => partials,
-                    None => {
-                        let Some(retained) = cap.retain_least(0) else {
-                            return;
-                        };
-                        &mut pending
-                            .entry(time)
-                            .or_insert((retained, Partials::default()))
-                            .1
-                    }
                 };
                 let refused = guard.refused;
                 for record in data.iter() {
@@ -87,11 +75,7 @@ pub fn fold_windows<'s>(
                 }
             });
             let bound = frontier_min(frontier);
-            while let Some(entry) = pending.first_entry() {
-                if *entry.key() >= bound {
-                    break;
-                }
-                let (time, (cap, mut partials)) = entry.remove_entry();
+            while let Some((time, cap, mut partials)) = pending.pop_before(bound) {
                 output.session(&cap).give_iterator(
                     partials
                         .drain_ids(&spec)

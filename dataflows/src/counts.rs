@@ -21,7 +21,7 @@ use timely::scheduling::SyncActivator;
 
 use crate::event::{EventSource, PartitionOffset, Record};
 use crate::metrics;
-use crate::time::{current_tick, tick_ceil};
+use crate::time::{current_tick, frontier_min, tick_ceil, TickStash};
 use crate::FastMap;
 
 /// A count update: `((event_type, second), tick, diff)`.
@@ -51,51 +51,64 @@ impl Horizon {
 }
 
 /// Counts a worker's records by `(event_type, second)`, pre-aggregated per
-/// input batch, with their future retractions ([`crate::expiry::expire`]).
+/// tick, with their future retractions ([`crate::expiry::expire`]).
 /// Seconds already past the live horizon are not held: they are stored raw
 /// and in the per-second table, and counted here as late, per topic.
 pub fn count_updates<'s>(
     records: Stream<'s, u64, Vec<Record>>,
     horizon: Horizon,
 ) -> Stream<'s, u64, Vec<CountUpdate>> {
-    let counts =
-        records.unary::<CountBuilder, _, _, _>(Pipeline, "CountByTypeSecond", move |_, _| {
+    let counts = records.unary_frontier::<CountBuilder, _, _, _>(
+        Pipeline,
+        "CountByTypeSecond",
+        move |_, _| {
+            // Per tick: event type → (second, count), a tick's few seconds.
+            let mut ticks: TickStash<FastMap<String, Vec<(i64, isize)>>> = TickStash::default();
             let mut late: HashMap<Arc<str>, u64> = HashMap::new();
-            move |input, output| {
+            move |(input, frontier), output| {
                 input.for_each(|cap, data| {
-                    let Some(now) = cap.least().copied() else {
+                    let Some((now, counts)) = ticks.at(&cap, FastMap::default) else {
                         return;
                     };
-                    let mut counts: FastMap<(&str, i64), isize> = FastMap::default();
                     for record in data.iter() {
-                        if let Record::Event(event) = record {
-                            *counts
-                                .entry((event.event_type.as_str(), event.second()))
-                                .or_insert(0) += 1;
-                        }
-                    }
-                    let mut session = output.session(&cap);
-                    for ((event_type, second), n) in counts {
-                        if horizon.expire_at(second) > now {
-                            session.give(((event_type.to_string(), second), now, n));
+                        let Record::Event(event) = record else {
+                            continue;
+                        };
+                        let second = event.second();
+                        if horizon.expire_at(second) <= now {
+                            if let EventSource::Kafka { topic, .. } = &event.source {
+                                *late.entry(Arc::clone(topic)).or_insert(0) += 1;
+                            }
                             continue;
                         }
-                        for record in data.iter() {
-                            if let Record::Event(e) = record {
-                                if e.event_type == event_type && e.second() == second {
-                                    if let EventSource::Kafka { topic, .. } = &e.source {
-                                        *late.entry(Arc::clone(topic)).or_insert(0) += 1;
-                                    }
-                                }
-                            }
+                        let seconds = match counts.get_mut(event.event_type.as_str()) {
+                            Some(seconds) => seconds,
+                            None => counts.entry(event.event_type.clone()).or_default(),
+                        };
+                        match seconds.iter_mut().find(|(s, _)| *s == second) {
+                            Some((_, n)) => *n += 1,
+                            None => seconds.push((second, 1)),
                         }
                     }
                     for (topic, n) in late.drain() {
                         metrics::LATE_EVENTS.with_label_values(&[&topic]).inc_by(n);
                     }
                 });
+                let bound = frontier_min(frontier);
+                while let Some((now, cap, counts)) = ticks.pop_before(bound) {
+                    output
+                        .session(&cap)
+                        .give_iterator(counts.into_iter().flat_map(
+                            move |(event_type, seconds)| {
+                                seconds
+                                    .into_iter()
+                                    .map(move |(second, n)| ((event_type.clone(), second), now, n))
+                            },
+                        ));
+                }
             }
-        });
+        },
+    );
     expire_counts(counts, horizon)
 }
 

@@ -11,6 +11,7 @@ use timely::dataflow::Stream;
 
 use crate::dashboard::{contribution, count_sum, Contribution, CountSum, StrategyState};
 use crate::event::Record;
+use crate::time::{frontier_min, TickStash};
 use crate::FastMap;
 
 /// `(event second, contribution)`.
@@ -47,7 +48,8 @@ pub fn contributions<'s>(
     )
 }
 
-/// Splits contributions into one collection, pre-aggregated per batch.
+/// Splits contributions into one collection, pre-aggregated per tick: one
+/// update per key and tick reaches the arrangement.
 fn split<'s, K, R>(
     contributed: Stream<'s, u64, Vec<Contributed>>,
     name: &str,
@@ -57,14 +59,14 @@ where
     K: std::hash::Hash + Eq + Clone + 'static,
     R: Semigroup + 'static,
 {
-    contributed.unary::<CapacityContainerBuilder<Vec<(K, u64, R)>>, _, _, _>(
+    contributed.unary_frontier::<CapacityContainerBuilder<Vec<(K, u64, R)>>, _, _, _>(
         Pipeline,
         name,
         move |_, _| {
-            let mut acc: FastMap<K, R> = FastMap::default();
-            move |input, output| {
+            let mut ticks: TickStash<FastMap<K, R>> = TickStash::default();
+            move |(input, frontier), output| {
                 input.for_each(|cap, data| {
-                    let Some(time) = cap.least().copied() else {
+                    let Some((_, acc)) = ticks.at(&cap, FastMap::default) else {
                         return;
                     };
                     for item in data.iter() {
@@ -75,10 +77,13 @@ where
                             }
                         });
                     }
+                });
+                let bound = frontier_min(frontier);
+                while let Some((time, cap, acc)) = ticks.pop_before(bound) {
                     output
                         .session(&cap)
-                        .give_iterator(acc.drain().map(|(k, r)| (k, time, r)));
-                });
+                        .give_iterator(acc.into_iter().map(|(k, r)| (k, time, r)));
+                }
             }
         },
     )

@@ -24,6 +24,7 @@ use tracing::warn;
 use crate::aggregates::WinUpdate;
 use crate::event::{DeadLetter, Event, Partition, PartitionOffset, Record};
 use crate::panes::WinId;
+use crate::time::TickStash;
 use crate::trading::TradingBatch;
 use crate::windows::{Agg, WindowKey};
 
@@ -157,21 +158,6 @@ impl Pending {
     }
 }
 
-/// The pending batch of the tick of `cap`, holding a capability for it.
-fn pending_at<'a>(
-    stash: &'a mut BTreeMap<u64, (Capability<u64>, Pending)>,
-    cap: &timely::dataflow::operators::InputCapability<u64>,
-) -> Option<&'a mut Pending> {
-    let time = cap.least().copied()?;
-    let retained = cap.retain_least(0)?;
-    Some(
-        &mut stash
-            .entry(time)
-            .or_insert_with(|| (retained, Pending::default()))
-            .1,
-    )
-}
-
 /// Hands completed ticks to the sink: the tick's records, the window
 /// partials computed from them (`rollups`, merged into `metric_aggregations`
 /// in the same transaction) and their trading contributions, folded here
@@ -191,18 +177,18 @@ pub fn durable_sink<'s>(
         "DurableSink",
         move |_capability, info| {
             ack.register(scope.worker().sync_activator_for(info.address.to_vec()));
-            let mut stash: BTreeMap<u64, (Capability<u64>, Pending)> = BTreeMap::new();
+            let mut stash: TickStash<Pending> = TickStash::default();
             let mut inflight: Vec<(u64, Capability<u64>)> = Vec::new();
             move |(records, frontier1), (rollups, frontier2), _output| {
                 records.for_each(|cap, data| {
-                    if let Some(pending) = pending_at(&mut stash, &cap) {
+                    if let Some((_, pending)) = stash.at(&cap, Pending::default) {
                         for record in data.drain(..) {
                             pending.add_record(record);
                         }
                     }
                 });
                 rollups.for_each(|cap, data| {
-                    if let Some(pending) = pending_at(&mut stash, &cap) {
+                    if let Some((_, pending)) = stash.at(&cap, Pending::default) {
                         // One delta per window and tick from `fold_windows`.
                         pending
                             .rollups
@@ -211,12 +197,7 @@ pub fn durable_sink<'s>(
                 });
                 let complete =
                     crate::time::frontier_min(frontier1).min(crate::time::frontier_min(frontier2));
-                while let Some(entry) = stash.first_entry() {
-                    let tick = *entry.key();
-                    if tick >= complete {
-                        break;
-                    }
-                    let (capability, pending) = entry.remove();
+                while let Some((tick, capability, pending)) = stash.pop_before(complete) {
                     let batch = SinkBatch {
                         worker,
                         tick,

@@ -811,7 +811,9 @@ mod tests {
         assert_eq!(kafka_event_id("t", 1, 2), kafka_event_id("t", 1, 2));
         // The name hashed is `topic/partition/offset`: stored ids depend on it.
         let long = "t".repeat(400);
-        for (topic, partition, offset) in [("t", 1, 2), ("market.data", -3, i64::MIN), (&long, 0, 7)] {
+        for (topic, partition, offset) in
+            [("t", 1, 2), ("market.data", -3, i64::MIN), (&long, 0, 7)]
+        {
             assert_eq!(
                 kafka_event_id(topic, partition, offset),
                 Uuid::new_v5(
