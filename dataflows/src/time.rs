@@ -80,6 +80,43 @@ pub fn current_tick(tick_ms: u64) -> u64 {
     tick_floor(now_ms(), tick_ms)
 }
 
+/// What an operator folds per tick until its input frontier passes the
+/// tick: one state per tick, each holding a capability for its tick.
+pub struct TickStash<S>(std::collections::BTreeMap<u64, (Capability<u64>, S)>);
+
+impl<S> Default for TickStash<S> {
+    fn default() -> Self {
+        TickStash(std::collections::BTreeMap::new())
+    }
+}
+
+impl<S> TickStash<S> {
+    /// The tick of `cap` and its state, made by `new` the first time.
+    pub fn at(
+        &mut self,
+        cap: &InputCapability<u64>,
+        new: impl FnOnce() -> S,
+    ) -> Option<(u64, &mut S)> {
+        use std::collections::btree_map::Entry;
+        let time = cap.least().copied()?;
+        let (_, state) = match self.0.entry(time) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(slot) => slot.insert((cap.retain_least(0)?, new())),
+        };
+        Some((time, state))
+    }
+
+    /// Takes the earliest tick if it lies before `bound` (the input frontier).
+    pub fn pop_before(&mut self, bound: u64) -> Option<(u64, Capability<u64>, S)> {
+        let entry = self.0.first_entry()?;
+        if *entry.key() >= bound {
+            return None;
+        }
+        let (time, (cap, state)) = entry.remove_entry();
+        Some((time, cap, state))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,41 +149,5 @@ mod tests {
         assert_eq!(tick_ceil(1234, 100), 1300);
         assert_eq!(tick_ceil(1200, 100), 1200);
         assert_eq!(tick_floor(5, 0), 5);
-    }
-}
-
-/// What an operator folds per tick until its input frontier passes the
-/// tick: one state per tick, each holding a capability for its tick.
-pub struct TickStash<S>(std::collections::BTreeMap<u64, (Capability<u64>, S)>);
-
-impl<S> Default for TickStash<S> {
-    fn default() -> Self {
-        TickStash(std::collections::BTreeMap::new())
-    }
-}
-
-impl<S> TickStash<S> {
-    /// The tick of `cap` and its state, made by `new` the first time.
-    pub fn at(
-        &mut self,
-        cap: &InputCapability<u64>,
-        new: impl FnOnce() -> S,
-    ) -> Option<(u64, &mut S)> {
-        let time = cap.least().copied()?;
-        if !self.0.contains_key(&time) {
-            let retained = cap.retain_least(0)?;
-            self.0.insert(time, (retained, new()));
-        }
-        self.0.get_mut(&time).map(|(_, state)| (time, state))
-    }
-
-    /// Takes the earliest tick if it lies before `bound` (the input frontier).
-    pub fn pop_before(&mut self, bound: u64) -> Option<(u64, Capability<u64>, S)> {
-        let entry = self.0.first_entry()?;
-        if *entry.key() >= bound {
-            return None;
-        }
-        let (time, (cap, state)) = entry.remove_entry();
-        Some((time, cap, state))
     }
 }
