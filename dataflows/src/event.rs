@@ -640,22 +640,34 @@ pub fn replay_event_id(dead_letter_id: i64) -> Uuid {
 
 /// The deterministic id of a Kafka message without an `id`.
 pub fn kafka_event_id(topic: &str, partition: i32, offset: i64) -> Uuid {
-    use std::io::Write;
-    // Written on the stack: a topic name has at most 249 bytes.
-    let mut buf = [0u8; 320];
-    let written = {
-        let mut rest = &mut buf[..];
-        write!(rest, "{topic}/{partition}/{offset}")
-            .ok()
-            .map(|()| rest.len())
-    };
-    match written {
-        Some(left) => Uuid::new_v5(&KAFKA_ID_NAMESPACE, &buf[..buf.len() - left]),
-        None => Uuid::new_v5(
-            &KAFKA_ID_NAMESPACE,
-            format!("{topic}/{partition}/{offset}").as_bytes(),
-        ),
+    // `topic/partition/offset`, written without the formatting machinery
+    // (it was a third of this function's time).
+    let mut name = Vec::with_capacity(topic.len() + 32);
+    name.extend_from_slice(topic.as_bytes());
+    name.push(b'/');
+    push_decimal(&mut name, i64::from(partition));
+    name.push(b'/');
+    push_decimal(&mut name, offset);
+    Uuid::new_v5(&KAFKA_ID_NAMESPACE, &name)
+}
+
+/// Appends `n` in decimal, as `Display` writes it.
+fn push_decimal(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
     }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
