@@ -21,7 +21,8 @@ use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::worker::Worker;
@@ -328,14 +329,21 @@ pub fn build_windows<'s>(
     extra: Stream<'s, u64, Vec<WindowUpdate>>,
     spec: Arc<WindowSpec>,
 ) -> Windows<'s> {
-    let folded = fold_windows(records, Arc::clone(&spec));
     // The coarser intervals' deltas would wait in the sink's batches for
     // nothing (it stores the finest only): seven times the rollups of a
-    // tick with the default intervals, held while the sink is behind.
+    // tick with the default intervals, held while the sink is behind. They
+    // are split off (moved, not copied) and go to RetireWindows only.
     let finest = spec.finest();
-    let deltas = folded
-        .clone()
-        .filter(move |(id, _, _)| Some(id.interval) == finest);
+    let (deltas, coarser): (
+        Stream<'s, u64, Vec<WinUpdate>>,
+        Stream<'s, u64, Vec<WinUpdate>>,
+    ) = fold_windows(records, Arc::clone(&spec)).ok_err(move |update| {
+        if Some(update.0.interval) == finest {
+            Ok(update)
+        } else {
+            Err(update)
+        }
+    });
     // The live state takes the fold's deltas as pane diffs (finest only,
     // expanded to every interval by the publisher): one update per pane
     // crosses to the leader and waits there for durability, not one per
@@ -346,10 +354,28 @@ pub fn build_windows<'s>(
     let slot: TraceSlot = Rc::new(RefCell::new(None));
     // Arranged where RetireWindows put each series (no second exchange),
     // so that it can read what it retires from this worker's trace.
-    let retired = retire_windows(folded, window_ids(extra), spec, Rc::clone(&slot));
-    let keyed = retired
+    let retired = retire_windows(
+        deltas.clone().concat(coarser),
+        window_ids(extra),
+        spec,
+        Rc::clone(&slot),
+    );
+    // Only the updates the live state takes as window diffs are copied (to
+    // both the arrangement and the live state); the fold's go on, moved.
+    let (live, arrange_only): (
+        Stream<'s, u64, Vec<WinUpdate>>,
+        Stream<'s, u64, Vec<WinUpdate>>,
+    ) = retired.ok_err(|(id, time, agg, live)| {
+        if live {
+            Ok((id, time, agg))
+        } else {
+            Err((id, time, agg))
+        }
+    });
+    let keyed = live
         .clone()
-        .map(|(id, time, agg, _)| ((id, ()), time, agg));
+        .concat(arrange_only)
+        .map(|(id, time, agg)| ((id, ()), time, agg));
     let arranged = arrange_core::<_, _, KeyBatcher<WinId, u64, Agg>, KeySpine<WinId, u64, Agg>>(
         keyed,
         Pipeline,
@@ -358,8 +384,8 @@ pub fn build_windows<'s>(
     );
     *slot.borrow_mut() = Some(arranged.trace.clone());
     let trace = arranged.trace.clone();
-    let updates = retired
-        .flat_map(|(id, time, agg, live)| live.then_some((time, LiveUpdate::Window(id, agg))))
+    let updates = live
+        .map(|(id, time, agg)| (time, LiveUpdate::Window(id, agg)))
         .concat(panes);
     Windows {
         deltas,
