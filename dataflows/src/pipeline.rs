@@ -324,6 +324,9 @@ pub struct Windows<'s> {
 }
 
 /// Builds the window branch (see [`Windows`]).
+// `ok_err` routes each update by a `Result` that it unpacks at once; boxing
+// its large `Err` would add an allocation per update for nothing.
+#[allow(clippy::result_large_err)]
 pub fn build_windows<'s>(
     records: Stream<'s, u64, Vec<Record>>,
     extra: Stream<'s, u64, Vec<WindowUpdate>>,
