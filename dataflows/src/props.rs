@@ -44,7 +44,16 @@ pub enum Num {
     Volume = 5,
 }
 
-const ID_NAMES: [&str; 4] = ["symbol", "side", "strategy_id", "order_id"];
+/// The fields whose [`Shape`] is kept (what the built-in checks look at):
+/// the identifiers, in the order of [`Id`], then price and quantity.
+const SHAPED: [&str; 6] = [
+    "symbol",
+    "side",
+    "strategy_id",
+    "order_id",
+    "price",
+    "quantity",
+];
 const NUM_NAMES: [&str; 6] = [
     "price",
     "quantity",
@@ -102,7 +111,7 @@ pub struct Shape {
 /// The fields of `properties` that the dataflow reads, typed (see the
 /// module doc). Read with [`Props::read`], always from the text it is
 /// read with afterwards.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Props {
     ids: [Option<Text>; 4],
     /// NaN marks an absent number: a read number is finite.
@@ -111,20 +120,31 @@ pub struct Props {
     /// Every top-level name without a slot of its own whose value is a
     /// number (identifiers included), in order.
     others: Vec<(Text, f64)>,
-    /// symbol, side, strategy_id, order_id, price, quantity.
+    /// In the order of [`SHAPED`].
     shapes: [Shape; 6],
     /// Whether the text is a JSON object.
     object: bool,
+}
+
+/// No fields: what text that is not a JSON object reads as.
+impl Default for Props {
+    fn default() -> Self {
+        Props {
+            ids: Default::default(),
+            numbers: [f64::NAN; 6],
+            is_maker: None,
+            others: Vec::new(),
+            shapes: [Shape::default(); 6],
+            object: false,
+        }
+    }
 }
 
 impl Props {
     /// Reads `properties` (a JSON object's text; anything else reads as no
     /// fields, with [`Props::is_object`] false).
     pub fn read(properties: &str) -> Props {
-        let mut props = Props {
-            numbers: [f64::NAN; 6],
-            ..Props::default()
-        };
+        let mut props = Props::default();
         if properties.len() <= 2 {
             props.object = properties == "{}";
             return props;
@@ -137,25 +157,22 @@ impl Props {
             })
             .and_then(|()| de.end());
         if read.is_err() {
-            return Props {
-                numbers: [f64::NAN; 6],
-                ..Props::default()
-            };
+            return Props::default();
         }
         props.object = true;
         props
     }
 
     fn field(&mut self, base: &str, name: &str, raw: &RawValue) {
+        let shaped = SHAPED.iter().position(|n| *n == name);
+        if let Some(i) = shaped {
+            self.shape(i, raw);
+        }
         if let Some(i) = NUM_NAMES.iter().position(|n| *n == name) {
-            if i < 2 {
-                self.shape(4 + i, raw);
-            }
             self.numbers[i] = number(raw).unwrap_or(f64::NAN);
             return;
         }
-        if let Some(i) = ID_NAMES.iter().position(|n| *n == name) {
-            self.shape(i, raw);
+        if let Some(i) = shaped.filter(|i| *i < self.ids.len()) {
             self.ids[i] = identifier(raw).map(|s| Text::of(s, base));
         } else if name == "is_maker" {
             self.is_maker = match raw.get() {
@@ -189,12 +206,13 @@ impl Props {
     /// How `name` (symbol, side, strategy_id, order_id, price or quantity)
     /// was written; `None` for another name.
     pub fn shape_of(&self, name: &str) -> Option<Shape> {
-        let i = match name {
-            "price" => 4,
-            "quantity" => 5,
-            _ => ID_NAMES.iter().position(|n| *n == name)?,
-        };
+        let i = SHAPED.iter().position(|n| *n == name)?;
         Some(self.shapes[i])
+    }
+
+    /// Every field whose shape is kept, with its shape.
+    pub fn shapes(&self) -> impl Iterator<Item = (&'static str, Shape)> + '_ {
+        SHAPED.into_iter().zip(self.shapes)
     }
 
     /// The props read with the text they were read from.
@@ -223,17 +241,19 @@ impl<'a> PropsRef<'a> {
 
     /// A finite number from a JSON number or a numeric string.
     pub fn num(&self, num: Num) -> Option<f64> {
-        let v = self.props.numbers[num as usize];
+        self.slot(num as usize)
+    }
+
+    /// The number of slot `i` (in the order of [`NUM_NAMES`]).
+    fn slot(&self, i: usize) -> Option<f64> {
+        let v = self.props.numbers[i];
         (!v.is_nan()).then_some(v)
     }
 
     /// The number under any name (as [`PropsRef::num`]).
     pub fn number(&self, name: &str) -> Option<f64> {
         match NUM_NAMES.iter().position(|n| *n == name) {
-            Some(i) => {
-                let v = self.props.numbers[i];
-                (!v.is_nan()).then_some(v)
-            }
+            Some(i) => self.slot(i),
             None => self
                 .props
                 .others

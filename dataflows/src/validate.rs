@@ -387,8 +387,8 @@ pub fn builtin_check(
     }
     let shape = |name: &str| read.shape_of(name).unwrap_or_default();
     let mut errors = Vec::new();
-    for name in CHECKED {
-        if shape(name).occurrences > 1 {
+    for (name, written) in read.shapes() {
+        if written.occurrences > 1 {
             errors.push(field_error(
                 format!("/properties/{name}"),
                 format!("{name} is given more than once"),
@@ -449,16 +449,6 @@ pub fn builtin_check(
         Err(Rejection::new(DeadReason::InvalidField, errors))
     }
 }
-
-/// The names the built-in checks look at.
-const CHECKED: [&str; 6] = [
-    "symbol",
-    "side",
-    "price",
-    "quantity",
-    "order_id",
-    "strategy_id",
-];
 
 /// `BUY` or `SELL` for a side in any case, and whether it was written
 /// exactly so.
