@@ -176,16 +176,38 @@ pub async fn compact(
         return Ok(0);
     }
     let folded = rows.len();
-    let windows = stored_windows(&rows);
-    if windows.len() < folded {
-        tracing::error!(
-            unreadable = folded - windows.len(),
-            "rollup deltas that cannot be decoded; dropped"
-        );
+    let intervals = intervals.to_vec();
+    let (merged, unreadable) = off_runtime(move || {
+        let windows = stored_windows(&rows);
+        let unreadable = rows.len() - windows.len();
+        (derive_sums(&windows, &intervals, |_| true), unreadable)
+    })
+    .await;
+    if unreadable > 0 {
+        tracing::error!(unreadable, "rollup deltas that cannot be decoded; dropped");
     }
-    fold(&tx, partitions, derive_sums(&windows, intervals, |_| true)).await?;
+    fold(&tx, partitions, merged).await?;
     tx.commit().await?;
     Ok(folded)
+}
+
+/// Runs `f` on tokio's blocking threads. A compaction's CPU work (decoding,
+/// merging and summarising up to hundreds of thousands of sketches) takes
+/// hundreds of milliseconds; on the runtime's two threads it held up every
+/// HTTP request and the sink writer meanwhile (benchmarks/RESULTS.md,
+/// "Live at half the sustained rate"). A panic in `f` is resumed here.
+async fn off_runtime<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(
+            e.try_into_panic()
+                .unwrap_or_else(|e| Box::new(format!("compaction task: {e}"))),
+        ),
+    }
 }
 
 /// Adds `merged` to the stored rows, writing the derived columns: the rows
@@ -196,7 +218,7 @@ pub async fn compact(
 async fn fold(
     tx: &Transaction<'_>,
     partitions: &Partitions,
-    mut merged: BTreeMap<WindowKey, Agg>,
+    merged: BTreeMap<WindowKey, Agg>,
 ) -> Result<(), SinkError> {
     partitions
         .ensure(
@@ -213,8 +235,11 @@ async fn fold(
          SET LOCAL max_parallel_workers_per_gather = 0",
     )
     .await?;
-    let keys: Vec<&WindowKey> = merged.keys().collect();
-    let (names, intervals, dims, starts) = key_arrays(&keys);
+    let (merged, (names, intervals, dims, starts)) = off_runtime(move || {
+        let arrays = key_arrays(&merged.keys().collect::<Vec<_>>());
+        (merged, arrays)
+    })
+    .await;
     let existing = tx
         .query(
             "DELETE FROM metric_aggregations m
@@ -226,16 +251,45 @@ async fn fold(
             &[&names, &intervals, &dims, &starts],
         )
         .await?;
-    for row in &existing {
-        let Some(key) = row_key(row) else { continue };
-        if let (Some(agg), Some(Some(old))) = (
-            merged.get_mut(&key),
-            row.get::<_, Option<&[u8]>>(4).map(Agg::from_bytes),
-        ) {
-            agg.plus_equals(&old);
+    let rows = off_runtime(move || {
+        let mut merged = merged;
+        for row in &existing {
+            let Some(key) = row_key(row) else { continue };
+            if let (Some(agg), Some(Some(old))) = (
+                merged.get_mut(&key),
+                row.get::<_, Option<&[u8]>>(4).map(Agg::from_bytes),
+            ) {
+                agg.plus_equals(&old);
+            }
+        }
+        merged
+            .iter()
+            .map(|(key, agg)| RollupRow::of(key, agg))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    copy_rows(tx, &rows).await
+}
+
+/// A rollup row as it is written: its key's columns and [`Columns`].
+struct RollupRow {
+    metric: std::sync::Arc<str>,
+    interval: &'static str,
+    dims: String,
+    start: i64,
+    columns: Columns,
+}
+
+impl RollupRow {
+    fn of(key: &WindowKey, agg: &Agg) -> RollupRow {
+        RollupRow {
+            metric: std::sync::Arc::clone(&key.metric),
+            interval: key.interval.name(),
+            dims: key.dims.to_json().to_string(),
+            start: key.start,
+            columns: Columns::of(agg),
         }
     }
-    copy_rows(tx, &merged).await
 }
 
 /// The readable columns of a rollup row, derived from its state.
@@ -280,7 +334,7 @@ const ROW_TYPES: &[Type] = &[
     Type::BYTEA,
 ];
 
-async fn copy_rows(tx: &Transaction<'_>, rows: &BTreeMap<WindowKey, Agg>) -> Result<(), SinkError> {
+async fn copy_rows(tx: &Transaction<'_>, rows: &[RollupRow]) -> Result<(), SinkError> {
     let sink = tx
         .copy_in(
             "COPY metric_aggregations (metric_name, \"interval\", dimensions, time_bucket, count,
@@ -289,15 +343,14 @@ async fn copy_rows(tx: &Transaction<'_>, rows: &BTreeMap<WindowKey, Agg>) -> Res
         .await?;
     let writer = BinaryCopyInWriter::new(sink, ROW_TYPES);
     pin_mut!(writer);
-    for (key, agg) in rows {
-        let c = Columns::of(agg);
-        let dims = key.dims.to_json().to_string();
+    for r in rows {
+        let c = &r.columns;
         let [q50, q90, q95, q99] = c.quantiles;
         let row: [&(dyn ToSql + Sync); 14] = [
-            &&*key.metric,
-            &key.interval.name(),
-            &RawJsonb(&dims),
-            &PgMicros(key.start * 1_000_000),
+            &&*r.metric,
+            &r.interval,
+            &RawJsonb(&r.dims),
+            &PgMicros(r.start * 1_000_000),
             &c.count,
             &c.sum,
             &c.avg,
