@@ -251,6 +251,9 @@ async fn fold(
             &[&names, &intervals, &dims, &starts],
         )
         .await?;
+    // The rows reuse the dimensions' JSON written for the DELETE above
+    // (`key_arrays` lists the keys in `merged`'s order, which the merge of
+    // stored states below keeps: it adds no key).
     let rows = off_runtime(move || {
         let mut merged = merged;
         for row in &existing {
@@ -264,7 +267,8 @@ async fn fold(
         }
         merged
             .iter()
-            .map(|(key, agg)| RollupRow::of(key, agg))
+            .zip(dims)
+            .map(|((key, agg), dims)| RollupRow::of(key, dims, agg))
             .collect::<Vec<_>>()
     })
     .await;
@@ -281,11 +285,12 @@ struct RollupRow {
 }
 
 impl RollupRow {
-    fn of(key: &WindowKey, agg: &Agg) -> RollupRow {
+    /// The row of `key`, whose dimensions' JSON text is `dims`.
+    fn of(key: &WindowKey, dims: String, agg: &Agg) -> RollupRow {
         RollupRow {
             metric: std::sync::Arc::clone(&key.metric),
             interval: key.interval.name(),
-            dims: key.dims.to_json().to_string(),
+            dims,
             start: key.start,
             columns: Columns::of(agg),
         }
