@@ -15,6 +15,9 @@
 #   COMPACT=10s   sets analytics.dataflow.rollup_compaction_interval.
 #   PGLOG=1       logs every statement's duration in PostgreSQL's log
 #                 (.data/postgres/postgres.log) for the run's database.
+#   PGSTATS=1     prints, at the end, each updated table's inserts,
+#                 updates, HOT updates and dead row versions
+#                 (pg_stat_user_tables of the run's database).
 # Needs `make services` and a release build (`cargo build --release -p
 # analytics -p benchmarks`). Run binaries alternately (A B A B).
 #
@@ -66,6 +69,12 @@ for spec in "$@"; do
     paste -d' ' "/tmp/$run.a" "/tmp/$run.b" | awk '{ printf "  %-60s %12.3f\n", $1, $4 - $2 }'
     curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_freshness_seconds_bucket' \
         | awk '{ printf "%s%s", sep, $0; sep = "  " } END { print "" }' | sed 's/analytics_freshness_seconds_bucket//g'
+    if [[ -n ${PGSTATS:-} ]]; then
+        runuser -u postgres -- psql -q -h "$PG_SOCK" -d "$run" -c "SELECT pg_stat_force_next_flush()" >/dev/null
+        runuser -u postgres -- psql -h "$PG_SOCK" -d "$run" -c \
+            "SELECT relname, n_tup_ins AS ins, n_tup_upd AS upd, n_tup_hot_upd AS hot, n_dead_tup AS dead
+             FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY n_tup_upd DESC"
+    fi
     kill "$load" 2>/dev/null || true
     kill "$pid"; wait "$pid" 2>/dev/null || true
     end_run "$run"

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rollup_deltas",
         include_str!("../../migrations/0006_rollup_deltas.sql"),
     ),
+    (
+        7,
+        "hot_updates",
+        include_str!("../../migrations/0007_hot_updates.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 0x616e_616c_7974_6963; // "analytic"
