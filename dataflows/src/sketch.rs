@@ -975,6 +975,41 @@ mod tests {
 
     proptest! {
         #[test]
+        /// Merging against a plain map of counts, built without
+        /// `merged_with`: dense and sparse ids, both signs of id and count,
+        /// counts that cancel, and the varint lengths' edges (ids 63/64
+        /// apart, counts about 2^6 and 2^13), so that the byte-copied runs
+        /// are checked against a reference encoding.
+        fn merge_equals_a_map_of_counts(
+            a in prop::collection::btree_map(-300i32..300, -70i64..70, 0..120),
+            b in prop::collection::vec((-300i32..300, prop_oneof![-70i64..70, -9000i64..9000]), 0..40),
+            spread in prop_oneof![Just(1i32), Just(64), Just(127)],
+        ) {
+            let of_map = |m: &std::collections::BTreeMap<i32, i64>| {
+                encode_sorted(m.iter().map(|(&id, &n)| (id, n)), m.len())
+            };
+            let a: std::collections::BTreeMap<i32, i64> =
+                a.into_iter().map(|(id, n)| (id * spread, n)).collect();
+            let mut b_map = std::collections::BTreeMap::new();
+            for (id, n) in b {
+                *b_map.entry(id * spread).or_insert(0i64) += n;
+            }
+            let mut expected = a.clone();
+            for (&id, &n) in &b_map {
+                *expected.entry(id).or_insert(0) += n;
+            }
+            let mut merged = of_map(&a);
+            merged.merge(&of_map(&b_map));
+            prop_assert_eq!(merged.buckets(), of_map(&expected).buckets());
+            prop_assert_eq!(&merged, &of_map(&expected));
+            // Taking `a` back out leaves `b`; its negation, nothing.
+            let mut back = merged.clone();
+            back.merge(&of_map(&a).negated());
+            prop_assert_eq!(&back, &of_map(&b_map));
+            back.merge(&of_map(&b_map).negated());
+            prop_assert!(back.is_empty());
+        }
+
         fn merge_is_the_sketch_of_the_union(
             a in prop::collection::vec(value(), 0..200),
             b in prop::collection::vec(value(), 0..200),
