@@ -87,6 +87,9 @@ pub struct TestEnv {
     pub rate_limit: Option<(u32, u32)>,
     /// `analytics.dataflow.rollup_compaction_interval` (humantime).
     pub rollup_compaction_interval: String,
+    /// Whether this environment created the database and topics (peers
+    /// share them), so that dropping it removes them.
+    owner: bool,
 }
 
 impl TestEnv {
@@ -152,6 +155,7 @@ impl TestEnv {
             strategy_timeout: "15m".into(),
             rate_limit: None,
             rollup_compaction_interval: "1s".into(),
+            owner: true,
         };
         env.write_config();
         env
@@ -181,6 +185,7 @@ impl TestEnv {
             strategy_timeout: "15m".into(),
             rate_limit: self.rate_limit,
             rollup_compaction_interval: self.rollup_compaction_interval.clone(),
+            owner: false,
         };
         env.write_config();
         env
@@ -546,7 +551,57 @@ impl Drop for TestEnv {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A passed test's database and topics are removed; a failed one's
+        // stay for inspection (its log is kept either way).
+        if self.owner && !std::thread::panicking() {
+            remove_resources(&self.database, &self.topics);
+        }
     }
+}
+
+/// Drops `database` and deletes `topics`, reporting failures on stderr.
+/// Runs on a thread of its own with its own runtime: `Drop` may run inside
+/// a test's runtime, which cannot be blocked on.
+fn remove_resources(database: &str, topics: &[String]) {
+    let (database, topics) = (database.to_string(), topics.to_vec());
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        runtime.block_on(async {
+            let dropped = async {
+                let (client, conn) =
+                    tokio_postgres::connect(&format!("{} connect_timeout=5", admin_pg()), NoTls)
+                        .await?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .await
+            };
+            if let Err(e) = dropped.await {
+                eprintln!("test cleanup: database {database} not dropped: {e}");
+            }
+            let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+                .set("bootstrap.servers", BROKERS)
+                .create();
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let deleted = match admin {
+                Ok(admin) => admin
+                    .delete_topics(
+                        &names,
+                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                    )
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = deleted {
+                eprintln!("test cleanup: topics {names:?} not deleted: {e}");
+            }
+        });
+    });
+    let _ = cleanup.join();
 }
 
 /// Counts by type, as the oracle sees them.
