@@ -70,7 +70,6 @@ for spec in "$@"; do
     curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_freshness_seconds_bucket' \
         | awk '{ printf "%s%s", sep, $0; sep = "  " } END { print "" }' | sed 's/analytics_freshness_seconds_bucket//g'
     if [[ -n ${PGSTATS:-} ]]; then
-        runuser -u postgres -- psql -q -h "$PG_SOCK" -d "$run" -c "SELECT pg_stat_force_next_flush()" >/dev/null
         runuser -u postgres -- psql -h "$PG_SOCK" -d "$run" -c \
             "SELECT relname, n_tup_ins AS ins, n_tup_upd AS upd, n_tup_hot_upd AS hot, n_dead_tup AS dead
              FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY n_tup_upd DESC"
