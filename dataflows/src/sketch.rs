@@ -978,8 +978,8 @@ mod tests {
         /// Merging against a plain map of counts, built without
         /// `merged_with`: dense and sparse ids, both signs of id and count,
         /// counts that cancel, and the varint lengths' edges (ids 63/64
-        /// apart, counts about 2^6 and 2^13), so that the byte-copied runs
-        /// are checked against a reference encoding.
+        /// apart, counts about 2^6 and 2^13), so that the merge's encoding
+        /// is checked against one built from the summed counts.
         fn merge_equals_a_map_of_counts(
             a in prop::collection::btree_map(-300i32..300, -70i64..70, 0..120),
             b in prop::collection::vec((-300i32..300, prop_oneof![-70i64..70, -9000i64..9000]), 0..40),

@@ -113,10 +113,7 @@ impl TestEnv {
             .iter()
             .map(|t| format!("it.{unique}.{t}"))
             .collect();
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", BROKERS)
-            .create()
-            .expect("kafka admin client");
+        let admin = kafka_admin().expect("kafka admin client");
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
@@ -559,6 +556,13 @@ impl Drop for TestEnv {
     }
 }
 
+/// An admin client of the test broker.
+fn kafka_admin() -> rdkafka::error::KafkaResult<AdminClient<DefaultClientContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+}
+
 /// Drops `database` and deletes `topics`, reporting failures on stderr.
 /// Runs on a thread of its own with its own runtime: `Drop` may run inside
 /// a test's runtime, which cannot be blocked on.
@@ -582,22 +586,25 @@ fn remove_resources(database: &str, topics: &[String]) {
             if let Err(e) = dropped.await {
                 eprintln!("test cleanup: database {database} not dropped: {e}");
             }
-            let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-                .set("bootstrap.servers", BROKERS)
-                .create();
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let deleted = match admin {
-                Ok(admin) => admin
-                    .delete_topics(
-                        &names,
-                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-                    )
-                    .await
-                    .map(|_| ()),
+            let deleted = match kafka_admin() {
+                Ok(admin) => {
+                    admin
+                        .delete_topics(
+                            &names,
+                            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                        )
+                        .await
+                }
                 Err(e) => Err(e),
             };
-            if let Err(e) = deleted {
-                eprintln!("test cleanup: topics {names:?} not deleted: {e}");
+            match deleted {
+                Ok(results) => {
+                    for (topic, e) in results.into_iter().filter_map(Result::err) {
+                        eprintln!("test cleanup: topic {topic} not deleted: {e}");
+                    }
+                }
+                Err(e) => eprintln!("test cleanup: topics {names:?} not deleted: {e}"),
             }
         });
     });
