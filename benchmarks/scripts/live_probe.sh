@@ -17,7 +17,9 @@
 #                 (.data/postgres/postgres.log) for the run's database.
 #   PGSTATS=1     prints, at the end, each updated table's inserts,
 #                 updates, HOT updates and dead row versions
-#                 (pg_stat_user_tables of the run's database).
+#                 (pg_stat_user_tables of the run's database), and
+#                 metric_aggregations' rows and mean sketch bytes per
+#                 interval, and the pending deltas.
 # Needs `make services` and a release build (`cargo build --release -p
 # analytics -p benchmarks`). Run binaries alternately (A B A B).
 #
@@ -32,7 +34,7 @@ if [[ -n ${READS:-} && ! -x $HEY ]]; then
 fi
 
 snapshot() {
-    curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_(sink_phase_seconds_total|batch_duration_seconds_(sum|count)|freshness_seconds_(sum|count)|events_ingested_total\{source="kafka")' || true
+    curl -s "localhost:$METRICS/metrics" | grep -E '^analytics_(sink_phase_seconds_total|rollup_compaction_seconds_(sum|count)|batch_duration_seconds_(sum|count)|freshness_seconds_(sum|count)|events_ingested_total\{source="kafka")' || true
 }
 
 for spec in "$@"; do
@@ -72,7 +74,10 @@ for spec in "$@"; do
     if [[ -n ${PGSTATS:-} ]]; then
         runuser -u postgres -- psql -h "$PG_SOCK" -d "$run" -c \
             "SELECT relname, n_tup_ins AS ins, n_tup_upd AS upd, n_tup_hot_upd AS hot, n_dead_tup AS dead
-             FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY n_tup_upd DESC"
+             FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY n_tup_upd DESC" \
+            -c "SELECT \"interval\", count(*) AS rows, round(avg(octet_length(sketch))) AS sketch_bytes
+                FROM metric_aggregations GROUP BY 1 ORDER BY min(time_bucket) DESC, 2 DESC" \
+            -c "SELECT \"interval\", count(*) AS pending_deltas FROM metric_aggregation_deltas GROUP BY 1"
     fi
     kill "$load" 2>/dev/null || true
     kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -2,18 +2,21 @@
 //! contributions to `metric_aggregation_deltas` ([`append`]: binary COPY,
 //! no read, no lock) in the same transaction as the raw events they come
 //! from; a compactor ([`compact`], run by [`run_compactor`]) folds pending
-//! deltas into the rows and deletes them in one transaction. Every reader
-//! ([`load`], [`series`], [`names`]) adds the pending deltas in the same
-//! statement, so rollups always equal the aggregate of the committed events
-//! (late ones included) and live state can be restored from them, while a
-//! row of a long window is rewritten once per compaction instead of once
-//! per commit.
+//! deltas into the rows and deletes them in one transaction (the long
+//! intervals' rows at one turn in [`LONG_FOLD_TURNS`], see [`Folds`]).
+//! Every reader ([`load`], [`series`], [`names`]) adds the pending deltas
+//! in the same statement, so rollups always equal the aggregate of the
+//! committed events (late ones included) and live state can be restored
+//! from them, while a row of a long window is rewritten once per full
+//! compaction instead of once per commit.
 //!
 //! The `sketch` column holds the whole mergeable state ([`Agg`], bincode);
 //! `count`, `sum`, `avg`, `min`, `max` and the percentiles are derived from
 //! it for SQL readers and the replaced service's clients. Those columns lag
-//! the committed events by at most one compaction.
+//! the committed events by at most one compaction, and the long intervals'
+//! by at most [`LONG_FOLD_TURNS`].
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use dataflows::event::{Event, EventSource};
@@ -100,6 +103,14 @@ pub async fn append(tx: &Transaction<'_>, deltas: &[(&WindowKey, &Agg)]) -> Resu
             .filter(|(k, _)| k.interval == finest)
             .map(|(k, a)| (*k, *a)),
     );
+    copy_deltas(tx, &merged).await
+}
+
+/// Writes `deltas` to `metric_aggregation_deltas` with binary COPY.
+async fn copy_deltas<K: Borrow<WindowKey> + Sync>(
+    tx: &Transaction<'_>,
+    deltas: &BTreeMap<K, Agg>,
+) -> Result<(), SinkError> {
     let sink = tx
         .copy_in(
             "COPY metric_aggregation_deltas (metric_name, \"interval\", dimensions, bucket, sketch)
@@ -108,7 +119,8 @@ pub async fn append(tx: &Transaction<'_>, deltas: &[(&WindowKey, &Agg)]) -> Resu
         .await?;
     let writer = BinaryCopyInWriter::new(sink, DELTA_TYPES);
     pin_mut!(writer);
-    for (key, agg) in &merged {
+    for (key, agg) in deltas {
+        let key: &WindowKey = key.borrow();
         let dims = key.dims.to_json().to_string();
         let sketch = agg.to_bytes();
         let row: [&(dyn ToSql + Sync); 5] = [
@@ -152,43 +164,143 @@ pub fn derive(key: &WindowKey, interval: Interval) -> Option<WindowKey> {
     })
 }
 
-/// Folds at most `limit` pending deltas into the rows of `intervals` in
-/// `metric_aggregations`, in one transaction that deletes what it folds:
-/// each delta counts exactly once, before or after, for every reader.
-/// Returns how many were folded.
+/// Windows at least this long are the compactor's long ones ([`Folds`]).
+const LONG_WINDOW_SECONDS: i64 = 1_800;
+
+/// One compaction turn in this many also folds into the long intervals
+/// ([`Folds`]): once a minute with the default 10 s turns.
+pub const LONG_FOLD_TURNS: u64 = 6;
+
+/// How compaction turns split the configured intervals. A window of half
+/// an hour or more stays open for many turns, and its sketch is the
+/// largest, so folding every turn's deltas into every interval rewrote
+/// the same long rows at each turn (43 % of PostgreSQL's statement time at
+/// 8,400 events/s, benchmarks/RESULTS.md). So a short turn folds the
+/// finest deltas into the rows of the short intervals only, and leaves
+/// their sums pending as deltas of the `carry` interval's windows (the
+/// shortest long one): one delta per window and turn, not one per commit.
+/// A full turn, one in [`LONG_FOLD_TURNS`], folds every pending delta into
+/// every interval.
+///
+/// The long intervals are exactly the multiples of `carry`, and the short
+/// ones are not, so the readers' rule stays one rule ([`derive`]): a delta
+/// counts in the windows of every interval that is a multiple of its own.
+/// A finest delta counts everywhere; a carried one only in the long
+/// intervals, whose rows do not hold it yet.
+#[derive(Clone, Debug)]
+pub struct Folds {
+    all: Vec<Interval>,
+    split: Option<Split>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Split {
+    finest: Interval,
+    short: Vec<Interval>,
+    carry: Interval,
+}
+
+impl Folds {
+    /// The split of `intervals`; none when no configured interval is long,
+    /// or the finest one is.
+    pub fn of(intervals: &[Interval]) -> Folds {
+        let finest = finest(intervals.iter().copied());
+        let carry = intervals
+            .iter()
+            .copied()
+            .filter(|i| i.seconds() >= LONG_WINDOW_SECONDS)
+            .min_by_key(|i| i.seconds());
+        let split = match (finest, carry) {
+            (Some(finest), Some(carry))
+                if carry != finest && carry.seconds() % finest.seconds() == 0 =>
+            {
+                Some(Split {
+                    finest,
+                    short: intervals
+                        .iter()
+                        .copied()
+                        .filter(|i| i.seconds() % carry.seconds() != 0)
+                        .collect(),
+                    carry,
+                })
+            }
+            _ => None,
+        };
+        Folds {
+            all: intervals.to_vec(),
+            split,
+        }
+    }
+}
+
+/// Folds at most `limit` pending deltas into `metric_aggregations`, in one
+/// transaction that deletes what it folds: each delta counts exactly once,
+/// before or after, for every reader. A `full` turn takes any deltas and
+/// folds them into every interval; a short one (when `folds` has a split)
+/// takes finest deltas, folds them into the short intervals and writes
+/// their sums back as deltas of the carry interval ([`Folds`]). Returns
+/// how many deltas were taken.
 pub async fn compact(
     client: &mut tokio_postgres::Client,
     partitions: &Partitions,
-    intervals: &[Interval],
+    folds: &Folds,
+    full: bool,
     limit: i64,
 ) -> Result<usize, SinkError> {
     let tx = client.transaction().await?;
     crate::lock_merges(&tx, "metric_aggregations").await?;
-    let rows = tx
-        .query(
-            "DELETE FROM metric_aggregation_deltas
-             WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas LIMIT $1))
-             RETURNING metric_name, \"interval\", dimensions, bucket, sketch",
-            &[&limit],
-        )
-        .await?;
+    let split = folds.split.clone().filter(|_| !full);
+    const TAKEN: &str = "RETURNING metric_name, \"interval\", dimensions, bucket, sketch";
+    let rows = match &split {
+        None => {
+            tx.query(
+                &format!(
+                    "DELETE FROM metric_aggregation_deltas
+                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas LIMIT $1))
+                     {TAKEN}"
+                ),
+                &[&limit],
+            )
+            .await?
+        }
+        Some(split) => {
+            tx.query(
+                &format!(
+                    "DELETE FROM metric_aggregation_deltas
+                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas
+                                            WHERE \"interval\" = $2 LIMIT $1))
+                     {TAKEN}"
+                ),
+                &[&limit, &split.finest.name()],
+            )
+            .await?
+        }
+    };
     if rows.is_empty() {
         return Ok(0);
     }
-    let folded = rows.len();
-    let intervals = intervals.to_vec();
-    let (merged, unreadable) = off_runtime(move || {
+    let taken = rows.len();
+    let into = split
+        .as_ref()
+        .map_or_else(|| folds.all.clone(), |s| s.short.clone());
+    let (merged, carried, unreadable) = off_runtime(move || {
         let windows = stored_windows(&rows);
         let unreadable = rows.len() - windows.len();
-        (derive_sums(&windows, &intervals, |_| true), unreadable)
+        let carried = split.map_or_else(BTreeMap::new, |s| {
+            derive_sums(&windows, &[s.carry], |_| true)
+        });
+        (derive_sums(&windows, &into, |_| true), carried, unreadable)
     })
     .await;
     if unreadable > 0 {
         tracing::error!(unreadable, "rollup deltas that cannot be decoded; dropped");
     }
     fold(&tx, partitions, merged).await?;
+    if !carried.is_empty() {
+        copy_deltas(&tx, &carried).await?;
+    }
     tx.commit().await?;
-    Ok(folded)
+    Ok(taken)
 }
 
 /// Runs `f` on tokio's blocking threads. A compaction's CPU work (decoding,
@@ -537,28 +649,31 @@ pub async fn names<C: GenericClient>(client: &C) -> Result<Vec<String>, SinkErro
 /// Most deltas folded in one compaction transaction.
 const COMPACTION_ROWS: i64 = 200_000;
 
-/// Folds pending deltas into the rows of `intervals` every `every` (all
-/// of them, in transactions of at most [`COMPACTION_ROWS`]) until the
-/// process ends. Every process of a
-/// cluster runs one; the merge lock serialises them. A failed compaction
-/// leaves its deltas pending (readers still count them) and is retried at
-/// the next turn.
+/// Runs a compaction turn every `every` until the process ends: each
+/// folds the pending deltas (all of them, in transactions of at most
+/// [`COMPACTION_ROWS`]) into the rows of `intervals`, the long ones at one
+/// turn in [`LONG_FOLD_TURNS`], the first included ([`Folds`]). Every
+/// process of a cluster runs one; the merge lock serialises them. A failed
+/// compaction leaves its deltas pending (readers still count them) and is
+/// retried at the next turn.
 pub async fn run_compactor(
     pool: crate::Pool,
     partitions: std::sync::Arc<Partitions>,
     intervals: Vec<Interval>,
     every: std::time::Duration,
 ) {
+    let folds = Folds::of(&intervals);
     let mut turns = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for turn in 0u64.. {
         turns.tick().await;
+        let full = turn % LONG_FOLD_TURNS == 0;
         let started = std::time::Instant::now();
         let mut folded = 0;
         let result = async {
             let mut client = pool.get().await?;
             loop {
-                let n = compact(&mut client, &partitions, &intervals, COMPACTION_ROWS).await?;
+                let n = compact(&mut client, &partitions, &folds, full, COMPACTION_ROWS).await?;
                 folded += n;
                 if (n as i64) < COMPACTION_ROWS {
                     return Ok::<(), SinkError>(());
@@ -604,6 +719,66 @@ mod tests {
         let five = window("5m", 3_600, &[]).key;
         assert!(derive(&five, Interval::parse("1m").expect("1m")).is_none());
         assert_eq!(derive(&five, five.interval).expect("itself").start, 3_600);
+    }
+
+    fn intervals(names: &[&str]) -> Vec<Interval> {
+        names
+            .iter()
+            .map(|n| Interval::parse(n).expect("interval"))
+            .collect()
+    }
+
+    #[test]
+    fn folds_split_the_intervals_at_the_shortest_long_one() {
+        let all = intervals(&["1m", "5m", "15m", "30m", "1h", "4h", "1d"]);
+        let split = Folds::of(&all).split.expect("a split");
+        assert_eq!(
+            split,
+            Split {
+                finest: all[0],
+                short: intervals(&["1m", "5m", "15m"]),
+                carry: all[3],
+            }
+        );
+        // Without a 30m interval the hour carries; 15m is short.
+        let split = Folds::of(&intervals(&["5m", "15m", "1h", "1d"]))
+            .split
+            .expect("a split");
+        assert_eq!(
+            (split.short, split.carry),
+            (intervals(&["5m", "15m"]), intervals(&["1h"])[0])
+        );
+        // No long interval, or only long ones: every turn is full.
+        assert!(Folds::of(&intervals(&["1m", "5m", "15m"])).split.is_none());
+        assert!(Folds::of(&intervals(&["1h", "1d"])).split.is_none());
+    }
+
+    #[test]
+    fn a_carried_delta_counts_in_the_long_intervals_only() {
+        // A short turn folded panes of [3600, 5400) into the 15m rows and
+        // left their sum as a 30m delta: the 15m rows hold it, the 30m, 1h
+        // and 1d ones (none stored yet) do not. A 1m delta is pending.
+        let sums = |interval: &str| {
+            let mut stored = vec![
+                window("30m", 3_600, &[1.0, 2.0]),
+                window("1m", 3_660, &[4.0]),
+            ];
+            if interval == "15m" {
+                // A reader reads the rows of the asked interval only.
+                stored.extend([window("15m", 3_600, &[1.0]), window("15m", 4_500, &[2.0])]);
+            }
+            sum_windows(stored, intervals(&[interval])[0], 0, 86_400)
+                .iter()
+                .map(|w| (w.key.start, w.agg.count, w.agg.sum_value()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sums("15m"),
+            vec![(3_600, 2, Some(5.0)), (4_500, 1, Some(2.0))]
+        );
+        assert_eq!(sums("30m"), vec![(3_600, 3, Some(7.0))]);
+        assert_eq!(sums("1h"), vec![(3_600, 3, Some(7.0))]);
+        assert_eq!(sums("1d"), vec![(0, 3, Some(7.0))]);
     }
 
     #[test]
