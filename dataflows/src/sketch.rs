@@ -465,6 +465,12 @@ impl Sketch {
         self.bytes.as_deref().map_or(0, <[u8]>::len)
     }
 
+    /// Length of the pairs' encoding in bytes: what a merge into this
+    /// sketch walks and writes.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes_len()
+    }
+
     /// The sorted `(bucket id, count)` pairs, none with a zero count.
     pub fn pairs(&self) -> Pairs<'_> {
         Pairs {

@@ -323,7 +323,7 @@ impl Semigroup for Agg {
 
 impl Agg {
     /// [`Semigroup::plus_equals`] but for the sketch.
-    fn add_scalars(&mut self, rhs: &Agg) {
+    pub(crate) fn add_scalars(&mut self, rhs: &Agg) {
         self.count += rhs.count;
         self.sum += rhs.sum;
         self.min = self.min.min(rhs.min);

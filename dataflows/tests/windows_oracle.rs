@@ -509,7 +509,7 @@ fn check_windows(snapshot: &LiveSnapshot, fed: &[Fed], step: usize) {
     let expected = oracle_live(fed, as_of);
     for (key, agg) in &expected {
         assert_eq!(
-            snapshot.windows.get(key),
+            snapshot.windows.get(key).as_ref(),
             Some(agg),
             "step {step}, as_of {as_of}: window {key:?} (expires at {})",
             expire_at(key.interval, key.start)
@@ -548,7 +548,7 @@ fn check_windows(snapshot: &LiveSnapshot, fed: &[Fed], step: usize) {
             .filter(|(k, _)| k.interval == interval && k.start >= from)
         {
             assert_eq!(
-                snapshot.windows.get(key),
+                snapshot.windows.get(key).as_ref(),
                 Some(agg),
                 "step {step}, as_of {as_of}: covered window {key:?}"
             );
