@@ -172,10 +172,11 @@ const LONG_WINDOW_SECONDS: i64 = 1_800;
 pub const LONG_FOLD_TURNS: u64 = 6;
 
 /// How compaction turns split the configured intervals. A window of half
-/// an hour or more stays open for many turns, and its sketch is the
-/// largest, so folding every turn's deltas into every interval rewrote
-/// the same long rows at each turn (43 % of PostgreSQL's statement time at
-/// 8,400 events/s, benchmarks/RESULTS.md). So a short turn folds the
+/// an hour or more stays open for many turns (and, once hours old, holds
+/// the largest sketch), so folding every turn's deltas into every interval
+/// rewrote the same long rows at each turn: the compactor was 43 % of
+/// PostgreSQL's statement time at 8,400 events/s, and four of the seven
+/// rows it rewrote per series were long ones (benchmarks/RESULTS.md). So a short turn folds the
 /// finest deltas into the rows of the short intervals only, and leaves
 /// their sums pending as deltas of the `carry` interval's windows (the
 /// shortest long one): one delta per window and turn, not one per commit.
