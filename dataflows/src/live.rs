@@ -168,7 +168,7 @@ pub struct LiveWindows {
 /// A live window's aggregate in two parts: `agg`, whose sketch lacks the
 /// counts of `recent`, the sketch diffs applied since they were last
 /// folded into it. Merging a diff into a sketch rewrites the whole sketch,
-/// and a long window's is the largest and changes at every publish: the
+/// and a long window's changes at every publish and grows with its age: the
 /// publisher spent most of its time there (`Sketch::merge`, 15.6 % of the
 /// process at 8,400 events/s, benchmarks/RESULTS.md). A diff is merged
 /// into `recent` instead, and `recent` into `agg` once it has grown to an

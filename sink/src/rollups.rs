@@ -176,10 +176,11 @@ pub const LONG_FOLD_TURNS: u64 = 6;
 /// the largest sketch), so folding every turn's deltas into every interval
 /// rewrote the same long rows at each turn: the compactor was 43 % of
 /// PostgreSQL's statement time at 8,400 events/s, and four of the seven
-/// rows it rewrote per series were long ones (benchmarks/RESULTS.md). So a short turn folds the
-/// finest deltas into the rows of the short intervals only, and leaves
-/// their sums pending as deltas of the `carry` interval's windows (the
-/// shortest long one): one delta per window and turn, not one per commit.
+/// rows it rewrote per series were long ones (benchmarks/RESULTS.md). So
+/// a short turn folds the finest deltas into the rows of the short
+/// intervals only, and leaves their sums pending as deltas of the `carry`
+/// interval's windows (the shortest long one): one delta per window and
+/// turn, not one per commit.
 /// A full turn, one in [`LONG_FOLD_TURNS`], folds every pending delta into
 /// every interval.
 ///
