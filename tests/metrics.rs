@@ -341,9 +341,11 @@ async fn windows_match_an_oracle_before_and_after_sigkill() {
     env.stop().await;
     {
         let mut client = env.pg().await;
-        let intervals: Vec<_> = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"]
-            .map(|i| dataflows::windows::Interval::parse(i).expect("interval"))
-            .into();
+        // The service's intervals: the test's config leaves the defaults.
+        let intervals: Vec<_> = dataflows::windows::INTERVALS
+            .iter()
+            .map(|(name, _)| dataflows::windows::Interval::parse(name).expect("interval"))
+            .collect();
         let folds = sink::rollups::Folds::of(&intervals);
         let partitions = sink::partitions::Partitions::default();
         let taken = sink::rollups::compact(&mut client, &partitions, &folds, false, i64::MAX)

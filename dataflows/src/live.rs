@@ -203,7 +203,7 @@ impl Held {
         self.agg.add_scalars(diff);
         self.recent.merge(&diff.sketch);
         let zero_scalars = self.agg.count == 0 && self.agg.sum == 0;
-        if zero_scalars || self.recent.encoded_len() * FOLD_FROM > self.agg.sketch.encoded_len() {
+        if zero_scalars || self.recent.bytes_len() * FOLD_FROM > self.agg.sketch.bytes_len() {
             self.fold();
         }
         zero_scalars && self.agg.sketch.is_empty()

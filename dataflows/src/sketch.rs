@@ -461,14 +461,10 @@ impl Sketch {
         out.finish()
     }
 
-    fn bytes_len(&self) -> usize {
-        self.bytes.as_deref().map_or(0, <[u8]>::len)
-    }
-
     /// Length of the pairs' encoding in bytes: what a merge into this
     /// sketch walks and writes.
-    pub fn encoded_len(&self) -> usize {
-        self.bytes_len()
+    pub(crate) fn bytes_len(&self) -> usize {
+        self.bytes.as_deref().map_or(0, <[u8]>::len)
     }
 
     /// The sorted `(bucket id, count)` pairs, none with a zero count.

@@ -252,32 +252,17 @@ pub async fn compact(
     let tx = client.transaction().await?;
     crate::lock_merges(&tx, "metric_aggregations").await?;
     let split = folds.split.clone().filter(|_| !full);
-    const TAKEN: &str = "RETURNING metric_name, \"interval\", dimensions, bucket, sketch";
-    let rows = match &split {
-        None => {
-            tx.query(
-                &format!(
-                    "DELETE FROM metric_aggregation_deltas
-                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas LIMIT $1))
-                     {TAKEN}"
-                ),
-                &[&limit],
-            )
-            .await?
-        }
-        Some(split) => {
-            tx.query(
-                &format!(
-                    "DELETE FROM metric_aggregation_deltas
-                     WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas
-                                            WHERE \"interval\" = $2 LIMIT $1))
-                     {TAKEN}"
-                ),
-                &[&limit, &split.finest.name()],
-            )
-            .await?
-        }
-    };
+    // A short turn takes the finest deltas only; a full one any.
+    let take: Option<&str> = split.as_ref().map(|s| s.finest.name());
+    let rows = tx
+        .query(
+            "DELETE FROM metric_aggregation_deltas
+             WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas
+                                    WHERE $2::text IS NULL OR \"interval\" = $2 LIMIT $1))
+             RETURNING metric_name, \"interval\", dimensions, bucket, sketch",
+            &[&limit, &take],
+        )
+        .await?;
     if rows.is_empty() {
         return Ok(0);
     }

@@ -587,17 +587,8 @@ fn remove_resources(database: &str, topics: &[String]) {
                 eprintln!("test cleanup: database {database} not dropped: {e}");
             }
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let deleted = match kafka_admin() {
-                Ok(admin) => {
-                    admin
-                        .delete_topics(
-                            &names,
-                            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-                        )
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let deleted = async { kafka_admin()?.delete_topics(&names, &options).await }.await;
             match deleted {
                 Ok(results) => {
                     for (topic, e) in results.into_iter().filter_map(Result::err) {
