@@ -103,7 +103,7 @@ impl ProcessContext {
 pub type CountTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
 pub use crate::aggregates::WindowTrace;
 pub type SumTrace = TraceAgent<KeySpine<(String, i64), u64, CountSum>>;
-pub type UserTrace = TraceAgent<KeySpine<(String, i64), u64, isize>>;
+pub type UserTrace = TraceAgent<KeySpine<String, u64, isize>>;
 pub type StrategyTrace = TraceAgent<KeySpine<String, u64, StrategyState>>;
 
 /// Handles a worker keeps while it runs the dataflow.
@@ -251,8 +251,8 @@ pub struct DashboardRestored<'s> {
 }
 
 /// Dashboard state: per-second sums (volume, latency, …) expiring at the
-/// live horizon, users expiring `active_users_ms` after their last event,
-/// and strategy states.
+/// live horizon, one record per user active within `active_users_ms` after
+/// the end of its latest event second, and strategy states.
 pub fn build_dashboard<'s>(
     records: Stream<'s, u64, Vec<Record>>,
     restored: DashboardRestored<'s>,
@@ -269,16 +269,14 @@ pub fn build_dashboard<'s>(
     .as_collection()
     .arrange_by_self_named("DashboardSums");
     let tick_ms = horizon.tick_ms;
-    let users = expire(
+    let users = dashboard_ops::active_users(
         dashboard_ops::users(contributed.clone()).concat(restored.users),
-        "ExpireUsers",
-        move |(_, second): &(String, i64)| {
+        move |second| {
             tick_ceil(
                 ((second + 1).max(0) as u64) * 1000 + active_users_ms,
                 tick_ms,
             )
         },
-        |_| {},
     )
     .as_collection()
     .arrange_by_self_named("ActiveUsers");
@@ -297,7 +295,7 @@ pub fn build_dashboard<'s>(
         .map(|(key, time, diff)| (time, LiveUpdate::Sum(key, diff)))
         .concat(
             users
-                .flat_map_ref(|key, _| Some(key.0.clone()))
+                .flat_map_ref(|key, _| Some(key.clone()))
                 .inner
                 .map(|(user, time, diff)| (time, LiveUpdate::User(user, diff))),
         )

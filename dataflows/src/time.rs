@@ -106,6 +106,11 @@ impl<S> TickStash<S> {
         Some((time, state))
     }
 
+    /// The earliest tick held, if it lies before `bound`.
+    pub fn first_before(&self, bound: u64) -> Option<u64> {
+        self.0.keys().next().copied().filter(|t| *t < bound)
+    }
+
     /// Takes the earliest tick if it lies before `bound` (the input frontier).
     pub fn pop_before(&mut self, bound: u64) -> Option<(u64, Capability<u64>, S)> {
         let entry = self.0.first_entry()?;
