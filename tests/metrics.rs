@@ -348,7 +348,9 @@ async fn windows_match_an_oracle_before_and_after_sigkill() {
             .collect();
         let folds = sink::rollups::Folds::of(&intervals);
         let partitions = sink::partitions::Partitions::default();
-        let taken = sink::rollups::compact(&mut client, &partitions, &folds, false, i64::MAX)
+        // Rows rewritten in parts of 7 (the service's are 20,000), so that
+        // the turn's rows span several parts.
+        let taken = sink::rollups::compact(&mut client, &partitions, &folds, false, i64::MAX, 7)
             .await
             .expect("a short compaction turn");
         assert!(taken > 0);
@@ -362,6 +364,10 @@ async fn windows_match_an_oracle_before_and_after_sigkill() {
     assert_eq!(env.count(&pending("1m")).await, 0);
     assert!(env.count(&pending("30m")).await > 0);
     assert!(env.count(&rows("15m")).await > 0);
+    assert!(
+        env.count(&rows("1m")).await > 7,
+        "the turn's rows span several parts"
+    );
     assert_eq!(
         env.count(&rows("30m")).await + env.count(&rows("1h")).await,
         0

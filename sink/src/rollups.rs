@@ -241,13 +241,15 @@ impl Folds {
 /// folds them into every interval; a short one (when `folds` has a split)
 /// takes finest deltas, folds them into the short intervals and writes
 /// their sums back as deltas of the carry interval ([`Folds`]). Returns
-/// how many deltas were taken.
+/// how many deltas were taken. The rows are rewritten in parts of at most
+/// `fold_part_rows` ([`FOLD_PART_ROWS`] in the service).
 pub async fn compact(
     client: &mut tokio_postgres::Client,
     partitions: &Partitions,
     folds: &Folds,
     full: bool,
     limit: i64,
+    fold_part_rows: usize,
 ) -> Result<usize, SinkError> {
     let tx = client.transaction().await?;
     crate::lock_merges(&tx, "metric_aggregations").await?;
@@ -282,7 +284,7 @@ pub async fn compact(
     if unreadable > 0 {
         tracing::error!(unreadable, "rollup deltas that cannot be decoded; dropped");
     }
-    fold(&tx, partitions, merged).await?;
+    fold(&tx, partitions, merged, fold_part_rows).await?;
     if !carried.is_empty() {
         copy_deltas(&tx, &carried).await?;
     }
@@ -309,15 +311,17 @@ where
     }
 }
 
-/// Adds `merged` to the stored rows, writing the derived columns: the rows
-/// that exist are deleted and their state returned (one join), then every
-/// merged row is written with binary COPY. The caller holds the merge lock,
+/// Adds `merged` to the stored rows, writing the derived columns, in
+/// parts of at most `part` keys: a part's rows that exist are deleted and
+/// their state returned (one join), then each of its merged rows is written
+/// with binary COPY. The parts' keys are disjoint. The caller holds the merge lock,
 /// and only compactions write rollup rows, so nothing else changes them
 /// meanwhile; readers see the transaction whole or not at all.
 async fn fold(
     tx: &Transaction<'_>,
     partitions: &Partitions,
     merged: BTreeMap<WindowKey, Agg>,
+    part: usize,
 ) -> Result<(), SinkError> {
     partitions
         .ensure(
@@ -334,6 +338,35 @@ async fn fold(
          SET LOCAL max_parallel_workers_per_gather = 0",
     )
     .await?;
+    let parts = off_runtime(move || in_parts(merged, part)).await;
+    for merged in parts {
+        fold_part(tx, merged).await?;
+    }
+    Ok(())
+}
+
+/// `map` in consecutive parts of at most `part` keys (at least one).
+fn in_parts<K: Ord, V>(map: BTreeMap<K, V>, part: usize) -> Vec<BTreeMap<K, V>> {
+    let part = part.max(1);
+    let mut parts = Vec::with_capacity(map.len().div_ceil(part));
+    let mut current = BTreeMap::new();
+    for (k, v) in map {
+        current.insert(k, v);
+        if current.len() == part {
+            parts.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    parts
+}
+
+/// [`fold`] for one part of the rows.
+async fn fold_part(
+    tx: &Transaction<'_>,
+    merged: BTreeMap<WindowKey, Agg>,
+) -> Result<(), SinkError> {
     let (merged, (names, intervals, dims, starts)) = off_runtime(move || {
         let arrays = key_arrays(&merged.keys().collect::<Vec<_>>());
         (merged, arrays)
@@ -636,6 +669,15 @@ pub async fn names<C: GenericClient>(client: &C) -> Result<Vec<String>, SinkErro
 /// Most deltas folded in one compaction transaction.
 const COMPACTION_ROWS: i64 = 200_000;
 
+/// Rows rewritten per statement pair of a compaction (the DELETE of the
+/// stored rows, their COPY back). One pair for a whole transaction's rows
+/// sent its keys as one Bind message: at 20,000 events/s with the service
+/// behind, jemalloc's heap profile found that message (about 67 MB) and the
+/// connection's write buffer grown to hold it (55 MB) among the largest
+/// allocations of the process (benchmarks/RESULTS.md). In parts, both stay
+/// near a part's size, for the same statements' work.
+pub const FOLD_PART_ROWS: usize = 20_000;
+
 /// Runs a compaction turn every `every` until the process ends: each
 /// folds the pending deltas (all of them, in transactions of at most
 /// [`COMPACTION_ROWS`]) into the rows of `intervals`, the long ones at one
@@ -660,7 +702,15 @@ pub async fn run_compactor(
         let result = async {
             let mut client = pool.get().await?;
             loop {
-                let n = compact(&mut client, &partitions, &folds, full, COMPACTION_ROWS).await?;
+                let n = compact(
+                    &mut client,
+                    &partitions,
+                    &folds,
+                    full,
+                    COMPACTION_ROWS,
+                    FOLD_PART_ROWS,
+                )
+                .await?;
                 folded += n;
                 if (n as i64) < COMPACTION_ROWS {
                     return Ok::<(), SinkError>(());
@@ -681,6 +731,20 @@ pub async fn run_compactor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_keep_every_key_once_in_order() {
+        let map: BTreeMap<u32, u32> = (0..10).map(|k| (k, k * 2)).collect();
+        let parts = in_parts(map.clone(), 4);
+        assert_eq!(
+            parts.iter().map(BTreeMap::len).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        let joined: Vec<(u32, u32)> = parts.into_iter().flatten().collect();
+        assert_eq!(joined, map.into_iter().collect::<Vec<_>>());
+        assert_eq!(in_parts(BTreeMap::<u32, u32>::new(), 4).len(), 0);
+        assert_eq!(in_parts((0..3).map(|k| (k, k)).collect(), 0).len(), 3);
+    }
 
     fn window(interval: &str, start: i64, values: &[f64]) -> StoredWindow {
         let mut agg = Agg::default();
