@@ -182,11 +182,7 @@ pub fn active_users<'s>(
                                 }
                                 session.give((user.clone(), time, 1));
                                 active.insert(user.clone(), exit);
-                                checks
-                                    .entry(exit)
-                                    .or_insert_with(|| (cap.delayed(&exit), Vec::new()))
-                                    .1
-                                    .push(user);
+                                file_check(&mut checks, &cap, exit, user);
                             }
                         }
                         (_, Some(_)) => {
@@ -200,11 +196,7 @@ pub fn active_users<'s>(
                                         active.remove(&user);
                                         session.give((user, at, -1));
                                     }
-                                    Some(exit) => checks
-                                        .entry(exit)
-                                        .or_insert_with(|| (cap.delayed(&exit), Vec::new()))
-                                        .1
-                                        .push(user),
+                                    Some(exit) => file_check(&mut checks, &cap, exit, user),
                                     None => {}
                                 }
                             }
@@ -215,6 +207,21 @@ pub fn active_users<'s>(
             }
         },
     )
+}
+
+/// Files `user`'s check under `exit`, with a capability for `exit` taken
+/// from `cap` (an earlier tick's) when it is the first there.
+fn file_check(
+    checks: &mut BTreeMap<u64, (Capability<u64>, Vec<String>)>,
+    cap: &Capability<u64>,
+    exit: u64,
+    user: String,
+) {
+    checks
+        .entry(exit)
+        .or_insert_with(|| (cap.delayed(&exit), Vec::new()))
+        .1
+        .push(user);
 }
 
 /// Strategy states.
