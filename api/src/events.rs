@@ -243,7 +243,7 @@ pub(crate) async fn commit_events(
     })
     .await?;
     state.committed_windows.push(committed.windows);
-    sink::writer::publish_committed(&state.feed, &committed.events);
+    sink::writer::publish_committed(&state.feed, committed.events.iter().cloned());
     let new = committed.events.clone();
     state.committed.push(committed.events);
     Ok(new)

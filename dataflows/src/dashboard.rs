@@ -13,12 +13,15 @@
 //!   that keeps the latest lifecycle event (started / stopped, by event
 //!   time) and the latest activity.
 
+use std::collections::BTreeMap;
+
 use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 use crate::props::{Id, Num};
 use crate::windows::to_nano;
+use crate::FastMap;
 
 /// Σ price × quantity of `order.filled`.
 pub const VOLUME: &str = "order_volume";
@@ -119,6 +122,38 @@ pub fn contribution(event: &Event) -> Contribution {
 /// The `(count, sum)` diff of one value.
 pub fn count_sum(value: f64) -> CountSum {
     (1, to_nano(value))
+}
+
+/// The contributions of many events, summed: what the sink adds to its
+/// dashboard tables (`second_sums`, `user_last_seen`, `strategy_state`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DashboardDelta {
+    /// `(second, series)` with their `(count, sum)`.
+    pub sums: BTreeMap<(i64, &'static str), CountSum>,
+    /// Each user's latest event second.
+    pub users: FastMap<String, i64>,
+    pub strategies: FastMap<String, StrategyState>,
+}
+
+impl DashboardDelta {
+    /// Adds the contribution of `event`.
+    pub fn add(&mut self, event: &Event) {
+        let second = event.second();
+        let c = contribution(event);
+        for (series, value) in c.sums {
+            let (n, s) = count_sum(value);
+            let slot = self.sums.entry((second, series)).or_default();
+            slot.0 += n;
+            slot.1 += s;
+        }
+        if let Some(user) = c.user {
+            let slot = self.users.entry(user).or_insert(second);
+            *slot = (*slot).max(second);
+        }
+        if let Some((id, state)) = c.strategy {
+            self.strategies.entry(id).or_default().plus_equals(&state);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
 use crate::aggregates::WinUpdate;
-use crate::event::{DeadLetter, Event, Partition, PartitionOffset, Record};
+use crate::event::{DeadLetter, Partition, PartitionOffset, Record};
 use crate::panes::WinId;
+use crate::rows::EventRows;
 use crate::time::TickStash;
 use crate::trading::TradingBatch;
 use crate::windows::{Agg, WindowKey};
@@ -35,7 +36,8 @@ pub struct SinkBatch {
     pub worker: usize,
     /// The latest tick whose rows this batch completes.
     pub tick: u64,
-    pub events: Vec<Arc<Event>>,
+    /// The tick's events, as the rows stored for them.
+    pub events: EventRows,
     pub dead: Vec<DeadLetter>,
     /// `(topic, partition, next_offset)` reached by the rows of this batch.
     pub offsets: Vec<PartitionOffset>,
@@ -128,7 +130,7 @@ impl WorkerAck {
 
 #[derive(Default)]
 struct Pending {
-    events: Vec<Arc<Event>>,
+    events: EventRows,
     dead: Vec<DeadLetter>,
     offsets: BTreeMap<Partition, i64>,
     rollups: Vec<(WinId, Agg)>,
@@ -140,7 +142,7 @@ impl Pending {
         match record {
             Record::Event(e) => {
                 self.trading.add(&e);
-                self.events.push(e);
+                self.events.add(&e);
             }
             Record::Dead(d) => self.dead.push(d),
             Record::Progress {
@@ -197,7 +199,8 @@ pub fn durable_sink<'s>(
                 });
                 let complete =
                     crate::time::frontier_min(frontier1).min(crate::time::frontier_min(frontier2));
-                while let Some((tick, capability, pending)) = stash.pop_before(complete) {
+                while let Some((tick, capability, mut pending)) = stash.pop_before(complete) {
+                    pending.events.shrink_to_fit();
                     let batch = SinkBatch {
                         worker,
                         tick,

@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod props;
 pub mod publish;
 pub mod route;
+pub mod rows;
 pub mod sketch;
 pub mod time;
 pub mod trading;

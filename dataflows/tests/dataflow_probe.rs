@@ -342,7 +342,10 @@ fn sink_batches_hold_exactly_their_ticks_rows_and_offsets() {
             Arc::ptr_eq(&batch.ack, &h.ack),
             "the batch carries its worker's ack"
         );
-        assert_eq!(sorted_events(&batch.events), sorted_events(&events_t));
+        assert_eq!(
+            sorted_events(&batch.events.events().collect::<Vec<_>>()),
+            sorted_events(&events_t)
+        );
         assert_eq!(sorted_dead(&batch.dead), sorted_dead(&dead_t));
         assert_eq!(
             sorted_offsets(&batch.offsets),
@@ -351,7 +354,10 @@ fn sink_batches_hold_exactly_their_ticks_rows_and_offsets() {
         assert_eq!(batch.rows(), 6);
 
         let batch1 = h.recv_batch(worker, t + TICK);
-        assert_eq!(sorted_events(&batch1.events), events_t1);
+        assert_eq!(
+            sorted_events(&batch1.events.events().collect::<Vec<_>>()),
+            events_t1
+        );
         assert!(batch1.dead.is_empty());
         assert_eq!(
             sorted_offsets(&batch1.offsets),

@@ -4,37 +4,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use dataflows::dashboard::{contribution, count_sum, CountSum, StrategyState};
-use dataflows::event::Event;
+use dataflows::dashboard::{CountSum, DashboardDelta, StrategyState};
 use differential_dataflow::difference::Semigroup;
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::SinkError;
 
-/// Merges the dashboard contributions of `events`; keys are sorted so that
+/// Merges the dashboard contributions `deltas`; keys are sorted so that
 /// concurrent writers lock rows in one order.
-pub async fn merge(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkError> {
-    if events.is_empty() {
-        return Ok(());
-    }
+pub async fn merge(tx: &Transaction<'_>, deltas: &[&DashboardDelta]) -> Result<(), SinkError> {
     let mut sums: BTreeMap<(i64, &'static str), CountSum> = BTreeMap::new();
-    let mut users: BTreeMap<String, i64> = BTreeMap::new();
-    let mut strategies: BTreeMap<String, StrategyState> = BTreeMap::new();
-    for event in events {
-        let second = event.second();
-        let c = contribution(event);
-        for (series, value) in c.sums {
-            let (n, s) = count_sum(value);
-            let slot = sums.entry((second, series)).or_default();
+    let mut users: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut strategies: BTreeMap<&str, StrategyState> = BTreeMap::new();
+    for delta in deltas {
+        for (key, (n, s)) in &delta.sums {
+            let slot = sums.entry(*key).or_default();
             slot.0 += n;
             slot.1 += s;
         }
-        if let Some(user) = c.user {
-            let slot = users.entry(user).or_insert(second);
-            *slot = (*slot).max(second);
+        for (user, second) in &delta.users {
+            let slot = users.entry(user).or_insert(*second);
+            *slot = (*slot).max(*second);
         }
-        if let Some((id, state)) = c.strategy {
-            strategies.entry(id).or_default().plus_equals(&state);
+        for (id, state) in &delta.strategies {
+            strategies.entry(id).or_default().plus_equals(state);
         }
     }
     if !sums.is_empty() {
@@ -54,7 +47,7 @@ pub async fn merge(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkEr
         .await?;
     }
     if !users.is_empty() {
-        let ids: Vec<&str> = users.keys().map(String::as_str).collect();
+        let ids: Vec<&str> = users.keys().copied().collect();
         let last: Vec<i64> = users.values().copied().collect();
         tx.execute(
             "INSERT INTO user_last_seen (user_id, last_second)
@@ -66,7 +59,7 @@ pub async fn merge(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkEr
         .await?;
     }
     if !strategies.is_empty() {
-        let ids: Vec<&str> = strategies.keys().map(String::as_str).collect();
+        let ids: Vec<&str> = strategies.keys().copied().collect();
         let at: Vec<i64> = strategies.values().map(|s| s.lifecycle.0).collect();
         let kind: Vec<i16> = strategies
             .values()

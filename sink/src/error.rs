@@ -22,6 +22,9 @@ pub enum SinkError {
     /// TLS set-up (certificate files), before any connection.
     #[error("postgres TLS: {0}")]
     Tls(String),
+    /// PostgreSQL answered something the writer's own rows rule out.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
 }
 
 /// The server's message for database errors (tokio-postgres' own Display

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use dataflows::event::{DeadLetter, Event};
+use dataflows::rows::EventRows;
 use dataflows::windows::{Agg, WindowKey};
 use uuid::Uuid;
 
@@ -56,9 +57,10 @@ pub async fn commit_rest(
         .iter()
         .filter(|e| fresh.contains(&e.id) && seen.insert(e.id))
         .collect();
-    copy_events(&tx, &new).await?;
-    upsert_counts(&tx, &new).await?;
-    crate::dashboard::merge(&tx, &new).await?;
+    let rows = EventRows::of(new.iter().copied());
+    copy_events(&tx, &[&rows]).await?;
+    upsert_counts(&tx, &[&rows]).await?;
+    crate::dashboard::merge(&tx, &[&rows.dashboard]).await?;
     let trading = dataflows::trading::TradingBatch::of(new.iter().copied());
     crate::trading::merge(&tx, &trading).await?;
     let contributions = windows(&new);

@@ -14,19 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use dataflows::dashboard::DashboardDelta;
 use dataflows::durable::SinkBatch;
 use dataflows::event::{DeadLetter, Event, EventSource, FieldError, Partition, PartitionOffset};
+use dataflows::rows::{EventRows, COPY_EVENTS, COPY_HEADER, COPY_TRAILER};
 use dataflows::windows::{Agg, WindowKey};
-use futures::pin_mut;
+use futures::{pin_mut, SinkExt};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 use tracing::{debug, error, info_span, Instrument};
 
-use crate::encode::{PgMicros, RawJsonb};
 use crate::metrics::{self, IngestionStats};
-use crate::partitions::{day_of, Partitions};
+use crate::partitions::Partitions;
 use crate::{Pool, SinkError};
 
 /// Committed offsets per partition, shared with the lag monitor.
@@ -41,13 +41,13 @@ pub type OffsetsCommitted = Box<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 pub type EventFeed = tokio::sync::broadcast::Sender<Arc<Event>>;
 
 /// Sends committed events to the feed when anyone listens.
-pub fn publish_committed<'a>(feed: &EventFeed, events: impl IntoIterator<Item = &'a Event>) {
+pub fn publish_committed(feed: &EventFeed, events: impl IntoIterator<Item = Event>) {
     if feed.receiver_count() == 0 {
         return;
     }
     for event in events {
         // An error means every receiver left meanwhile.
-        let _ = feed.send(Arc::new(event.clone()));
+        let _ = feed.send(Arc::new(event));
     }
 }
 
@@ -115,9 +115,7 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
     for batch in group {
         events += batch.events.len() as u64;
         failed += batch.dead.len() as u64;
-        for e in &batch.events {
-            latency += (now_us - e.created_at_us).max(0) as u64;
-        }
+        latency += batch.events.latency_sum_us(now_us);
         for d in &batch.dead {
             metrics::EVENTS_FAILED
                 .with_label_values(&[d.reason.as_str()])
@@ -146,10 +144,7 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
         on_commit(&list);
     }
     if let Some(feed) = ctx.feed.as_ref() {
-        publish_committed(
-            feed,
-            group.iter().flat_map(|b| b.events.iter().map(|e| &**e)),
-        );
+        publish_committed(feed, group.iter().flat_map(|b| b.events.events()));
     }
     for batch in group {
         batch.ack.acknowledge(batch.tick, batch.rows());
@@ -159,17 +154,11 @@ fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
 async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), SinkError> {
     let mut client = ctx.pool.get().await?;
     let mut clock = crate::metrics::PhaseClock::start();
-    let days: Vec<i64> = group
-        .iter()
-        .flat_map(|b| b.events.iter().map(|e| day_of(e.timestamp_us)))
-        .collect();
+    let days: Vec<i64> = group.iter().flat_map(|b| b.events.days()).collect();
     ctx.partitions.ensure(&**client, "events", days).await?;
     let tx = client.transaction().await?;
     clock.lap("partitions");
-    let events: Vec<&Event> = group
-        .iter()
-        .flat_map(|b| b.events.iter().map(|e| &**e))
-        .collect();
+    let events: Vec<&EventRows> = group.iter().map(|b| &b.events).collect();
     copy_events(&tx, &events).await?;
     clock.lap("copy_events");
     let dead: Vec<&DeadLetter> = group.iter().flat_map(|b| b.dead.iter()).collect();
@@ -177,7 +166,8 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     clock.lap("dead_letters");
     upsert_counts(&tx, &events).await?;
     clock.lap("counts");
-    crate::dashboard::merge(&tx, &events).await?;
+    let dashboard: Vec<&DashboardDelta> = events.iter().map(|r| &r.dashboard).collect();
+    crate::dashboard::merge(&tx, &dashboard).await?;
     clock.lap("dashboard");
     let mut trading = TradingBatch::default();
     for batch in group {
@@ -219,77 +209,38 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     Ok(())
 }
 
-const EVENT_TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT8,
-];
-
-/// Writes events with binary COPY.
-pub async fn copy_events(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkError> {
-    if events.is_empty() {
+/// Writes the events' rows with binary COPY; they were encoded by whoever
+/// built the rows (see [`EventRows`]).
+pub async fn copy_events(tx: &Transaction<'_>, rows: &[&EventRows]) -> Result<(), SinkError> {
+    let expected: usize = rows.iter().map(|r| r.len()).sum();
+    if expected == 0 {
         return Ok(());
     }
-    let sink = tx
-        .copy_in(
-            "COPY events (id, event_type, user_id, session_id, properties, \"timestamp\", \
-             created_at, source, kafka_topic, kafka_partition, kafka_offset) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, EVENT_TYPES);
-    pin_mut!(writer);
-    for e in events {
-        let (source, topic, partition, offset) = match &e.source {
-            EventSource::Kafka {
-                topic,
-                partition,
-                offset,
-            } => (
-                "kafka",
-                Some(topic.as_ref()),
-                Some(*partition),
-                Some(*offset),
-            ),
-            EventSource::Rest => ("rest", None, None, None),
-        };
-        let row: [&(dyn ToSql + Sync); 11] = [
-            &e.id,
-            &e.event_type,
-            &e.user_id,
-            &e.session_id,
-            &RawJsonb(&e.properties),
-            &PgMicros(e.timestamp_us),
-            &PgMicros(e.created_at_us),
-            &source,
-            &topic,
-            &partition,
-            &offset,
-        ];
-        writer.as_mut().write(&row).await?;
+    let sink = tx.copy_in(COPY_EVENTS).await?;
+    pin_mut!(sink);
+    sink.feed(Bytes::from_static(COPY_HEADER)).await?;
+    for r in rows.iter().filter(|r| !r.is_empty()) {
+        sink.feed(Bytes::copy_from_slice(r.tuples())).await?;
     }
-    writer.finish().await?;
+    sink.feed(Bytes::from_static(COPY_TRAILER)).await?;
+    let copied = sink.finish().await?;
+    if copied != expected as u64 {
+        return Err(SinkError::Invariant(format!(
+            "COPY stored {copied} events, {expected} were sent"
+        )));
+    }
     Ok(())
 }
 
 /// Adds the events to `event_counts`, keys sorted so that concurrent
 /// writers lock rows in the same order.
-pub async fn upsert_counts(tx: &Transaction<'_>, events: &[&Event]) -> Result<(), SinkError> {
-    if events.is_empty() {
-        return Ok(());
-    }
+pub async fn upsert_counts(tx: &Transaction<'_>, rows: &[&EventRows]) -> Result<(), SinkError> {
     let mut counts: BTreeMap<(i64, &str), i64> = BTreeMap::new();
-    for e in events {
-        *counts
-            .entry((e.second(), e.event_type.as_str()))
-            .or_insert(0) += 1;
+    for (second, event_type, n) in rows.iter().flat_map(|r| r.counts()) {
+        *counts.entry((second, event_type)).or_insert(0) += n;
+    }
+    if counts.is_empty() {
+        return Ok(());
     }
     let seconds: Vec<i64> = counts.keys().map(|(s, _)| *s).collect();
     let types: Vec<&str> = counts.keys().map(|(_, t)| *t).collect();
