@@ -209,6 +209,9 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     Ok(())
 }
 
+/// Largest COPY data message the writer sends.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Writes the events' rows with binary COPY; they were encoded by whoever
 /// built the rows (see [`EventRows`]).
 pub async fn copy_events(tx: &Transaction<'_>, rows: &[&EventRows]) -> Result<(), SinkError> {
@@ -219,8 +222,14 @@ pub async fn copy_events(tx: &Transaction<'_>, rows: &[&EventRows]) -> Result<()
     let sink = tx.copy_in(COPY_EVENTS).await?;
     pin_mut!(sink);
     sink.feed(Bytes::from_static(COPY_HEADER)).await?;
-    for r in rows.iter().filter(|r| !r.is_empty()) {
-        sink.feed(Bytes::copy_from_slice(r.tuples())).await?;
+    // In chunks: the connection copies each message into its write buffer,
+    // which keeps the largest size it ever had (a whole group's rows as
+    // one message grew it to tens of MB per connection).
+    for chunk in rows
+        .iter()
+        .flat_map(|r| r.tuples().chunks(COPY_CHUNK_BYTES))
+    {
+        sink.feed(Bytes::copy_from_slice(chunk)).await?;
     }
     sink.feed(Bytes::from_static(COPY_TRAILER)).await?;
     let copied = sink.finish().await?;
