@@ -4,11 +4,11 @@
 # each given binary in turn on it (a fresh database each, -w 1 unless
 # set) and times it from start until analytics_events_ingested_total +
 # analytics_dead_letters_total (source kafka) equals the backlog: every
-# row durable in PostgreSQL and counted live. Prints the time, the rate and
+# row durable in PostgreSQL and counted live (-w WORKERS, default 1). Prints the time, the rate and
 # the sink's phase seconds. Needs `make services` and a release build
 # (`cargo build --release -p analytics -p benchmarks`).
 #
-#   benchmarks/scripts/catchup.sh PREFIX "BIN LABEL [key=value ...]" ...
+#   [WORKERS=N] benchmarks/scripts/catchup.sh PREFIX "BIN LABEL [key=value ...]" ...
 #
 # key=value pairs go under analytics.dataflow (e.g.
 # rollup_compaction_interval=1s). Run binaries alternately (A B A B): an
@@ -47,7 +47,7 @@ kafka:
   consumer_group: "catchup-$db"
   topics: $(topic_list "$prefix")
 analytics:
-  ingestion: {workers: 1}
+  ingestion: {workers: ${WORKERS:-1}}
   dataflow: {$dataflow}
 metrics: {port: $METRICS}
 health: {port: $HEALTH}
