@@ -37,13 +37,19 @@ pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 pub const COPY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// `jsonb`'s binary format version.
-const JSONB_VERSION: u8 = 1;
+pub const JSONB_VERSION: u8 = 1;
 
 /// Microseconds per day: the `events` table has one partition per day.
 const DAY_US: i64 = 86_400_000_000;
+
+/// The day (days since the epoch) of a timestamp in microseconds: the
+/// daily partition it belongs to.
+pub fn day_of(us: i64) -> i64 {
+    us.div_euclid(DAY_US)
+}
 
 /// Events as the rows the sink stores, and what it stores beside them.
 #[derive(Debug, Default)]
@@ -76,7 +82,7 @@ impl EventRows {
     pub fn add(&mut self, event: &Event) {
         self.encode(event);
         self.len += 1;
-        self.days.insert(event.timestamp_us.div_euclid(DAY_US));
+        self.days.insert(day_of(event.timestamp_us));
         let per_type = self.counts.entry(event.second()).or_default();
         match per_type.get_mut(event.event_type.as_str()) {
             Some(n) => *n += 1,
@@ -339,7 +345,7 @@ mod tests {
             let mut dashboard = DashboardDelta::default();
             for e in &events {
                 *counts.entry((e.second(), e.event_type.clone())).or_default() += 1;
-                days.insert(e.timestamp_us.div_euclid(DAY_US));
+                days.insert(day_of(e.timestamp_us));
                 dashboard.add(e);
             }
             let got: BTreeMap<(i64, String), i64> =

@@ -2,10 +2,8 @@
 //! timestamps as microseconds, JSON text as `jsonb`.
 
 use bytes::{BufMut, BytesMut};
+use dataflows::rows::{JSONB_VERSION, PG_EPOCH_OFFSET_US};
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
-
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// A `timestamptz` given as microseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +36,7 @@ impl ToSql for RawJsonb<'_> {
         _ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_u8(1);
+        out.put_u8(JSONB_VERSION);
         out.put_slice(self.0.as_bytes());
         Ok(IsNull::No)
     }

@@ -14,12 +14,7 @@ use crate::SinkError;
 /// Tables partitioned by day.
 pub const PARTITIONED: &[&str] = &["events", "metric_aggregations"];
 
-const DAY_US: i64 = 86_400 * 1_000_000;
-
-/// The day (days since the epoch) of a timestamp in microseconds.
-pub fn day_of(us: i64) -> i64 {
-    us.div_euclid(DAY_US)
-}
+pub use dataflows::rows::day_of;
 
 fn day_literal(day: i64) -> String {
     DateTime::<Utc>::from_timestamp(day * 86_400, 0)
