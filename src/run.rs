@@ -325,7 +325,7 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
     let rt = runtime()?;
     let basis = Basis::of(&config);
     let mut stored = rt.block_on(restore(&config, &cluster, &basis))?;
-    let background = spawn_background(&rt, &config, &basis, &stored)?;
+    let background = spawn_background(&rt, &config, &basis, &stored, cluster.workers)?;
     let restored = std::mem::take(&mut stored.restored);
     let dataflow = start_dataflow(&config, &cluster, &basis, restored, &background)?;
     let state = app_state(&config, &basis, &stored, &background, &dataflow);
@@ -471,12 +471,13 @@ struct Background {
 }
 
 /// Schema sync, retention, Kafka metadata refresh, Kafka group commits
-/// (for lag monitoring), and the sink writer.
+/// (for lag monitoring), and the sink writer (one lane per local worker).
 fn spawn_background(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     basis: &Basis,
     stored: &Stored,
+    workers: usize,
 ) -> anyhow::Result<Background> {
     rt.spawn(
         Arc::clone(&stored.schemas)
@@ -555,6 +556,7 @@ fn spawn_background(
             feed: Some(feed.clone()),
         },
         sink_rx,
+        workers,
     ));
     Ok(Background {
         kafka,

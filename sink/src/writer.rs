@@ -1,16 +1,21 @@
 //! The group-commit writer: makes dataflow ticks durable.
 //!
 //! Batches arrive from every local worker's durability operator in tick
-//! order per worker. The writer takes what is queued (up to a row budget),
-//! writes raw events with binary COPY, dead letters, per-second counts and
-//! the Kafka offsets the rows came from in ONE transaction, then
-//! acknowledges each batch to its worker. A failed transaction is retried
-//! with backoff and the same rows, so a PostgreSQL outage pauses ingestion
-//! (the sources stop polling when too many rows wait) without loss.
+//! order per worker. Each local worker has its own writer lane (its own
+//! transactions on its own connection): a worker owns its Kafka partitions
+//! (`kafka_source::owner`), so the offsets a lane commits are never another
+//! lane's, and two lanes' transactions overlap, as those of a cluster's
+//! processes do; one PostgreSQL backend per lane. A lane takes what is
+//! queued (up to a row budget), writes raw events with binary COPY, dead
+//! letters, per-second counts and the Kafka offsets the rows came from in
+//! ONE transaction, then acknowledges each batch to its worker. A failed
+//! transaction is retried with backoff and the same rows, so a PostgreSQL
+//! outage pauses ingestion (the sources stop polling when too many rows
+//! wait) without loss.
 
 use dataflows::trading::TradingBatch;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +26,7 @@ use dataflows::event::{DeadLetter, Event, EventSource, FieldError, Partition, Pa
 use dataflows::rows::{EventRows, COPY_EVENTS, COPY_HEADER, COPY_TRAILER};
 use dataflows::windows::{Agg, WindowKey};
 use futures::{pin_mut, SinkExt};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_postgres::Transaction;
 use tracing::{debug, error, info_span, Instrument};
 
@@ -66,8 +71,78 @@ pub struct WriterContext {
     pub feed: Option<EventFeed>,
 }
 
-/// Runs until every sender is dropped and the queue is drained.
-pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>) {
+/// Runs `lanes` writer lanes (at least one), each batch on lane
+/// `worker % lanes` (one lane per local worker when `lanes` is the number
+/// of local workers, whose indices are consecutive), until every sender is
+/// dropped and every lane's queue is drained.
+pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>, lanes: usize) {
+    let ctx = Arc::new(ctx);
+    let health = Arc::new(LaneHealth {
+        failing: AtomicUsize::new(0),
+        degraded: Arc::clone(&ctx.degraded),
+    });
+    let (senders, handles): (Vec<_>, Vec<_>) = (0..lanes.max(1))
+        .map(|lane| {
+            let (tx, rx) = unbounded_channel();
+            let task = run_lane(Arc::clone(&ctx), rx, Arc::clone(&health))
+                .instrument(info_span!("sink_lane", lane));
+            (tx, tokio::spawn(task))
+        })
+        .collect();
+    while let Some(batch) = rx.recv().await {
+        let lane = batch.worker % senders.len();
+        if let Err(lost) = senders[lane].send(batch) {
+            // Only if the lane panicked: its worker's ticks never become
+            // durable, and health shows the sink degraded.
+            ctx.degraded.store(true, Ordering::Relaxed);
+            error!(lane, tick = lost.0.tick, "sink lane is gone");
+        }
+    }
+    drop(senders);
+    for handle in handles {
+        if let Err(e) = handle.await {
+            error!(error = %e, "sink lane failed");
+        }
+    }
+    debug!("sink writer finished");
+}
+
+/// The lanes' shared health: the sink is degraded while any lane's last
+/// transaction failed.
+struct LaneHealth {
+    /// Lanes whose last transaction failed.
+    failing: AtomicUsize,
+    /// What health checks read.
+    degraded: Arc<AtomicBool>,
+}
+
+impl LaneHealth {
+    /// Records a lane's transaction outcome; `failed` is that lane's own
+    /// state, updated here. Every report stores the flag again, so a
+    /// store that raced another lane's is corrected by the next report
+    /// (a failing lane retries within seconds).
+    fn report(&self, failed: &mut bool, ok: bool) {
+        if ok == *failed {
+            *failed = !ok;
+            if ok {
+                self.failing.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                self.failing.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let any = self.failing.load(Ordering::Acquire) > 0;
+        self.degraded.store(any, Ordering::Relaxed);
+    }
+}
+
+/// One lane: groups what its queue holds and commits it, retrying a
+/// failed transaction with the same rows.
+async fn run_lane(
+    ctx: Arc<WriterContext>,
+    mut rx: UnboundedReceiver<SinkBatch>,
+    health: Arc<LaneHealth>,
+) {
+    let mut failed = false;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut rows = group[0].rows();
@@ -86,7 +161,7 @@ pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>) {
             let span = info_span!("sink_commit", batches = group.len(), rows);
             match write_group(&ctx, &group).instrument(span).await {
                 Ok(()) => {
-                    ctx.degraded.store(false, Ordering::Relaxed);
+                    health.report(&mut failed, true);
                     let elapsed = started.elapsed();
                     metrics::BATCH_DURATION.observe(elapsed.as_secs_f64());
                     metrics::BATCHES.inc();
@@ -94,7 +169,7 @@ pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>) {
                     break;
                 }
                 Err(e) => {
-                    ctx.degraded.store(true, Ordering::Relaxed);
+                    health.report(&mut failed, false);
                     metrics::SINK_ERRORS.inc();
                     error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sink commit failed");
                     tokio::time::sleep(backoff).await;
@@ -103,7 +178,6 @@ pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>) {
             }
         }
     }
-    debug!("sink writer finished");
 }
 
 fn finish(ctx: &WriterContext, group: &[SinkBatch], elapsed: Duration) {
@@ -362,4 +436,33 @@ pub async fn insert_dead_letters(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_is_degraded_while_any_lane_fails() {
+        let health = LaneHealth {
+            failing: AtomicUsize::new(0),
+            degraded: Arc::new(AtomicBool::new(false)),
+        };
+        let degraded = || health.degraded.load(Ordering::Relaxed);
+        let (mut a, mut b) = (false, false);
+        health.report(&mut a, false);
+        assert!(degraded(), "lane a failed");
+        health.report(&mut b, true);
+        assert!(
+            degraded(),
+            "lane b's success does not hide lane a's failure"
+        );
+        health.report(&mut a, false);
+        health.report(&mut b, false);
+        health.report(&mut a, true);
+        assert!(degraded(), "lane b still fails");
+        health.report(&mut b, true);
+        assert!(!degraded(), "both lanes committed");
+        assert_eq!(health.failing.load(Ordering::Relaxed), 0);
+    }
 }
