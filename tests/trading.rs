@@ -522,6 +522,7 @@ async fn concurrent_merges_of_a_new_key_add_up() {
             source: EventSource::Rest,
             parsed: Default::default(),
         }])
+        .seal()
     };
     let mut a = env.pg().await;
     let b = env.pg().await;
@@ -531,13 +532,15 @@ async fn concurrent_merges_of_a_new_key_add_up() {
         .expect("pid")
         .get(0);
     let first = a.transaction().await.expect("begin a");
-    sink::trading::merge(&first, &batch(1))
+    sink::trading::merge(&first, &[&batch(1)])
         .await
         .expect("merge a");
     let second = tokio::spawn(async move {
         let mut b = b;
         let tx = b.transaction().await.expect("begin b");
-        sink::trading::merge(&tx, &batch(2)).await.expect("merge b");
+        sink::trading::merge(&tx, &[&batch(2)])
+            .await
+            .expect("merge b");
         tx.commit().await.expect("commit b");
     });
     let watcher = env.pg().await;

@@ -26,7 +26,7 @@ use crate::event::{DeadLetter, Partition, PartitionOffset, Record};
 use crate::panes::WinId;
 use crate::rows::EventRows;
 use crate::time::TickStash;
-use crate::trading::TradingBatch;
+use crate::trading::{SealedTrading, TradingBatch};
 use crate::windows::{Agg, WindowKey};
 
 /// The rows of one worker for one or more ticks, handed to the sink.
@@ -46,7 +46,7 @@ pub struct SinkBatch {
     /// window (see [`SinkBatch::rollup_keys`] for their strings).
     pub rollups: Vec<(WinId, Agg)>,
     /// Trading-table contributions of `events`, merged in the same transaction.
-    pub trading: TradingBatch,
+    pub trading: SealedTrading,
     /// Where to report the commit.
     pub ack: Arc<WorkerAck>,
 }
@@ -212,7 +212,7 @@ pub fn durable_sink<'s>(
                             .map(|((t, p), o)| (t, p, o))
                             .collect(),
                         rollups: pending.rollups,
-                        trading: pending.trading,
+                        trading: pending.trading.seal(),
                         ack: Arc::clone(&ack),
                     };
                     if batch.rows() == 0 && batch.offsets.is_empty() && batch.rollups.is_empty() {

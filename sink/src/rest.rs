@@ -61,8 +61,8 @@ pub async fn commit_rest(
     copy_events(&tx, &[&rows]).await?;
     upsert_counts(&tx, &[&rows]).await?;
     crate::dashboard::merge(&tx, &[&rows.dashboard]).await?;
-    let trading = dataflows::trading::TradingBatch::of(new.iter().copied());
-    crate::trading::merge(&tx, &trading).await?;
+    let trading = dataflows::trading::TradingBatch::of(new.iter().copied()).seal();
+    crate::trading::merge(&tx, &[&trading]).await?;
     let contributions = windows(&new);
     let refs: Vec<(&WindowKey, &Agg)> = contributions.iter().map(|(k, a)| (k, a)).collect();
     crate::rollups::append(&tx, &refs).await?;

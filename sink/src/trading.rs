@@ -1,7 +1,8 @@
 //! The trading tables (`order_analytics`, `strategy_performance`,
 //! `market_analytics`, `user_behavior`): the contributions of a batch
 //! ([`TradingBatch`], folded per tick on the dataflow's workers by the
-//! durable sink, or by the REST path for its events) are merged into the stored states inside the
+//! durable sink, or by the REST path for its events, and sealed,
+//! [`SealedTrading`]) are merged into the stored states inside the
 //! transaction that stores the batch's raw rows and Kafka offsets, so every
 //! row always equals the fold of its committed events, exactly once.
 //!
@@ -13,12 +14,10 @@
 //! no JSON for PostgreSQL to parse. Retention's deletes from these tables
 //! take the same lock.
 
-use std::collections::BTreeMap;
-
 use dataflows::event::format_us;
 use dataflows::trading::{
-    from_bytes, nano_decimal, to_bytes, BucketKey, Ohlcv, OrderState, SessionState, StrategyPerf,
-    TradingBatch,
+    from_bytes, nano_decimal, to_bytes, BucketKey, Ohlcv, OrderState, SealedTrading, SessionState,
+    StrategyPerf,
 };
 use differential_dataflow::difference::Semigroup;
 use serde::de::DeserializeOwned;
@@ -324,17 +323,19 @@ fn sql_text(value: Value) -> Option<String> {
 /// upsert). One pair for a whole group sent all of its states as one
 /// `bytea[]`: 34–59 MB in single heap-profile dumps at 20,000 events/s
 /// with the sink behind, plus the connection's write buffer grown to send
-/// it (benchmarks/RESULTS.md). Debug builds, which the integration tests
+/// it; parts of 20,000 orders still took 80 MB of encoded parameters
+/// (benchmarks/RESULTS.md). Debug builds, which the integration tests
 /// run, use parts of 16 keys so that their batches span several parts.
-pub const PART_KEYS: usize = if cfg!(debug_assertions) { 16 } else { 20_000 };
+pub const PART_KEYS: usize = if cfg!(debug_assertions) { 16 } else { 5_000 };
 
-/// Merges `deltas` (sorted by key) into `S::TABLE`, in parts of at most
-/// [`PART_KEYS`] keys.
+/// Merges `deltas` (sorted by key, consumed one part at a time) into
+/// `S::TABLE`, in parts of at most [`PART_KEYS`] keys.
 pub async fn merge_table<S: TradingRow>(
     tx: &Transaction<'_>,
-    deltas: &BTreeMap<S::Key, S>,
+    deltas: impl IntoIterator<Item = (S::Key, S)>,
 ) -> Result<(), SinkError> {
-    if deltas.is_empty() {
+    let mut deltas = deltas.into_iter().peekable();
+    if deltas.peek().is_none() {
         return Ok(());
     }
     // Every merge into the table (the sink writer of every process, the
@@ -343,19 +344,22 @@ pub async fn merge_table<S: TradingRow>(
     // upsert: no row locks (`FOR UPDATE` doubled the read, writing a lock
     // into every row).
     crate::lock_merges(tx, S::TABLE).await?;
-    let entries: Vec<(&S::Key, &S)> = deltas.iter().collect();
-    for part in entries.chunks(PART_KEYS) {
-        merge_part(tx, part).await?;
+    loop {
+        let (keys, states): (Vec<S::Key>, Vec<S>) = deltas.by_ref().take(PART_KEYS).unzip();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        merge_part(tx, &keys, states).await?;
     }
-    Ok(())
 }
 
-/// [`merge_table`] for one part of the keys, under its lock.
+/// [`merge_table`] for one part of the keys, under its lock: `merged`
+/// holds the part's contributions and becomes the merged states.
 async fn merge_part<S: TradingRow>(
     tx: &Transaction<'_>,
-    part: &[(&S::Key, &S)],
+    keys: &[S::Key],
+    mut merged: Vec<S>,
 ) -> Result<(), SinkError> {
-    let keys: Vec<&S::Key> = part.iter().map(|(k, _)| *k).collect();
     let table = S::TABLE;
     // The keys as typed arrays (not JSON), in key order: the id, and for
     // bucket keys the interval and the bucket's start (unused otherwise).
@@ -392,7 +396,6 @@ async fn merge_part<S: TradingRow>(
         }
         other => unreachable!("key columns {other:?}: one id, or id, interval and bucket start"),
     };
-    let mut merged: Vec<S> = part.iter().map(|(_, s)| (*s).clone()).collect();
     for row in rows {
         let ord: i64 = row.get(0);
         let Some(slot) = usize::try_from(ord - 1)
@@ -470,15 +473,15 @@ async fn merge_part<S: TradingRow>(
     Ok(())
 }
 
-/// Merges trading contributions into the four tables.
-pub async fn merge(tx: &Transaction<'_>, batch: &TradingBatch) -> Result<(), SinkError> {
-    if batch.is_empty() {
+/// Merges the trading contributions of `batches` into the four tables.
+pub async fn merge(tx: &Transaction<'_>, batches: &[&SealedTrading]) -> Result<(), SinkError> {
+    if batches.iter().all(|b| b.is_empty()) {
         return Ok(());
     }
-    merge_table(tx, &batch.orders()).await?;
-    merge_table(tx, &batch.strategies()).await?;
-    merge_table(tx, &batch.markets()).await?;
-    merge_table(tx, &batch.sessions()).await?;
+    merge_table(tx, SealedTrading::orders(batches)).await?;
+    merge_table(tx, SealedTrading::strategies(batches)).await?;
+    merge_table(tx, SealedTrading::markets(batches)).await?;
+    merge_table(tx, SealedTrading::sessions(batches)).await?;
     Ok(())
 }
 

@@ -13,7 +13,6 @@
 //! outage pauses ingestion (the sources stop polling when too many rows
 //! wait) without loss.
 
-use dataflows::trading::TradingBatch;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,6 +23,7 @@ use dataflows::dashboard::DashboardDelta;
 use dataflows::durable::SinkBatch;
 use dataflows::event::{DeadLetter, Event, EventSource, FieldError, Partition, PartitionOffset};
 use dataflows::rows::{EventRows, COPY_EVENTS, COPY_HEADER, COPY_TRAILER};
+use dataflows::trading::SealedTrading;
 use dataflows::windows::{Agg, WindowKey};
 use futures::{pin_mut, SinkExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -243,10 +243,7 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     let dashboard: Vec<&DashboardDelta> = events.iter().map(|r| &r.dashboard).collect();
     crate::dashboard::merge(&tx, &dashboard).await?;
     clock.lap("dashboard");
-    let mut trading = TradingBatch::default();
-    for batch in group {
-        trading.absorb(&batch.trading);
-    }
+    let trading: Vec<&SealedTrading> = group.iter().map(|b| &b.trading).collect();
     crate::trading::merge(&tx, &trading).await?;
     clock.lap("trading");
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
