@@ -238,14 +238,6 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     let dead: Vec<&DeadLetter> = group.iter().flat_map(|b| b.dead.iter()).collect();
     insert_dead_letters(&tx, &dead).await?;
     clock.lap("dead_letters");
-    upsert_counts(&tx, &events).await?;
-    clock.lap("counts");
-    let dashboard: Vec<&DashboardDelta> = events.iter().map(|r| &r.dashboard).collect();
-    crate::dashboard::merge(&tx, &dashboard).await?;
-    clock.lap("dashboard");
-    let trading: Vec<&SealedTrading> = group.iter().map(|b| &b.trading).collect();
-    crate::trading::merge(&tx, &trading).await?;
-    clock.lap("trading");
     let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for batch in group {
         for (t, p, o) in &batch.offsets {
@@ -275,6 +267,18 @@ async fn write_group(ctx: &WriterContext, group: &[SinkBatch]) -> Result<(), Sin
     let rollups: Vec<(&WindowKey, &Agg)> = keyed.iter().map(|(k, a)| (k, *a)).collect();
     crate::rollups::append(&tx, &rollups).await?;
     clock.lap("rollups");
+    // Last, so that the rows other lanes (and processes, and the REST
+    // path) also write are locked for as short a time as possible: the
+    // per-second counts and dashboard rows (row locks, keys sorted) and
+    // the trading tables (one merge lock per table).
+    upsert_counts(&tx, &events).await?;
+    clock.lap("counts");
+    let dashboard: Vec<&DashboardDelta> = events.iter().map(|r| &r.dashboard).collect();
+    crate::dashboard::merge(&tx, &dashboard).await?;
+    clock.lap("dashboard");
+    let trading: Vec<&SealedTrading> = group.iter().map(|b| &b.trading).collect();
+    crate::trading::merge(&tx, &trading).await?;
+    clock.lap("trading");
     tx.commit().await?;
     clock.lap("commit");
     Ok(())
