@@ -409,7 +409,19 @@ pub fn nano_decimal(n: i128) -> String {
 
 /// A state as stored in the `state` column (bincode).
 pub fn to_bytes<S: Serialize>(state: &S) -> Vec<u8> {
-    bincode::serde::encode_to_vec(state, bincode::config::standard()).unwrap_or_default()
+    let mut out = Vec::new();
+    encode_into(state, &mut out);
+    out
+}
+
+/// Appends [`to_bytes`] of `state` to `out`. An error (none is expected of
+/// these plain structs) appends nothing: an empty state, which
+/// [`from_bytes`] refuses and its readers log.
+fn encode_into<S: Serialize>(state: &S, out: &mut Vec<u8>) {
+    let start = out.len();
+    if bincode::serde::encode_into_std_write(state, out, bincode::config::standard()).is_err() {
+        out.truncate(start);
+    }
 }
 
 /// Decodes [`to_bytes`]; `None` for anything else.
@@ -501,11 +513,6 @@ fn merge_pane<S: Semigroup>(
     }
 }
 
-/// A map's entries in key order.
-fn sorted<S: Clone>(map: &FastMap<String, S>) -> BTreeMap<String, S> {
-    map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
-}
-
 impl TradingBatch {
     /// Adds the contribution of `event`.
     pub fn add(&mut self, event: &Event) {
@@ -526,16 +533,6 @@ impl TradingBatch {
         if let Some((symbol, s)) = c.market {
             merge_pane(&mut self.market_panes, symbol, minute, s);
         }
-    }
-
-    /// Order states per order id.
-    pub fn orders(&self) -> BTreeMap<String, OrderState> {
-        sorted(&self.orders)
-    }
-
-    /// Session states per session id.
-    pub fn sessions(&self) -> BTreeMap<String, SessionState> {
-        sorted(&self.sessions)
     }
 
     /// Strategy performance per (strategy, interval, bucket start).
@@ -565,13 +562,6 @@ impl TradingBatch {
         }
         batch
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.orders.is_empty()
-            && self.strategy_panes.is_empty()
-            && self.market_panes.is_empty()
-            && self.sessions.is_empty()
-    }
 }
 
 /// One table's states encoded as stored ([`to_bytes`]), in key order, in
@@ -579,7 +569,7 @@ impl TradingBatch {
 /// (about 150) instead of a hash-table slot of about 350 bytes, a third to
 /// a half of them empty, and five small allocations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Encoded {
+struct Encoded {
     keys: String,
     states: Vec<u8>,
     /// Per entry, where its key ends in `keys` and its state in `states`.
@@ -597,15 +587,7 @@ impl Encoded {
         };
         for (key, state) in entries {
             out.keys.push_str(key);
-            let written = bincode::serde::encode_into_std_write(
-                state,
-                &mut out.states,
-                bincode::config::standard(),
-            );
-            // Writing into a Vec cannot fail, nor can these plain structs'
-            // encoding; an error would leave an undecodable state, which
-            // the reader logs.
-            debug_assert!(written.is_ok(), "encoding a trading state");
+            encode_into(state, &mut out.states);
             out.ends.push((out.keys.len(), out.states.len()));
         }
         out.states.shrink_to_fit();
@@ -622,11 +604,7 @@ impl Encoded {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 }
@@ -717,6 +695,26 @@ impl<S: Semigroup + serde::de::DeserializeOwned> Iterator for MergedStates<'_, S
             }
         }
     }
+}
+
+/// The unsealed batch's own view, the oracle the tests compare with.
+#[cfg(test)]
+impl TradingBatch {
+    /// Order states per order id.
+    fn orders(&self) -> BTreeMap<String, OrderState> {
+        sorted(&self.orders)
+    }
+
+    /// Session states per session id.
+    fn sessions(&self) -> BTreeMap<String, SessionState> {
+        sorted(&self.sessions)
+    }
+}
+
+/// A map's entries in key order.
+#[cfg(test)]
+fn sorted<S: Clone>(map: &FastMap<String, S>) -> BTreeMap<String, S> {
+    map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
 }
 
 #[cfg(test)]
