@@ -89,12 +89,16 @@ pub async fn run(ctx: WriterContext, mut rx: UnboundedReceiver<SinkBatch>, lanes
             (tx, tokio::spawn(task))
         })
         .collect();
+    let mut gone = vec![false; senders.len()];
     while let Some(batch) = rx.recv().await {
         let lane = batch.worker % senders.len();
         if let Err(lost) = senders[lane].send(batch) {
             // Only if the lane panicked: its worker's ticks never become
-            // durable, and health shows the sink degraded.
-            ctx.degraded.store(true, Ordering::Relaxed);
+            // durable. It counts as failing for good, so the other lanes'
+            // commits cannot report the sink healthy again.
+            if !std::mem::replace(&mut gone[lane], true) {
+                health.report(&mut false, false);
+            }
             error!(lane, tick = lost.0.tick, "sink lane is gone");
         }
     }
@@ -465,5 +469,10 @@ mod tests {
         health.report(&mut b, true);
         assert!(!degraded(), "both lanes committed");
         assert_eq!(health.failing.load(Ordering::Relaxed), 0);
+        // How `run` reports a lane that is gone: no later success of
+        // another lane clears it.
+        health.report(&mut false, false);
+        health.report(&mut a, true);
+        assert!(degraded(), "a lane is gone");
     }
 }
