@@ -14,7 +14,8 @@
 //!   when its interval's horizon passes ([`WindowSpec::expire_at`]) it reads
 //!   the window's aggregate from the arrangement it feeds (arranged on the
 //!   same worker, without a second exchange) and emits its negation, which
-//!   cancels it. The operator itself holds only ids and the schedule.
+//!   cancels it. The operator itself holds only the ticks at which windows
+//!   leave; which windows leave at a tick is read from the arrangement.
 //!   Deltas of windows already past their horizon (late events) are not
 //!   held in memory at all: they only reach PostgreSQL, and are counted.
 
@@ -39,7 +40,6 @@ use crate::metrics;
 use crate::panes::{contribute, DimensionGuard, Partials, SeriesId, WinId};
 use crate::time::{frontier_min, TickStash};
 use crate::windows::{Agg, WindowKey, WindowSpec};
-use crate::FastSet;
 
 /// A window update with strings: `(key, tick, diff)` (sink, REST, restore).
 pub type WindowUpdate = (WindowKey, u64, Agg);
@@ -137,8 +137,9 @@ type RetiredBuilder = CapacityContainerBuilder<Vec<RetiredUpdate>>;
 /// from REST and restores) on their series and retires each window once,
 /// at [`WindowSpec::expire_at`], by the negation of all it received.
 ///
-/// The operator keeps only which windows are live and when each leaves;
-/// the aggregate it retracts is read from the arrangement `slot` (fed by
+/// The operator keeps only the ticks at which windows leave (with a
+/// capability for each); the windows that leave at a tick, and the
+/// aggregates it retracts, are read from the arrangement `slot` (fed by
 /// this operator on the same worker), once that arrangement holds every
 /// update before the retirement tick. A window is thus held once in the
 /// dataflow. When the input ends, nothing is retracted: the dataflow stops.
@@ -157,10 +158,10 @@ pub fn retire_windows<'s>(
         "RetireWindows",
         move |_, info| {
             let activator = scope.activator_for(Rc::clone(&info.address));
-            // The live windows of this worker's series.
-            let mut live: FastSet<WinId> = FastSet::default();
-            // Windows by the tick they leave memory, with a capability for it.
-            let mut schedule: BTreeMap<u64, (Capability<u64>, Vec<WinId>)> = BTreeMap::new();
+            // The ticks at which windows of this worker leave memory, each
+            // with a capability for it. Which windows leave is read from the
+            // arrangement at that tick (every window it holds was scheduled).
+            let mut schedule: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             let mut upper = Antichain::new();
             move |(folded, frontier1), (other, frontier2), output| {
                 let mut late = 0u64;
@@ -171,18 +172,17 @@ pub fn retire_windows<'s>(
                         return;
                     };
                     let mut session = output.session(&cap);
+                    // Most updates of a tick share their window's tick of leaving.
+                    let mut scheduled = None;
                     for (id, time, diff) in data.drain(..) {
                         let at = spec.expire_at_window(id.interval, id.start);
                         if at <= time {
                             late += 1;
                             continue;
                         }
-                        if live.insert(id) {
-                            schedule
-                                .entry(at)
-                                .or_insert_with(|| (cap.delayed(&at), Vec::new()))
-                                .1
-                                .push(id);
+                        if scheduled != Some(at) {
+                            schedule.entry(at).or_insert_with(|| cap.delayed(&at));
+                            scheduled = Some(at);
                         }
                         session.give((id, time, diff, !from_fold));
                     }
@@ -194,7 +194,6 @@ pub fn retire_windows<'s>(
                 }
                 if frontier1.frontier().is_empty() && frontier2.frontier().is_empty() {
                     schedule.clear();
-                    live.clear();
                     return;
                 }
                 let bound = frontier_min(frontier1).min(frontier_min(frontier2));
@@ -207,60 +206,69 @@ pub fn retire_windows<'s>(
                 trace.read_upper(&mut upper);
                 trace.set_logical_compaction(upper.borrow());
                 trace.set_physical_compaction(upper.borrow());
-                let mut due = Vec::new();
-                while let Some(entry) = schedule.first_entry() {
-                    let at = *entry.key();
-                    // Only once the inputs have passed `at`, as an
-                    // arrangement's output would: a retraction handed on
-                    // while `at` is still the frontier reaches the publisher
-                    // with the ticks before it, and (durability lagging)
-                    // joins their stash group, which then waits for `at`
-                    // to be durable too.
-                    if at >= bound {
-                        break;
-                    }
-                    if upper.less_than(&at) {
-                        // Updates before `at` are still on their way into the
-                        // arrangement: look again at the next step.
-                        activator.activate();
-                        break;
-                    }
-                    due.push(entry.remove_entry());
-                }
-                if due.is_empty() {
+                // One tick at a time: its capability holds the arrangement's
+                // upper at or below it, so the next tick cannot be read yet.
+                let Some(entry) = schedule.first_entry() else {
+                    return;
+                };
+                let at = *entry.key();
+                // Only once the inputs have passed `at`, as an arrangement's
+                // output would: a retraction handed on while `at` is still
+                // the frontier reaches the publisher with the ticks before
+                // it, and (durability lagging) joins their stash group,
+                // which then waits for `at` to be durable too.
+                if at >= bound {
                     return;
                 }
-                let mut ids: Vec<(WinId, usize)> = due
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, (_, (_, ids)))| ids.iter().map(move |id| (*id, i)))
-                    .collect();
-                ids.sort_unstable();
+                if upper.less_than(&at) {
+                    // Updates before `at` are still on their way into the
+                    // arrangement: look again at the next step.
+                    activator.activate();
+                    return;
+                }
+                let cap = entry.remove();
                 let Some(batches) = trace.batches_through(upper.borrow()) else {
                     tracing::error!("window arrangement cannot be read through its own upper");
                     return;
                 };
-                let (mut cursor, storage) = cursor_list(batches);
-                let mut retractions: Vec<Vec<RetiredUpdate>> = vec![Vec::new(); due.len()];
-                for (id, group) in ids {
-                    live.remove(&id);
-                    cursor.seek_key(&storage, &id);
-                    if cursor.get_key(&storage) != Some(&id) {
-                        continue;
-                    }
-                    let mut agg = Agg::default();
-                    cursor.map_times(&storage, |_, diff| agg.plus_equals(diff));
-                    if !agg.is_zero() {
-                        agg.negate();
-                        retractions[group].push((id, due[group].0, agg, true));
-                    }
-                }
-                for ((_, (cap, _)), updates) in due.iter().zip(retractions) {
-                    output.session(cap).give_iterator(updates.into_iter());
+                let retractions = retractions(batches, at, |id| {
+                    spec.expire_at_window(id.interval, id.start)
+                });
+                output.session(&cap).give_iterator(retractions.into_iter());
+                // The arrangement can now pass `at`; the next tick is read then.
+                if !schedule.is_empty() {
+                    activator.activate();
                 }
             }
         },
     )
+}
+
+/// The negation of every window in `batches` that leaves memory at `at`.
+///
+/// One walk over the arrangement's keys: a window is not held anywhere
+/// else to say when it leaves. A window that left at an earlier tick is
+/// skipped by its tick, without summing its updates (which, with its
+/// retraction, cancel out).
+fn retractions(
+    batches: Vec<<WindowTrace as TraceReader>::Batch>,
+    at: u64,
+    leaves: impl Fn(&WinId) -> u64,
+) -> Vec<RetiredUpdate> {
+    let mut out = Vec::new();
+    let (mut cursor, storage) = cursor_list(batches);
+    while let Some(id) = cursor.get_key(&storage) {
+        if leaves(id) == at {
+            let mut agg = Agg::default();
+            cursor.map_times(&storage, |_, diff| agg.plus_equals(diff));
+            if !agg.is_zero() {
+                agg.negate();
+                out.push((*id, at, agg, true));
+            }
+        }
+        cursor.step_key(&storage);
+    }
+    out
 }
 
 /// Windows restored from PostgreSQL, emitted by worker 0 at time 0.
