@@ -81,7 +81,7 @@ impl Cluster {
         };
         Ok(timely::Config {
             communication,
-            worker: timely::WorkerConfig::default(),
+            worker: dataflows::pipeline::worker_config(),
         })
     }
 }

@@ -205,10 +205,13 @@ pub fn run(
         validators: Arc::new(dataflows::validate::Registry::default()),
         feed: Some(feed),
     });
-    let config = if workers > 1 {
-        timely::Config::process(workers)
-    } else {
-        timely::Config::thread()
+    let config = timely::Config {
+        communication: if workers > 1 {
+            timely::CommunicationConfig::Process(workers)
+        } else {
+            timely::CommunicationConfig::Thread
+        },
+        worker: pipeline::worker_config(),
     };
     let rss_before = crate::env::rss_kib(std::process::id()).unwrap_or(0);
     let heap = || dataflows::alloc::heap_bytes().map_or(0, |(allocated, _)| allocated);

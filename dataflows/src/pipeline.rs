@@ -147,6 +147,34 @@ impl WorkerDataflow {
     }
 }
 
+/// The timely worker configuration this dataflow runs with.
+///
+/// Its arrangements finish every merge they start at once (the next time
+/// their operator runs), instead of spreading it over the batches that
+/// follow, as differential's fueled merging does by default. A merge in
+/// progress holds both of its batches and the growing result (allocated
+/// for both batches' length), and the window arrangement's keys are mostly
+/// in both. Finishing merges at once lowered the heap by about 5 % at
+/// 20,000 events/s (benchmarks/RESULTS.md). The work is the same, done
+/// sooner; a spine with no merge in progress is left as it is.
+pub fn worker_config() -> timely::WorkerConfig {
+    let mut config = timely::WorkerConfig::default();
+    config.set::<differential_dataflow::trace::ExertionLogic>(
+        "differential/default_exert_logic".to_string(),
+        Arc::new(|layers: &[(usize, usize, usize)]| {
+            // (level, batches at it, their length): two batches are a merge.
+            let merging: usize = layers
+                .iter()
+                .filter(|(_, batches, _)| *batches == 2)
+                .map(|(_, _, length)| *length)
+                .sum();
+            // Fuel counts updates merged; twice the length finishes them.
+            (merging > 0).then(|| merging.saturating_mul(2).min(isize::MAX as usize))
+        }),
+    );
+    config
+}
+
 /// Lets `trace` compact up to its upper; returns the updates it holds.
 fn compact<Tr>(trace: &mut Tr) -> usize
 where
@@ -496,4 +524,24 @@ pub fn build(worker: &mut Worker, ctx: &ProcessContext) -> WorkerDataflow {
             worker: index,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrangements_finish_the_merges_in_progress_and_only_those() {
+        let config = worker_config();
+        let logic = config
+            .get::<differential_dataflow::trace::ExertionLogic>("differential/default_exert_logic")
+            .expect("the service sets an exertion logic");
+        // (level, batches at the level, their length), largest level first.
+        assert_eq!(logic(&[(3, 1, 800), (2, 0, 0), (1, 1, 100)]), None);
+        assert_eq!(logic(&[]), None);
+        assert_eq!(
+            logic(&[(3, 2, 1_600), (2, 1, 300), (1, 2, 60)]),
+            Some(2 * (1_600 + 60))
+        );
+    }
 }

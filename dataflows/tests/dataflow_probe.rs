@@ -159,7 +159,7 @@ fn second_of(t: u64) -> i64 {
 
 #[test]
 fn durability_gate_holds_ticks_until_acknowledged() {
-    timely::execute_directly(|worker| {
+    harness::execute_directly(|worker| {
         let mut h = new_harness(worker, T0);
         assert!(all_counts(&h.snapshot()).is_empty());
         let t = T0;
@@ -297,7 +297,7 @@ fn sorted_offsets(offsets: &[(Arc<str>, i32, i64)]) -> Vec<(String, i32, i64)> {
 
 #[test]
 fn sink_batches_hold_exactly_their_ticks_rows_and_offsets() {
-    timely::execute_directly(|worker| {
+    harness::execute_directly(|worker| {
         let mut h = new_harness(worker, T0);
         let t = T0;
         let now = second_of(t);
@@ -458,7 +458,7 @@ fn oracle(
 }
 
 fn run_oracle(steps: Vec<Step>) {
-    timely::execute_directly(move |worker| {
+    harness::execute_directly(move |worker| {
         let mut h = new_harness(worker, T0);
         let mut fed: Vec<(u64, &str, i64)> = Vec::new();
         let mut unacked: Vec<SinkBatch> = Vec::new();
@@ -558,7 +558,7 @@ proptest! {
 
 #[test]
 fn counts_expire_once_the_frontiers_pass_expire_at() {
-    timely::execute_directly(|worker| {
+    harness::execute_directly(|worker| {
         let horizon = horizon();
         let mut h = new_harness(worker, T0);
         let t = T0;
@@ -603,7 +603,7 @@ fn counts_expire_once_the_frontiers_pass_expire_at() {
 
 #[test]
 fn expiry_waits_for_the_durability_frontier() {
-    timely::execute_directly(|worker| {
+    harness::execute_directly(|worker| {
         let horizon = horizon();
         let mut h = new_harness(worker, T0);
         let t = T0;

@@ -773,7 +773,7 @@ struct Checks {
 /// Feeds `steps`, acknowledging batches (some late, cumulatively), and runs
 /// `checks` against the snapshot of every step.
 fn run_scenario(steps: Vec<Step>, checks: Checks) {
-    timely::execute_directly(move |worker| {
+    harness::execute_directly(move |worker| {
         let mut h = new_harness(worker, T0);
         let mut fed: Vec<Fed> = Vec::new();
         let mut stored: HashMap<WindowKey, Agg> = HashMap::new();
@@ -946,7 +946,7 @@ fn a_retirement_at_the_frontier_does_not_hold_back_the_snapshot() {
 /// rollups in full and memory only where their window is still live.
 #[test]
 fn late_events_reach_the_rollups_and_only_live_windows() {
-    timely::execute_directly(|worker| {
+    harness::execute_directly(|worker| {
         let mut h = new_harness(worker, T0);
         let t = h.time();
         let gen = |delta_s| Gen {
@@ -1047,7 +1047,7 @@ fn memory_stays_bounded_by_the_horizons() {
     // until a merge cancels them, the retraction; plus batches not merged yet.
     let trace_bound = 3 * window_bound;
 
-    timely::execute_directly(move |worker| {
+    harness::execute_directly(move |worker| {
         let mut h = new_harness(worker, T0);
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut id = 0u64;

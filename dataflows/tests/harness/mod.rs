@@ -23,6 +23,25 @@ use tokio::sync::{mpsc, watch};
 
 pub type RecordInput = InputHandle<u64, CapacityContainerBuilder<Vec<Record>>>;
 
+/// `timely::execute_directly` with the service's worker configuration
+/// (`pipeline::worker_config`: how its arrangements merge), so that the
+/// tests run the dataflow as the service does.
+pub fn execute_directly<T>(func: impl FnOnce(&mut Worker) -> T) -> T {
+    use timely::communication::allocator::thread::Thread;
+    use timely::communication::Allocator;
+    let alloc = Allocator::Thread(Thread::default());
+    let mut worker = Worker::new(
+        dataflows::pipeline::worker_config(),
+        alloc,
+        Some(Instant::now()),
+    );
+    let result = func(&mut worker);
+    while worker.has_dataflows() {
+        worker.step_or_park(None);
+    }
+    result
+}
+
 /// Upper bounds on one wait for the dataflow, and the extra steps taken
 /// after a wait to give a wrong publication the chance to happen before
 /// the test asserts that it did not.
