@@ -172,7 +172,8 @@ pub fn retire_windows<'s>(
                         return;
                     };
                     let mut session = output.session(&cap);
-                    // Most updates of a tick share their window's tick of leaving.
+                    // Consecutive updates often leave at the same tick: one map
+                    // lookup for a run of them.
                     let mut scheduled = None;
                     for (id, time, diff) in data.drain(..) {
                         let at = spec.expire_at_window(id.interval, id.start);
