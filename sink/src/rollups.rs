@@ -25,7 +25,7 @@ use dataflows::windows::{
     WindowSpec,
 };
 use differential_dataflow::difference::Semigroup;
-use futures::pin_mut;
+use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Transaction};
@@ -138,18 +138,18 @@ async fn copy_deltas<K: Borrow<WindowKey> + Sync>(
 
 /// `windows` summed into the windows of `intervals` that hold them (see
 /// [`derive`]), those whose key `keep` accepts.
-fn derive_sums(
-    windows: &[StoredWindow],
+fn derive_sums<'a>(
+    windows: impl IntoIterator<Item = (&'a WindowKey, &'a Agg)>,
     intervals: &[Interval],
     keep: impl Fn(&WindowKey) -> bool,
 ) -> BTreeMap<WindowKey, Agg> {
     let keep = &keep;
-    sum_by_key(windows.iter().flat_map(|w| {
+    sum_by_key(windows.into_iter().flat_map(|(key, agg)| {
         intervals
             .iter()
-            .filter_map(|i| derive(&w.key, *i))
+            .filter_map(|i| derive(key, *i))
             .filter(move |k| keep(k))
-            .map(move |k| (k, &w.agg))
+            .map(move |k| (k, agg))
     }))
 }
 
@@ -241,8 +241,9 @@ impl Folds {
 /// folds them into every interval; a short one (when `folds` has a split)
 /// takes finest deltas, folds them into the short intervals and writes
 /// their sums back as deltas of the carry interval ([`Folds`]). Returns
-/// how many deltas were taken. The rows are rewritten in parts of at most
-/// `fold_part_rows` ([`FOLD_PART_ROWS`] in the service).
+/// how many deltas were taken. The deltas are read, and the rows
+/// rewritten one interval at a time, in parts of at most `fold_part_rows`
+/// ([`FOLD_PART_ROWS`] in the service).
 pub async fn compact(
     client: &mut tokio_postgres::Client,
     partitions: &Partitions,
@@ -256,39 +257,88 @@ pub async fn compact(
     let split = folds.split.clone().filter(|_| !full);
     // A short turn takes the finest deltas only; a full one any.
     let take: Option<&str> = split.as_ref().map(|s| s.finest.name());
-    let rows = tx
-        .query(
+    let Taken {
+        deltas,
+        rows: taken,
+        unreadable,
+    } = take_deltas(&tx, limit, take, fold_part_rows).await?;
+    if taken == 0 {
+        return Ok(0);
+    }
+    if unreadable > 0 {
+        tracing::error!(unreadable, "rollup deltas that cannot be decoded; dropped");
+    }
+    let deltas = std::sync::Arc::new(deltas);
+    let into = split
+        .as_ref()
+        .map_or_else(|| folds.all.clone(), |s| s.short.clone());
+    // One interval's sums at a time: all of them at once held seven
+    // derived copies of the turn's windows beside the deltas.
+    for interval in into {
+        let deltas = std::sync::Arc::clone(&deltas);
+        let merged = off_runtime(move || derive_sums(&*deltas, &[interval], |_| true)).await;
+        fold(&tx, partitions, merged, fold_part_rows).await?;
+    }
+    if let Some(carry) = split.map(|s| s.carry) {
+        let carried = off_runtime(move || derive_sums(&*deltas, &[carry], |_| true)).await;
+        if !carried.is_empty() {
+            copy_deltas(&tx, &carried).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(taken)
+}
+
+/// The deltas one compaction turn took, summed per window.
+struct Taken {
+    deltas: BTreeMap<WindowKey, Agg>,
+    /// Rows deleted from `metric_aggregation_deltas`.
+    rows: usize,
+    /// Rows among them whose state could not be decoded.
+    unreadable: usize,
+}
+
+/// Deletes at most `limit` pending deltas (of interval `take`, or any) and
+/// sums them per window as PostgreSQL returns them, `part` rows at a time
+/// (decoded on the blocking threads): the rows of a whole turn (200,000 in the service), their decoded
+/// windows and every interval's sums were the process's largest transient
+/// allocation at 20,000 events/s (benchmarks/RESULTS.md).
+async fn take_deltas(
+    tx: &Transaction<'_>,
+    limit: i64,
+    take: Option<&str>,
+    part: usize,
+) -> Result<Taken, SinkError> {
+    let params: [&(dyn ToSql + Sync); 2] = [&limit, &take];
+    let stream = tx
+        .query_raw(
             "DELETE FROM metric_aggregation_deltas
              WHERE ctid = ANY(ARRAY(SELECT ctid FROM metric_aggregation_deltas
                                     WHERE $2::text IS NULL OR \"interval\" = $2 LIMIT $1))
              RETURNING metric_name, \"interval\", dimensions, bucket, sketch",
-            &[&limit, &take],
+            params,
         )
         .await?;
-    if rows.is_empty() {
-        return Ok(0);
+    let stream = stream.try_chunks(part.max(1));
+    pin_mut!(stream);
+    let mut taken = Taken {
+        deltas: BTreeMap::new(),
+        rows: 0,
+        unreadable: 0,
+    };
+    while let Some(rows) = stream.try_next().await.map_err(|e| e.1)? {
+        taken = off_runtime(move || {
+            let mut taken = taken;
+            let windows = stored_windows(&rows);
+            taken.rows += rows.len();
+            taken.unreadable += rows.len() - windows.len();
+            for w in windows {
+                taken.deltas.entry(w.key).or_default().plus_equals(&w.agg);
+            }
+            taken
+        })
+        .await;
     }
-    let taken = rows.len();
-    let into = split
-        .as_ref()
-        .map_or_else(|| folds.all.clone(), |s| s.short.clone());
-    let (merged, carried, unreadable) = off_runtime(move || {
-        let windows = stored_windows(&rows);
-        let unreadable = rows.len() - windows.len();
-        let carried = split.map_or_else(BTreeMap::new, |s| {
-            derive_sums(&windows, &[s.carry], |_| true)
-        });
-        (derive_sums(&windows, &into, |_| true), carried, unreadable)
-    })
-    .await;
-    if unreadable > 0 {
-        tracing::error!(unreadable, "rollup deltas that cannot be decoded; dropped");
-    }
-    fold(&tx, partitions, merged, fold_part_rows).await?;
-    if !carried.is_empty() {
-        copy_deltas(&tx, &carried).await?;
-    }
-    tx.commit().await?;
     Ok(taken)
 }
 
@@ -523,10 +573,12 @@ fn sum_windows(
     from: i64,
     to: i64,
 ) -> Vec<StoredWindow> {
-    derive_sums(&stored, &[interval], |k| k.start >= from && k.start < to)
-        .into_iter()
-        .map(|(key, agg)| StoredWindow { key, agg })
-        .collect()
+    derive_sums(stored.iter().map(|w| (&w.key, &w.agg)), &[interval], |k| {
+        k.start >= from && k.start < to
+    })
+    .into_iter()
+    .map(|(key, agg)| StoredWindow { key, agg })
+    .collect()
 }
 
 /// Stored windows of `interval` starting at or after `from_start` (a
@@ -675,7 +727,8 @@ const COMPACTION_ROWS: i64 = 200_000;
 /// behind, jemalloc's heap profile found that message (about 67 MB) and the
 /// connection's write buffer grown to hold it (55 MB) among the largest
 /// allocations of the process (benchmarks/RESULTS.md). In parts, both stay
-/// near a part's size, for the same statements' work.
+/// near a part's size, for the same statements' work. The taken deltas are
+/// decoded in parts of the same size.
 pub const FOLD_PART_ROWS: usize = 20_000;
 
 /// Runs a compaction turn every `every` until the process ends: each
