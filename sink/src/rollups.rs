@@ -300,9 +300,10 @@ struct Taken {
 
 /// Deletes at most `limit` pending deltas (of interval `take`, or any) and
 /// sums them per window as PostgreSQL returns them, `part` rows at a time
-/// (decoded on the blocking threads): the rows of a whole turn (200,000 in the service), their decoded
-/// windows and every interval's sums were the process's largest transient
-/// allocation at 20,000 events/s (benchmarks/RESULTS.md).
+/// (decoded on the blocking threads): the rows of a whole turn (200,000 in
+/// the service), their decoded windows and every interval's sums were the
+/// process's largest transient allocation at 20,000 events/s
+/// (benchmarks/RESULTS.md).
 async fn take_deltas(
     tx: &Transaction<'_>,
     limit: i64,
