@@ -200,10 +200,11 @@ section!(DataflowConfig {
     #[serde(with = "humantime_serde")]
     live_horizon: Duration = Duration::from_secs(25 * 3600),
     /// Pause a worker's Kafka polling while this many of its rows wait for
-    /// PostgreSQL. Each costs about 500 bytes while it waits; 100,000
-    /// instead of 200,000 took about 100 MB off the heap at 20,000 events/s
-    /// and did not measurably slow catch-up (benchmarks/RESULTS.md).
-    max_pending_rows: i64 = 100_000,
+    /// PostgreSQL. Each costs about 500 bytes while it waits; 50,000
+    /// instead of 100,000 (and 200,000 before it) kept a ten-minute run at
+    /// 20,000 events/s under 1 GiB and did not measurably slow catch-up
+    /// (benchmarks/RESULTS.md).
+    max_pending_rows: i64 = 50_000,
     /// Most rows committed in one PostgreSQL transaction.
     max_commit_rows: usize = 50_000,
     /// How often pending rollup deltas are folded into

@@ -33,7 +33,7 @@ const LIVE_HORIZON_MS: u64 = 25 * 3_600_000;
 const ACTIVE_USERS_MS: u64 = 5 * 60_000;
 const MAX_DIMENSION_VALUES: usize = 1_000;
 const POLL_BUDGET: usize = 4_096;
-const MAX_PENDING_ROWS: i64 = 100_000;
+const MAX_PENDING_ROWS: i64 = 50_000;
 
 /// In-memory horizon per interval, as the service's default.
 fn default_horizon_ms(interval: &str) -> u64 {
