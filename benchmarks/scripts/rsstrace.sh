@@ -4,20 +4,27 @@
 # horizons): every 10 s one line of seconds since the load started, heap
 # allocated (MB), jemalloc resident (MB), RSS (MiB), events ingested,
 # consumer lag (messages) and live windows; then the means over the
-# second half. DATAFLOW="key: value, ..." adds an `analytics.dataflow`
-# section to the run's config (e.g. DATAFLOW="max_pending_rows: 50000").
+# second half (or after WARMUP seconds), and the largest deviation from
+# the first sample after it. DATAFLOW="key: value, ..." adds an
+# `analytics.dataflow` section to the run's config (e.g.
+# DATAFLOW="max_pending_rows: 50000"); AGGREGATION and DASHBOARD add
+# `analytics.aggregation` and `analytics.dashboard` the same way.
 # Needs `make services` and a release build.
 #
-#   [WORKERS=N] [DATAFLOW=...] benchmarks/scripts/rsstrace.sh BIN [SECS] [RATE]
+#   [WORKERS=N] [WARMUP=S] [DATAFLOW=...] [AGGREGATION=...] [DASHBOARD=...] \
+#       benchmarks/scripts/rsstrace.sh BIN [SECS] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$1; secs=${2:-600}; rate=${3:-20000}; workers=${WORKERS:-2}
 source benchmarks/scripts/lib.sh
 run="rsstrace_$$"
 start_run "$run" "$workers"
-if [ -n "${DATAFLOW:-}" ]; then
-    sed -i "s/^  ingestion: /  dataflow: {$DATAFLOW}\n  ingestion: /" "/tmp/$run.yaml"
-fi
+for section in dataflow aggregation dashboard; do
+    value=$(printenv "${section^^}" || true)
+    if [ -n "$value" ]; then
+        sed -i "s/^  ingestion: /  $section: {$value}\n  ingestion: /" "/tmp/$run.yaml"
+    fi
+done
 "$bin" run -c "/tmp/$run.yaml" >"/tmp/$run.log" 2>&1 &
 pid=$!
 target/release/bench loadgen --rate "$rate" --duration "$secs" --seed 7 --topic-prefix "$run." >/dev/null 2>&1 &
@@ -36,8 +43,10 @@ while kill -0 "$load" 2>/dev/null; do
         "$(sum analytics_events_ingested_total)" "$(sum analytics_consumer_lag_messages)" \
         "$(sum analytics_live_windows)" | tee -a "$trace"
 done
-awk -v half="$(( secs / 2 ))" '$1 >= half { n++; a += $2; r += $4; if ($4 > m) m = $4 }
-    END { if (n) printf "second half (%d samples): alloc %d MB, RSS mean %d MiB, max %d MiB\n", n, a / n, r / n, m }' "$trace"
+awk -v from="${WARMUP:-$(( secs / 2 ))}" '$1 >= from {
+        n++; a += $2; r += $4; if ($4 > m) m = $4; if (n == 1) w = $4
+        d = ($4 > w ? $4 - w : w - $4) / w * 100; if (d > dev) dev = d }
+    END { if (n) printf "from %d s (%d samples): alloc %d MB, RSS mean %d MiB, max %d MiB, first %d MiB, max deviation from it %.1f %%\n", from, n, a / n, r / n, m, w, dev }' "$trace"
 rm -f "$trace"
 kill -TERM "$pid"; wait "$pid" || true
 end_run "$run"

@@ -5,8 +5,11 @@
 //! 1. dataflow core, in this process, per worker count;
 //! 2. ingest with ours, per worker count (a fresh service each);
 //! 3. freshness, then reads, with ours (one service);
-//! 4. memory with ours (a fresh service);
-//! 5. ingest, then freshness and reads, with the baseline (`bench
+//! 4. memory with ours (a fresh service, the default horizons);
+//! 5. soak with ours (a fresh service whose horizons are shortened to a
+//!    minute or two, so that its state reaches its steady size within the
+//!    run): RSS must stay flat;
+//! 6. ingest, then freshness and reads, with the baseline (`bench
 //!    baseline` as a child process, a fresh database each).
 //!
 //! A failed phase is reported and the run goes on. The results are written
@@ -81,14 +84,14 @@ impl ServiceArgs {
 /// `bench all` options; every duration has a full default and a `--quick` one.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct AllArgs {
-    /// Smoke run: 10 s phases, 60 s of memory, 200,000 core events; no RESULTS.md.
+    /// Smoke run: 10 s phases, 60 s of memory, 90 s of soak, 200,000 core events; no RESULTS.md.
     #[arg(long)]
     pub quick: bool,
-    /// Phases to run (comma separated): core, ingest, freshness, reads, memory, baseline.
+    /// Phases to run (comma separated): core, ingest, freshness, reads, memory, soak, baseline.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "core,ingest,freshness,reads,memory,baseline"
+        default_value = "core,ingest,freshness,reads,memory,soak,baseline"
     )]
     pub phases: Vec<String>,
     /// Seed of the generated events (the same for ours and the baseline).
@@ -145,6 +148,16 @@ pub struct AllArgs {
     pub memory_warmup_secs: Option<u64>,
     #[arg(long, default_value_t = 5)]
     pub memory_interval_secs: u64,
+    /// The soak's rate: one the service sustains, so that what it holds
+    /// settles instead of following a growing backlog.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub soak_rate: f64,
+    /// Length of the soak (short horizons) [default: 900; quick 90].
+    #[arg(long)]
+    pub soak_secs: Option<u64>,
+    /// Soak samples before this are its warm-up [default: 300; quick 30].
+    #[arg(long)]
+    pub soak_warmup_secs: Option<u64>,
     /// Partitions per topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -189,9 +202,33 @@ impl AllArgs {
 /// Which service a phase runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Ours { workers: usize },
+    /// `extra`: lines added to the config's `analytics` section.
+    Ours {
+        workers: usize,
+        extra: &'static str,
+    },
     Baseline,
 }
+
+impl Kind {
+    fn ours(workers: usize) -> Kind {
+        Kind::Ours { workers, extra: "" }
+    }
+}
+
+/// The soak's `analytics` settings: every interval's windows leave memory a
+/// minute after they close, seconds of counts after two minutes, and the
+/// dashboard's windows span a minute or two, so that the state stops
+/// growing within a few minutes of the run (the defaults keep hours to a
+/// month of windows, which a run of minutes never reaches the end of).
+const SOAK_ANALYTICS: &str = r#"  dataflow:
+    live_horizon: 2m
+  aggregation:
+    horizons: {"1m": 1m, "5m": 1m, "15m": 1m, "30m": 1m, "1h": 1m, "4h": 1m, "1d": 1m}
+  dashboard:
+    orders_window: 2m
+    active_users_window: 1m
+"#;
 
 /// Runs `f` against a fresh service of `kind` on a fresh fixture, then
 /// stops the service and drops the fixture whatever happened.
@@ -205,7 +242,7 @@ where
     let result = async {
         let api = free_port()?;
         let mut child = match kind {
-            Kind::Ours { workers } => {
+            Kind::Ours { workers, extra } => {
                 let config = fx.dir.join("config.yaml");
                 std::fs::write(
                     &config,
@@ -216,6 +253,7 @@ where
                         free_port()?,
                         free_port()?,
                         &args.service_log,
+                        extra,
                     ),
                 )?;
                 Child::spawn(
@@ -348,6 +386,7 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
             && !args.wants("freshness")
             && !args.wants("reads")
             && !args.wants("memory")
+            && !args.wants("soak")
             || args.analytics.exists(),
         "{} not found: build it with `cargo build --release --bin analytics`",
         args.analytics.display()
@@ -367,6 +406,8 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
     let reads_d = args.pick(args.reads_secs, 60, 10);
     let mem_d = args.pick(args.memory_secs, 600, 60);
     let mem_warm = args.pick(args.memory_warmup_secs, 60, 10);
+    let soak_d = args.pick(args.soak_secs, 900, 90);
+    let soak_warm = args.pick(args.soak_warmup_secs, 300, 30);
     let core_events = args
         .core_events
         .unwrap_or(if args.quick { 200_000 } else { 2_000_000 });
@@ -414,7 +455,7 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
             say(&format!("ingest, ours -w {w}, {ingest_d:?}"));
             let r = with_service(
                 &args,
-                Kind::Ours { workers: w },
+                Kind::ours(w),
                 &format!("ingest_w{w}"),
                 |t, topics| {
                     let load = args.load(&topics, args.ingest_rate, ingest_d);
@@ -435,9 +476,7 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
     if args.wants("freshness") || args.wants("reads") {
         let (fresh, reads) = live_phases(
             &args,
-            Kind::Ours {
-                workers: args.workers,
-            },
+            Kind::ours(args.workers),
             fresh_d,
             reads_d,
             &mut errors,
@@ -447,35 +486,43 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
         results.reads = reads;
     }
 
-    if args.wants("memory") {
+    let interval = Duration::from_secs(args.memory_interval_secs.max(1));
+    for (phase, extra, rate, secs, warm) in [
+        ("memory", "", args.memory_rate, mem_d, mem_warm),
+        ("soak", SOAK_ANALYTICS, args.soak_rate, soak_d, soak_warm),
+    ] {
+        if !args.wants(phase) {
+            continue;
+        }
         say(&format!(
-            "memory, ours -w {}, {mem_d:?} at {}/s",
-            args.workers, args.memory_rate
+            "{phase}, ours -w {}, {secs:?} at {rate}/s",
+            args.workers
         ));
-        let interval = Duration::from_secs(args.memory_interval_secs.max(1));
-        let r = with_service(
-            &args,
-            Kind::Ours {
-                workers: args.workers,
-            },
-            "memory",
-            |t, topics| {
-                let load = args.load(&topics, Some(args.memory_rate), mem_d);
-                async move { measure::memory(&t, load, interval, mem_warm).await }
-            },
-        )
+        let kind = Kind::Ours {
+            workers: args.workers,
+            extra,
+        };
+        let r = with_service(&args, kind, phase, |t, topics| {
+            let load = args.load(&topics, Some(rate), secs);
+            async move { measure::memory(&t, load, interval, warm).await }
+        })
         .await;
-        if let Some(m) = note(&mut errors, "memory", r) {
+        if let Some(m) = note(&mut errors, phase, r) {
             say(&format!(
-                "  RSS KiB: warm {} last {} max {}; max deviation {:.1} %; {} samples; load {:.0}/s",
+                "  RSS KiB: warm {} last {} max {}; max deviation {:.1} % (from the mean after warm-up {:.1} %); {} samples; load {:.0}/s",
                 m.warm_kib,
                 m.last_kib,
                 m.max_kib,
                 m.max_deviation_pct,
+                m.max_deviation_from_mean_pct,
                 m.samples.len(),
                 m.load.rate
             ));
-            results.memory = Some(m);
+            if phase == "soak" {
+                results.soak = Some(m);
+            } else {
+                results.memory = Some(m);
+            }
         }
     }
 

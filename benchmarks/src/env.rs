@@ -105,8 +105,10 @@ impl Fixture {
                 .await?;
         tokio::spawn(conn);
         // FORCE cannot end an autovacuum worker (a superuser's process) for
-        // a non-superuser; such a worker ends soon, so try again a while.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // a non-superuser; try again until it ends. After a soak's millions
+        // of rows one ran for more than a minute (the database was left
+        // behind with a 60 s limit), so wait up to ten.
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
         loop {
             let dropped = client
                 .batch_execute(&format!(
@@ -144,7 +146,9 @@ fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
 
 /// The `analytics` config for a fixture: its database, topics and ports;
 /// rate limits and API keys off (the reads phase is one client at
-/// thousands of requests per second); logs at `log_level`.
+/// thousands of requests per second); logs at `log_level`;
+/// `analytics_extra`, YAML lines indented by two, goes into the `analytics`
+/// section.
 pub fn analytics_config(
     fx: &Fixture,
     workers: usize,
@@ -152,6 +156,7 @@ pub fn analytics_config(
     metrics: u16,
     health: u16,
     log_level: &str,
+    analytics_extra: &str,
 ) -> String {
     let s = &fx.services;
     let topics = fx
@@ -182,7 +187,7 @@ kafka:
 analytics:
   ingestion:
     workers: {workers}
-metrics:
+{analytics_extra}metrics:
   port: {metrics}
 logging:
   level: "{log_level}"

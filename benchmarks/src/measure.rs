@@ -444,6 +444,12 @@ pub struct MemoryResult {
     pub max_kib: u64,
     /// Largest |sample − warm| / warm after the warm-up, percent.
     pub max_deviation_pct: f64,
+    /// The mean of the samples at or after the warm-up.
+    pub mean_kib: u64,
+    /// Largest |sample − mean| / mean after the warm-up, percent: how far
+    /// RSS strays from its steady level (one sample's ups and downs do not
+    /// move the reference, as they move `warm_kib`).
+    pub max_deviation_from_mean_pct: f64,
 }
 
 pub async fn memory(
@@ -476,10 +482,13 @@ pub async fn memory(
         .map(|(_, r)| *r)
         .collect();
     let warm = after.first().copied().unwrap_or(0);
-    let max_dev = after
-        .iter()
-        .map(|r| (*r as f64 - warm as f64).abs() / warm.max(1) as f64 * 100.0)
-        .fold(0.0, f64::max);
+    let deviation = |from: u64| {
+        after
+            .iter()
+            .map(|r| (*r as f64 - from as f64).abs() / from.max(1) as f64 * 100.0)
+            .fold(0.0, f64::max)
+    };
+    let mean = after.iter().sum::<u64>() / (after.len().max(1) as u64);
     Ok(MemoryResult {
         target: target.label.clone(),
         load,
@@ -488,7 +497,9 @@ pub async fn memory(
         warm_kib: warm,
         last_kib: samples.last().map_or(0, |s| s.1),
         max_kib: samples.iter().map(|s| s.1).max().unwrap_or(0),
-        max_deviation_pct: max_dev,
+        max_deviation_pct: deviation(warm),
+        mean_kib: mean,
+        max_deviation_from_mean_pct: deviation(mean),
         samples,
     })
 }
