@@ -3,9 +3,9 @@
 # (defaults 600 and 20000, -w WORKERS (default 2), the bench mix, default
 # horizons): every 10 s one line of seconds since the load started, heap
 # allocated (MB), jemalloc resident (MB), RSS (MiB), events ingested,
-# consumer lag (messages) and live windows; then the means over the
-# second half (or after WARMUP seconds), and the largest deviation from
-# the first sample after it. DATAFLOW="key: value, ..." adds an
+# consumer lag (messages) and live windows; then, over the samples from
+# the second half (or WARMUP seconds) to the end of the load, the means
+# and the largest deviation from the first of them. DATAFLOW="key: value, ..." adds an
 # `analytics.dataflow` section to the run's config (e.g.
 # DATAFLOW="max_pending_rows: 50000"); AGGREGATION and DASHBOARD add
 # `analytics.aggregation` and `analytics.dashboard` the same way.
@@ -43,7 +43,7 @@ while kill -0 "$load" 2>/dev/null; do
         "$(sum analytics_events_ingested_total)" "$(sum analytics_consumer_lag_messages)" \
         "$(sum analytics_live_windows)" | tee -a "$trace"
 done
-awk -v from="${WARMUP:-$(( secs / 2 ))}" '$1 >= from {
+awk -v from="${WARMUP:-$(( secs / 2 ))}" -v to="$secs" '$1 >= from && $1 <= to {
         n++; a += $2; r += $4; if ($4 > m) m = $4; if (n == 1) w = $4
         d = ($4 > w ? $4 - w : w - $4) / w * 100; if (d > dev) dev = d }
     END { if (n) printf "from %d s (%d samples): alloc %d MB, RSS mean %d MiB, max %d MiB, first %d MiB, max deviation from it %.1f %%\n", from, n, a / n, r / n, m, w, dev }' "$trace"
