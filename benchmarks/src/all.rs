@@ -491,9 +491,23 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
     }
 
     let interval = Duration::from_secs(args.memory_interval_secs.max(1));
-    for (phase, extra, rate, secs, warm) in [
-        ("memory", "", args.memory_rate, mem_d, mem_warm),
-        ("soak", SOAK_ANALYTICS, args.soak_rate, soak_d, soak_warm),
+    for (phase, extra, rate, secs, warm, slot) in [
+        (
+            "memory",
+            "",
+            args.memory_rate,
+            mem_d,
+            mem_warm,
+            &mut results.memory,
+        ),
+        (
+            "soak",
+            SOAK_ANALYTICS,
+            args.soak_rate,
+            soak_d,
+            soak_warm,
+            &mut results.soak,
+        ),
     ] {
         if !args.wants(phase) {
             continue;
@@ -522,11 +536,7 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
                 m.samples.len(),
                 m.load.rate
             ));
-            if phase == "soak" {
-                results.soak = Some(m);
-            } else {
-                results.memory = Some(m);
-            }
+            *slot = Some(m);
         }
     }
 
