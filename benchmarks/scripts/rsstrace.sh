@@ -5,10 +5,10 @@
 # allocated (MB), jemalloc resident (MB), RSS (MiB), events ingested,
 # consumer lag (messages) and live windows; then, over the samples from
 # the second half (or WARMUP seconds) to the end of the load, the means
-# and the largest deviation from the first of them. DATAFLOW="key: value, ..." adds an
-# `analytics.dataflow` section to the run's config (e.g.
-# DATAFLOW="max_pending_rows: 50000"); AGGREGATION and DASHBOARD add
-# `analytics.aggregation` and `analytics.dashboard` the same way.
+# and the largest deviation from the first of them. DATAFLOW="key:
+# value, ..." adds an `analytics.dataflow` section to the run's config
+# (e.g. DATAFLOW="max_pending_rows: 50000"); AGGREGATION and DASHBOARD
+# add `analytics.aggregation` and `analytics.dashboard` the same way.
 # Needs `make services` and a release build.
 #
 #   [WORKERS=N] [WARMUP=S] [DATAFLOW=...] [AGGREGATION=...] [DASHBOARD=...] \
