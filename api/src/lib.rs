@@ -11,6 +11,7 @@ pub mod cache;
 pub mod custom_events;
 pub mod dashboard;
 pub mod dead_letters;
+pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -38,8 +39,7 @@ use axum::Router;
 use dataflows::LiveSnapshot;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -55,19 +55,19 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .layer(axum::Extension(openapi::DocumentBytes::new(&doc)))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(RequestBodyTimeoutLayer::new(settings.read_timeout))
-        .layer(axum::middleware::from_fn_with_state(
-            settings.query_timeout,
-            query_timeout,
-        ))
-        // Inside the key check: with keys enabled, only verified keys name
-        // a bucket (random fake keys are refused before they get one).
-        .layer(axum::middleware::from_fn_with_state(
+        .layer(RequestBodyTimeoutLayer::new(settings.read_timeout));
+    // Inside the key check: with keys enabled, only verified keys name a
+    // bucket (random fake keys are refused before they get one).
+    let api = if state.rate_limiter.is_enabled() {
+        api.layer(axum::middleware::from_fn_with_state(
             state.rate_limiter.clone(),
             ratelimit::limit,
-        ));
-    // Inside the metrics, trace and timeout layers: refusals are counted,
-    // logged with the request id, and bounded in time like any request.
+        ))
+    } else {
+        api
+    };
+    // Inside the envelope: refusals are counted, logged with the request
+    // id, and bounded in time like any request.
     let api = if settings.api_key_enabled {
         let auth = Arc::new(auth::Auth::new(
             state.pool.clone(),
@@ -77,18 +77,10 @@ pub fn router(state: AppState) -> Router {
     } else {
         api
     };
-    let api = api
-        .layer(axum::middleware::from_fn(metrics::track))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_id::make_span)
-                .on_response(request_id::AccessLog),
-        )
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ))
-        .layer(axum::middleware::from_fn(request_id::assign));
+    let api = api.layer(envelope::EnvelopeLayer::new(envelope::Deadlines {
+        request: settings.request_timeout,
+        query: settings.query_timeout,
+    }));
     let api = if settings.cors_enabled {
         api.layer(cors(&settings))
     } else {
@@ -181,30 +173,6 @@ pub fn health_router(state: AppState) -> Router {
         router
     };
     router.with_state(state)
-}
-
-/// `analytics.query.timeout`: a GET whose answer has not started within it
-/// gets 504 (a stream, once started, is not cut).
-async fn query_timeout(
-    axum::extract::State(limit): axum::extract::State<Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if request.method() != axum::http::Method::GET {
-        return next.run(request).await;
-    }
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            axum::Json(serde_json::json!({
-                "error": format!("query did not finish within {limit:?} (analytics.query.timeout)"),
-                "details": null,
-            })),
-        )
-            .into_response(),
-    }
 }
 
 /// The metrics port (9098): Prometheus text format at `path`. The age of

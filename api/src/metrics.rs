@@ -1,11 +1,11 @@
 //! HTTP metrics and the Prometheus endpoint.
 
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dataflows::metrics::or_die;
 use prometheus::{
@@ -116,22 +116,18 @@ pub fn init() {
     LazyLock::force(&RATE_LIMIT_LOCAL);
 }
 
-/// Middleware: in-flight gauge and latency histogram per matched route.
-pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    ACTIVE_CONNECTIONS.inc();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    ACTIVE_CONNECTIONS.dec();
-    let status = format!("{}xx", response.status().as_u16() / 100);
+/// Counts one answered request in the latency histogram, by matched
+/// route ("unmatched" for none) and status class.
+pub fn observe(route: Option<&MatchedPath>, status: StatusCode, latency: Duration) {
+    const CLASSES: [&str; 10] = [
+        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
+    // A status code has three digits.
+    let class = CLASSES[usize::from(status.as_u16() / 100) % 10];
+    let route = route.map_or("unmatched", MatchedPath::as_str);
     QUERY_DURATION
-        .with_label_values(&[route.as_str(), status.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
+        .with_label_values(&[route, class])
+        .observe(latency.as_secs_f64());
 }
 
 /// Prometheus text exposition of the default registry.

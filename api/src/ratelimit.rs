@@ -100,6 +100,12 @@ impl RateLimiter {
         RateLimiter { inner: None }
     }
 
+    /// Whether requests are limited at all (off: the router leaves the
+    /// layer out).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// Limits with `settings`; local until the first probe reaches Redis
     /// (health and the first request start one).
     pub fn new(settings: &RateLimitSettings) -> RateLimiter {

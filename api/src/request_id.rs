@@ -7,10 +7,7 @@
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
-use tower_http::trace::OnResponse;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use tracing::Span;
 use uuid::Uuid;
 
@@ -18,10 +15,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest id accepted from a client.
 pub const MAX_LEN: usize = 128;
-
-/// The id of the request being served (a request extension).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(pub HeaderValue);
 
 /// 1 to [`MAX_LEN`] visible ASCII characters (`!` to `~`).
 pub fn is_sane(value: &HeaderValue) -> bool {
@@ -35,29 +28,23 @@ fn generate() -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// Middleware (outside the trace layer): fixes the request's id in its
-/// headers and extensions, and echoes it in the response.
-pub async fn assign(mut request: Request, next: Next) -> Response {
+/// Fixes the request's id: the client's when sane, else a fresh UUID v4;
+/// written into the request's headers (handlers that forward the request
+/// see it) and returned for the response.
+pub fn fix(request: &mut Request) -> HeaderValue {
     let id = match request.headers().get(&X_REQUEST_ID) {
-        Some(given) if is_sane(given) => given.clone(),
+        Some(given) if is_sane(given) => return given.clone(),
         _ => generate(),
     };
     request.headers_mut().insert(X_REQUEST_ID, id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(X_REQUEST_ID, id);
-    response
+    id
 }
 
-/// The span of one request (for `TraceLayer::make_span_with`), at INFO so
-/// that it shows with the default log level: method, uri, request id, and
-/// the name of the API key once it is verified.
-pub fn make_span<B>(request: &axum::http::Request<B>) -> Span {
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+/// The span of one request, at INFO so that it shows with the default log
+/// level: method, uri, request id, and the name of the API key once it is
+/// verified.
+pub fn make_span(request: &Request, id: &HeaderValue) -> Span {
+    let id = id.to_str().unwrap_or("-");
     tracing::info_span!(
         "request",
         method = %request.method(),
@@ -70,26 +57,21 @@ pub fn make_span<B>(request: &axum::http::Request<B>) -> Span {
 /// A request at least this slow is logged at INFO whatever its status.
 pub const SLOW_REQUEST: Duration = Duration::from_millis(100);
 
-/// The access log (`TraceLayer::on_response`), target `api::access`: a
-/// fast answer below 400 at DEBUG (a line per request at INFO costs more
-/// than serving a live read), a 4xx or one slower than [`SLOW_REQUEST`] at
-/// INFO, a 5xx at WARN. Each line is in the request's span, so it carries
-/// the method, uri and request id. `logging.level: debug`, or `RUST_LOG`
-/// with `api::access=debug`, logs every request.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AccessLog;
-
-impl<B> OnResponse<B> for AccessLog {
-    fn on_response(self, response: &axum::http::Response<B>, latency: Duration, _: &Span) {
-        let status = response.status().as_u16();
-        let latency_ms = latency.as_secs_f64() * 1e3;
-        if status >= 500 {
-            tracing::warn!(target: "api::access", status, latency_ms, "finished processing request");
-        } else if status >= 400 || latency >= SLOW_REQUEST {
-            tracing::info!(target: "api::access", status, latency_ms, "finished processing request");
-        } else {
-            tracing::debug!(target: "api::access", status, latency_ms, "finished processing request");
-        }
+/// The access log, target `api::access`, written in the request's span
+/// (so it carries the method, uri and request id): a fast answer below 400
+/// at DEBUG (a line per request at INFO costs more than serving a live
+/// read), a 4xx or one slower than [`SLOW_REQUEST`] at INFO, a 5xx at
+/// WARN. `logging.level: debug`, or `RUST_LOG` with `api::access=debug`,
+/// logs every request.
+pub fn access_log(status: StatusCode, latency: Duration) {
+    let status = status.as_u16();
+    let latency_ms = latency.as_secs_f64() * 1e3;
+    if status >= 500 {
+        tracing::warn!(target: "api::access", status, latency_ms, "finished processing request");
+    } else if status >= 400 || latency >= SLOW_REQUEST {
+        tracing::info!(target: "api::access", status, latency_ms, "finished processing request");
+    } else {
+        tracing::debug!(target: "api::access", status, latency_ms, "finished processing request");
     }
 }
 
@@ -121,14 +103,19 @@ mod tests {
                 "/",
                 get(|request: Request| async move {
                     request
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.0.to_str().ok())
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|id| id.to_str().ok())
                         .unwrap_or_default()
                         .to_string()
                 }),
             )
-            .layer(axum::middleware::from_fn(assign));
+            .layer(crate::envelope::EnvelopeLayer::new(
+                crate::envelope::Deadlines {
+                    request: Duration::from_secs(30),
+                    query: Duration::from_secs(30),
+                },
+            ));
         let mut req = Request::builder().uri("/");
         if let Some(g) = given {
             req = req.header("x-request-id", g);
