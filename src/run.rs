@@ -341,6 +341,10 @@ pub fn run(config: Config, cluster: Cluster, demo_rate: Option<u32>) -> anyhow::
             )
         });
         shutdown_signal(Arc::clone(&basis.shutdown)).await;
+        // The writer ends once every sender of its channel is gone: the
+        // workers' go when they finish; this one must not outlive them, or
+        // every stop waits out the whole grace period.
+        drop(background.sink);
         let stopping = Stopping {
             guards: dataflow.guards,
             writer: background.writer,
