@@ -4,13 +4,16 @@
 //!
 //! 1. dataflow core, in this process, per worker count;
 //! 2. ingest with ours, per worker count (a fresh service each);
-//! 3. freshness, then reads, with ours (one service);
-//! 4. memory with ours (a fresh service, the default horizons);
-//! 5. soak with ours (a fresh service whose horizons are shortened to a
+//! 3. catch-up with ours: a backlog produced first, then the service
+//!    started on it; then the same rows by one binary COPY (PostgreSQL's
+//!    ceiling);
+//! 4. freshness, then reads, with ours (one service);
+//! 5. memory with ours (a fresh service, the default horizons);
+//! 6. soak with ours (a fresh service whose horizons are shortened to a
 //!    minute or two, so that its state reaches its steady size within the
 //!    run): RSS must stay flat;
-//! 6. ingest, then freshness and reads, with the baseline (`bench
-//!    baseline` as a child process, a fresh database each).
+//! 7. ingest, catch-up, then freshness and reads, with the baseline
+//!    (`bench baseline` as a child process, a fresh database each).
 //!
 //! A failed phase is reported and the run goes on. The results are written
 //! as JSON and printed as a table; a full run (not `--quick`) also writes
@@ -18,13 +21,14 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::env::{analytics_config, free_port, Child, Fixture, Services};
-use crate::loadgen::LoadSpec;
+use crate::loadgen::{self, LoadSpec};
 use crate::measure::{self, Target};
 use crate::report::{self, IngestRun, Machine, Results};
 
@@ -83,15 +87,15 @@ impl ServiceArgs {
 
 /// Every phase of `bench all`, in order: the default, and what a run must
 /// cover to rewrite `RESULTS.md`.
-const ALL_PHASES: &str = "core,ingest,freshness,reads,memory,soak,baseline";
+const ALL_PHASES: &str = "core,ingest,catchup,freshness,reads,memory,soak,baseline";
 
 /// `bench all` options; every duration has a full default and a `--quick` one.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct AllArgs {
-    /// Smoke run: 10 s phases, 60 s of memory, 90 s of soak, 200,000 core events; no RESULTS.md.
+    /// Smoke run: 10 s phases, 60 s of memory, 90 s of soak, 200,000 core events, a 100,000-event backlog; no RESULTS.md.
     #[arg(long)]
     pub quick: bool,
-    /// Phases to run (comma separated): core, ingest, freshness, reads, memory, soak, baseline.
+    /// Phases to run (comma separated): core, ingest, catchup, freshness, reads, memory, soak, baseline.
     #[arg(
         long,
         value_delimiter = ',',
@@ -120,7 +124,13 @@ pub struct AllArgs {
     /// Longest wait for stats to count everything after producing [default: 600; quick 60].
     #[arg(long)]
     pub drain_secs: Option<u64>,
-    /// Worker threads of the service in the freshness, reads and memory phases.
+    /// Events in the catch-up phase's backlog [default: 1,000,000; quick 100,000].
+    #[arg(long)]
+    pub catchup_events: Option<u64>,
+    /// Longest wait for stats to count the whole backlog [default: 600; quick 120].
+    #[arg(long)]
+    pub catchup_secs: Option<u64>,
+    /// Worker threads of the service in the catch-up, freshness, reads and memory phases.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     #[arg(long, default_value_t = 50_000.0)]
@@ -198,6 +208,7 @@ impl AllArgs {
             topics: topics.to_vec(),
             rate,
             duration,
+            events: None,
             seed: self.seed,
         }
     }
@@ -234,89 +245,174 @@ const SOAK_ANALYTICS: &str = r#"  dataflow:
     active_users_window: 1m
 "#;
 
-/// Runs `f` against a fresh service of `kind` on a fresh fixture, then
-/// stops the service and drops the fixture whatever happened.
+/// Runs `f` on a fresh fixture (database and topics), then drops the
+/// fixture whatever happened.
+async fn with_fixture<T>(
+    args: &AllArgs,
+    name: &str,
+    f: impl AsyncFnOnce(&Fixture) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let services = args.services.services();
+    let fx = Fixture::new(&services, name, args.partitions).await?;
+    let result = f(&fx).await;
+    if let Err(e) = fx.cleanup().await {
+        eprintln!("cleanup of {}: {e:#}", fx.name);
+    }
+    result
+}
+
+/// Starts a service of `kind` on `fx` (not waiting for it).
+fn spawn(args: &AllArgs, kind: Kind, fx: &Fixture, api: u16) -> anyhow::Result<Child> {
+    match kind {
+        Kind::Ours { workers, extra } => {
+            let config = fx.dir.join("config.yaml");
+            std::fs::write(
+                &config,
+                analytics_config(
+                    fx,
+                    workers,
+                    api,
+                    free_port()?,
+                    free_port()?,
+                    &args.service_log,
+                    extra,
+                ),
+            )?;
+            Child::spawn(
+                "analytics",
+                &args.analytics,
+                &[
+                    "--config".into(),
+                    config.display().to_string(),
+                    "-w".into(),
+                    workers.to_string(),
+                    "run".into(),
+                ],
+                api,
+                fx.dir.join("service.log"),
+                &args.service_log,
+            )
+        }
+        Kind::Baseline => {
+            let exe = std::env::current_exe()?;
+            let s = &args.services;
+            Child::spawn(
+                "baseline",
+                &exe,
+                &[
+                    "baseline".into(),
+                    "--brokers".into(),
+                    s.brokers.clone(),
+                    "--topics".into(),
+                    fx.topics.join(","),
+                    "--database".into(),
+                    fx.database.clone(),
+                    "--port".into(),
+                    api.to_string(),
+                    "--pg-host".into(),
+                    s.pg_host.clone(),
+                    "--pg-port".into(),
+                    s.pg_port.to_string(),
+                    "--pg-user".into(),
+                    s.pg_user.clone(),
+                    "--pg-password".into(),
+                    s.pg_password.clone(),
+                ],
+                api,
+                fx.dir.join("baseline.log"),
+                &args.service_log,
+            )
+        }
+    }
+}
+
+/// Runs `f` against a fresh service of `kind` on a fresh fixture, once it
+/// is ready, then stops the service and drops the fixture whatever
+/// happened.
 async fn with_service<T, F, Fut>(args: &AllArgs, kind: Kind, name: &str, f: F) -> anyhow::Result<T>
 where
     F: FnOnce(Target, Vec<String>) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let services = args.services.services();
-    let fx = Fixture::new(&services, name, args.partitions).await?;
-    let result = async {
-        let api = free_port()?;
-        let mut child = match kind {
-            Kind::Ours { workers, extra } => {
-                let config = fx.dir.join("config.yaml");
-                std::fs::write(
-                    &config,
-                    analytics_config(
-                        &fx,
-                        workers,
-                        api,
-                        free_port()?,
-                        free_port()?,
-                        &args.service_log,
-                        extra,
-                    ),
-                )?;
-                Child::spawn(
-                    "analytics",
-                    &args.analytics,
-                    &[
-                        "--config".into(),
-                        config.display().to_string(),
-                        "-w".into(),
-                        workers.to_string(),
-                        "run".into(),
-                    ],
-                    api,
-                    fx.dir.join("service.log"),
-                    &args.service_log,
-                )?
-            }
-            Kind::Baseline => {
-                let exe = std::env::current_exe()?;
-                let s = &args.services;
-                Child::spawn(
-                    "baseline",
-                    &exe,
-                    &[
-                        "baseline".into(),
-                        "--brokers".into(),
-                        s.brokers.clone(),
-                        "--topics".into(),
-                        fx.topics.join(","),
-                        "--database".into(),
-                        fx.database.clone(),
-                        "--port".into(),
-                        api.to_string(),
-                        "--pg-host".into(),
-                        s.pg_host.clone(),
-                        "--pg-port".into(),
-                        s.pg_port.to_string(),
-                        "--pg-user".into(),
-                        s.pg_user.clone(),
-                        "--pg-password".into(),
-                        s.pg_password.clone(),
-                    ],
-                    api,
-                    fx.dir.join("baseline.log"),
-                    &args.service_log,
-                )?
-            }
-        };
+    with_fixture(args, name, async |fx| {
+        let mut child = spawn(args, kind, fx, free_port()?)?;
         let target = Target::new(name, child.base_url(), child.pid())?;
         child.wait_ready(&target.http, "/ready").await?;
         let r = f(target, fx.topics.clone()).await;
         child.stop().await;
         r
-    }
-    .await;
-    if let Err(e) = fx.cleanup().await {
-        eprintln!("cleanup of {}: {e:#}", fx.name);
-    }
-    result
+    })
+    .await
+}
+
+/// Catch-up: produces a backlog of `events` into a fresh fixture's topics
+/// (as fast as the producer goes), then starts a service of `kind` on it
+/// and times it until stats count the whole backlog. For ours, then
+/// PostgreSQL's ceiling on the same rows ([`measure::copy_ceiling`]).
+async fn catch_up(
+    args: &AllArgs,
+    kind: Kind,
+    name: &str,
+    events: u64,
+    timeout: Duration,
+) -> anyhow::Result<(measure::CatchUpResult, Option<measure::CopyCeiling>)> {
+    with_fixture(args, name, async |fx| {
+        let spec = LoadSpec {
+            events: Some(events),
+            ..args.load(&fx.topics, None, Duration::from_secs(3_600))
+        };
+        let backlog =
+            tokio::task::spawn_blocking(move || loadgen::run(&spec, None, &AtomicBool::new(false)))
+                .await
+                .context("load generator thread")??;
+        anyhow::ensure!(
+            backlog.failed == 0,
+            "{} events of the backlog not delivered",
+            backlog.failed
+        );
+        say(&format!(
+            "  backlog: {} events ({} valid) in {:.1} s",
+            backlog.tally.total, backlog.tally.valid, backlog.send_s
+        ));
+        let started = Instant::now();
+        let mut child = spawn(args, kind, fx, free_port()?)?;
+        let target = Target::new(name, child.base_url(), child.pid())?;
+        // Ours is ready only once its snapshot is fresh: alive is enough
+        // to poll stats (the clock runs from the process start either way).
+        let alive = match kind {
+            Kind::Ours { .. } => "/livez",
+            Kind::Baseline => "/ready",
+        };
+        let r = match child.wait_ready(&target.http, alive).await {
+            Ok(()) => measure::catch_up(&target, backlog, started, timeout).await,
+            Err(e) => Err(e),
+        };
+        child.stop().await;
+        let r = r?;
+        let copy = match kind {
+            Kind::Ours { .. } if r.completed => Some(
+                measure::copy_ceiling(&fx.services.pg_conn(&fx.database))
+                    .await
+                    .context("COPY ceiling")?,
+            ),
+            _ => None,
+        };
+        Ok((r, copy))
+    })
+    .await
+}
+
+fn catch_up_line(c: &measure::CatchUpResult) -> String {
+    format!(
+        "{} of {} valid events counted ({}, exact: {}) {:.1} s after the process started: {:.0} events/s{}",
+        c.reflected,
+        c.expected,
+        c.stats_source,
+        c.exact,
+        c.seconds,
+        c.events_per_s,
+        if c.completed { "" } else { " (NOT complete)" }
+    )
 }
 
 fn note<T>(errors: &mut Vec<String>, phase: &str, r: anyhow::Result<T>) -> Option<T> {
@@ -387,6 +483,7 @@ fn reads_line(r: &measure::ReadsResult) -> String {
 pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
     anyhow::ensure!(
         !args.wants("ingest")
+            && !args.wants("catchup")
             && !args.wants("freshness")
             && !args.wants("reads")
             && !args.wants("memory")
@@ -412,6 +509,10 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
     let mem_warm = args.pick(args.memory_warmup_secs, 60, 10);
     let soak_d = args.pick(args.soak_secs, 900, 90);
     let soak_warm = args.pick(args.soak_warmup_secs, 300, 30);
+    let catchup_events =
+        args.catchup_events
+            .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let catchup_d = args.pick(args.catchup_secs, 600, 120);
     let core_events = args
         .core_events
         .unwrap_or(if args.quick { 200_000 } else { 2_000_000 });
@@ -474,6 +575,35 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
                     result: i,
                 });
             }
+        }
+    }
+
+    if args.wants("catchup") {
+        say(&format!(
+            "catch-up, ours -w {}, {catchup_events} events",
+            args.workers
+        ));
+        let r = catch_up(
+            &args,
+            Kind::ours(args.workers),
+            "catchup",
+            catchup_events,
+            catchup_d,
+        )
+        .await;
+        if let Some((c, copy)) = note(&mut errors, "catch-up", r) {
+            say(&format!("  {}", catch_up_line(&c)));
+            if let Some(copy) = &copy {
+                say(&format!(
+                    "  COPY ceiling: {} rows ({} MB) in {:.2} s: {:.0} rows/s",
+                    copy.rows,
+                    copy.bytes / 1_000_000,
+                    copy.seconds,
+                    copy.rows_per_s
+                ));
+            }
+            results.catch_up = Some(c);
+            results.copy_ceiling = copy;
         }
     }
 
@@ -551,6 +681,21 @@ pub async fn run(args: AllArgs) -> anyhow::Result<Results> {
             if let Some(i) = note(&mut errors, "baseline ingest", r) {
                 say(&format!("  {}", ingest_line(&i)));
                 results.baseline_ingest = Some(i);
+            }
+        }
+        if args.wants("catchup") {
+            say(&format!("catch-up, baseline, {catchup_events} events"));
+            let r = catch_up(
+                &args,
+                Kind::Baseline,
+                "base_catchup",
+                catchup_events,
+                catchup_d,
+            )
+            .await;
+            if let Some((c, _)) = note(&mut errors, "baseline catch-up", r) {
+                say(&format!("  {}", catch_up_line(&c)));
+                results.baseline_catch_up = Some(c);
             }
         }
         if args.wants("freshness") || args.wants("reads") {

@@ -27,6 +27,9 @@ pub struct LoadSpec {
     /// Events per second; `None`: as fast as possible.
     pub rate: Option<f64>,
     pub duration: Duration,
+    /// Stop after this many events (markers not counted), if sooner than
+    /// `duration`: a backlog of a known size.
+    pub events: Option<u64>,
     pub seed: u64,
 }
 
@@ -144,10 +147,14 @@ pub fn run(
         if elapsed >= spec.duration || stop.load(Ordering::Relaxed) {
             break;
         }
+        if spec.events.is_some_and(|n| sent >= n) {
+            break;
+        }
         let target = match spec.rate {
             Some(rate) => (elapsed.as_secs_f64() * rate) as u64,
             None => sent + 1_000,
         };
+        let target = spec.events.map_or(target, |n| target.min(n));
         while sent < target {
             if let (Some(m), Some(due)) = (markers.as_ref(), next_marker) {
                 if Instant::now() >= due {

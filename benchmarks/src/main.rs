@@ -1,7 +1,7 @@
 //! `bench`: the benchmark harness (see `benchmarks/README.md`).
 //!
 //! ```text
-//! bench loadgen --rate N | --max  --duration S --seed X [--brokers B] [--topic-prefix P]
+//! bench loadgen --rate N | --max  --duration S [--events N] --seed X [--brokers B] [--topic-prefix P]
 //! bench core -w N --events M [--seed X]
 //! bench baseline --topics a,b,c,d --database DB --port P [...]
 //! bench all [--quick] [--phases core,ingest,...]
@@ -35,6 +35,9 @@ enum Command {
         /// Seconds.
         #[arg(long, default_value_t = 60)]
         duration: u64,
+        /// Stop after this many events, if sooner than `--duration`.
+        #[arg(long)]
+        events: Option<u64>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             max,
             duration,
+            events,
             seed,
             brokers,
             topic_prefix,
@@ -112,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 topics: LoadSpec::topics_for(&topic_prefix),
                 rate: if max { None } else { rate },
                 duration: Duration::from_secs(duration),
+                events,
                 seed,
             };
             let report = loadgen::run(&spec, None, &AtomicBool::new(false))?;

@@ -152,33 +152,19 @@ pub async fn ingest(
         .map_err(|_| anyhow::anyhow!("load generator panicked"))??;
     let sent_at = start.elapsed();
     let expected = report.tally.valid as i64;
-    let deadline = Instant::now() + drain_timeout;
-    let (last, completed) = loop {
-        let s = target.stats(from, to).await?;
-        timeline.push((start.elapsed().as_secs_f64(), s.total - before.total));
-        if s.total - before.total >= expected {
-            break (s, true);
-        }
-        if Instant::now() >= deadline {
-            break (s, false);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (last, completed) = counted(
+        target,
+        (from, to),
+        &before,
+        expected,
+        start,
+        Instant::now() + drain_timeout,
+        &mut timeline,
+    )
+    .await?;
     let seconds = start.elapsed().as_secs_f64();
     let reflected = last.total - before.total;
-    let mut mismatches = Vec::new();
-    let mut types: Vec<&String> = report.tally.by_type.keys().collect();
-    types.extend(last.by_type.keys());
-    types.sort();
-    types.dedup();
-    for t in types {
-        let want = report.tally.by_type.get(t).copied().unwrap_or(0) as i64;
-        let got =
-            last.by_type.get(t).copied().unwrap_or(0) - before.by_type.get(t).copied().unwrap_or(0);
-        if want != got {
-            mismatches.push(format!("{t}: produced {want}, counted {got}"));
-        }
-    }
+    let mismatches = mismatches(&report.tally, &before, &last);
     Ok(IngestResult {
         target: target.label.clone(),
         expected,
@@ -196,6 +182,159 @@ pub async fn ingest(
         stats_source: last.source,
         timeline,
         load: report,
+    })
+}
+
+/// Polls stats (every 100 ms) until it counts `expected` events more than
+/// `before`, or `deadline` passes; each answer goes into `timeline` as
+/// (seconds since `start`, events counted). Returns the last answer and
+/// whether it counted them all.
+async fn counted(
+    target: &Target,
+    (from, to): (i64, i64),
+    before: &Stats,
+    expected: i64,
+    start: Instant,
+    deadline: Instant,
+    timeline: &mut Vec<(f64, i64)>,
+) -> anyhow::Result<(Stats, bool)> {
+    loop {
+        let s = target.stats(from, to).await?;
+        timeline.push((start.elapsed().as_secs_f64(), s.total - before.total));
+        if s.total - before.total >= expected {
+            return Ok((s, true));
+        }
+        if Instant::now() >= deadline {
+            return Ok((s, false));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event type whose count in `last`, less `before`, differs from what
+/// was produced.
+fn mismatches(produced: &crate::gen::Tally, before: &Stats, last: &Stats) -> Vec<String> {
+    let mut types: Vec<&String> = produced.by_type.keys().collect();
+    types.extend(last.by_type.keys());
+    types.sort();
+    types.dedup();
+    types
+        .into_iter()
+        .filter_map(|t| {
+            let want = produced.by_type.get(t).copied().unwrap_or(0) as i64;
+            let got = last.by_type.get(t).copied().unwrap_or(0)
+                - before.by_type.get(t).copied().unwrap_or(0);
+            (want != got).then(|| format!("{t}: produced {want}, counted {got}"))
+        })
+        .collect()
+}
+
+/// Catch-up: a backlog already in Kafka, then the service started on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUpResult {
+    pub target: String,
+    /// How the backlog was produced (before the service started).
+    pub backlog: LoadReport,
+    /// Valid events in the backlog (what stats must count).
+    pub expected: i64,
+    pub reflected: i64,
+    pub exact: bool,
+    pub mismatches: Vec<String>,
+    /// Seconds from starting the service's process to the stats answer
+    /// that counted every event of the backlog.
+    pub seconds: f64,
+    /// `expected / seconds`: the figure.
+    pub events_per_s: f64,
+    pub completed: bool,
+    pub stats_source: String,
+    pub timeline: Vec<(f64, i64)>,
+}
+
+/// Waits until `target`, whose process started at `started` on a fresh
+/// database, counts the whole `backlog` in stats (or `timeout` passes).
+pub async fn catch_up(
+    target: &Target,
+    backlog: LoadReport,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<CatchUpResult> {
+    let range = check_range();
+    let before = Stats::default();
+    let expected = backlog.tally.valid as i64;
+    let mut timeline = Vec::new();
+    let (last, completed) = counted(
+        target,
+        range,
+        &before,
+        expected,
+        started,
+        started + timeout,
+        &mut timeline,
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mismatches = mismatches(&backlog.tally, &before, &last);
+    Ok(CatchUpResult {
+        target: target.label.clone(),
+        expected,
+        reflected: last.total,
+        exact: mismatches.is_empty(),
+        mismatches,
+        seconds,
+        events_per_s: last.total as f64 / seconds,
+        completed,
+        stats_source: last.source,
+        timeline,
+        backlog,
+    })
+}
+
+/// PostgreSQL's ceiling for the same rows: one binary COPY of them into the
+/// same `events` table, with nothing else in the transaction.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyCeiling {
+    pub rows: u64,
+    /// Bytes of the COPY stream.
+    pub bytes: u64,
+    /// From the COPY statement to its commit.
+    pub seconds: f64,
+    pub rows_per_s: f64,
+}
+
+/// Reads every row of `events` in `database` (binary COPY out, with the
+/// columns and statement our sink writes them with), empties the table, and
+/// times writing them back with one binary COPY in one transaction.
+pub async fn copy_ceiling(conn: &str) -> anyhow::Result<CopyCeiling> {
+    use futures::{SinkExt, TryStreamExt};
+    let (mut client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+        .await
+        .context("connect for the COPY ceiling")?;
+    tokio::spawn(connection);
+    let out = client
+        .copy_out(
+            "COPY (SELECT id, event_type, user_id, session_id, properties, \"timestamp\", \
+             created_at, source, kafka_topic, kafka_partition, kafka_offset FROM events) \
+             TO STDOUT (FORMAT binary)",
+        )
+        .await?;
+    let chunks: Vec<bytes::Bytes> = out.try_collect().await?;
+    let bytes = chunks.iter().map(|c| c.len() as u64).sum();
+    client.batch_execute("TRUNCATE events").await?;
+    let start = Instant::now();
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in(dataflows::rows::COPY_EVENTS).await?;
+    futures::pin_mut!(sink);
+    for chunk in chunks {
+        sink.feed(chunk).await?;
+    }
+    let rows = sink.as_mut().finish().await?;
+    tx.commit().await?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(CopyCeiling {
+        rows,
+        bytes,
+        seconds,
+        rows_per_s: rows as f64 / seconds,
     })
 }
 

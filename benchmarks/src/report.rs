@@ -6,7 +6,9 @@
 use serde::Serialize;
 
 use crate::core::CoreResult;
-use crate::measure::{FreshnessResult, IngestResult, MemoryResult, ReadsResult};
+use crate::measure::{
+    CatchUpResult, CopyCeiling, FreshnessResult, IngestResult, MemoryResult, ReadsResult,
+};
 
 /// The machine a run was made on.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -69,12 +71,17 @@ pub struct Results {
     pub options: serde_json::Value,
     pub core: Vec<CoreResult>,
     pub ingest: Vec<IngestRun>,
+    /// A backlog already in Kafka, then the service started on it.
+    pub catch_up: Option<CatchUpResult>,
+    /// The same rows as ours caught up with, by one binary COPY.
+    pub copy_ceiling: Option<CopyCeiling>,
     pub freshness: Option<FreshnessResult>,
     pub reads: Option<ReadsResult>,
     pub memory: Option<MemoryResult>,
     /// The memory phase again, with horizons short enough to reach a steady state.
     pub soak: Option<MemoryResult>,
     pub baseline_ingest: Option<IngestResult>,
+    pub baseline_catch_up: Option<CatchUpResult>,
     pub baseline_freshness: Option<FreshnessResult>,
     pub baseline_reads: Option<ReadsResult>,
     /// Phases that failed, with the error.
@@ -201,6 +208,39 @@ pub fn table(r: &Results) -> String {
                 None,
                 "≥ 10×",
                 Some(best / b >= 10.0),
+            );
+        }
+    }
+    if let Some(c) = &r.catch_up {
+        let base = r.baseline_catch_up.as_ref();
+        let ratio = base
+            .filter(|b| b.completed && b.events_per_s > 0.0)
+            .map(|b| c.events_per_s / b.events_per_s);
+        t.row(
+            &format!(
+                "catch-up, events/s: a {}-event backlog in Kafka, process start → all durable and counted ({:.1} s{}){}",
+                num(c.backlog.tally.total as f64),
+                c.seconds,
+                base.map_or(String::new(), |b| format!(" vs {:.1} s", b.seconds)),
+                if c.completed && c.exact { "" } else { " (NOT complete or counts differ)" }
+            ),
+            Some(c.events_per_s),
+            base.map(|b| b.events_per_s),
+            "≥ 3× baseline",
+            ratio.map(|x| x >= 3.0 && c.completed && c.exact),
+        );
+        if let Some(copy) = &r.copy_ceiling {
+            t.row(
+                &format!(
+                    "catch-up / COPY ceiling (the same {} rows by one binary COPY into `events`: {:.2} s, {}/s)",
+                    num(copy.rows as f64),
+                    copy.seconds,
+                    num(copy.rows_per_s)
+                ),
+                Some(c.events_per_s / copy.rows_per_s),
+                None,
+                "≥ 0.5",
+                Some(c.events_per_s / copy.rows_per_s >= 0.5 && c.completed),
             );
         }
     }
@@ -419,6 +459,73 @@ mod tests {
         // Judged on the deviation from the mean, not from one sample.
         assert!(row("| soak RSS max deviation from that mean")
             .ends_with("| 4.50 | — | — | ≤ 10 | yes |"));
+    }
+
+    fn caught_up(label: &str, seconds: f64, complete: bool) -> CatchUpResult {
+        let expected = 990_000;
+        let reflected = if complete { expected } else { expected / 2 };
+        CatchUpResult {
+            target: label.into(),
+            backlog: crate::loadgen::LoadReport {
+                tally: crate::gen::Tally {
+                    total: 1_000_000,
+                    valid: expected as u64,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            expected,
+            reflected,
+            exact: complete,
+            mismatches: Vec::new(),
+            seconds,
+            events_per_s: reflected as f64 / seconds,
+            completed: complete,
+            stats_source: "live".into(),
+            timeline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn catch_up_rows_judge_the_ratios() {
+        let row = |r: &Results, start: &str| {
+            let t = table(r);
+            t.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no row {start:?} in\n{t}"))
+                .to_string()
+        };
+        let copy = CopyCeiling {
+            rows: 990_000,
+            bytes: 0,
+            seconds: 5.0,
+            rows_per_s: 198_000.0,
+        };
+        // 99,000/s against 33,000/s: 3×, and half the ceiling.
+        let fast = Results {
+            catch_up: Some(caught_up("ours", 10.0, true)),
+            baseline_catch_up: Some(caught_up("baseline", 30.0, true)),
+            copy_ceiling: Some(copy.clone()),
+            ..Results::default()
+        };
+        assert!(
+            row(&fast, "| catch-up, events/s: a 1,000,000-event backlog")
+                .ends_with("| 99,000 | 33,000 | 3.00× | ≥ 3× baseline | yes |")
+        );
+        assert!(row(&fast, "| catch-up / COPY ceiling").ends_with("| 0.50 | — | — | ≥ 0.5 | yes |"));
+        // Twice as slow: neither; one that never caught up is never met.
+        let slow = Results {
+            catch_up: Some(caught_up("ours", 20.0, true)),
+            ..fast.clone()
+        };
+        assert!(row(&slow, "| catch-up, events/s").ends_with("| 1.50× | ≥ 3× baseline | **no** |"));
+        assert!(row(&slow, "| catch-up / COPY ceiling").ends_with("| ≥ 0.5 | **no** |"));
+        let stuck = Results {
+            catch_up: Some(caught_up("ours", 1.0, false)),
+            ..fast
+        };
+        assert!(row(&stuck, "| catch-up, events/s").contains("NOT complete"));
+        assert!(row(&stuck, "| catch-up, events/s").ends_with("| **no** |"));
     }
 
     #[test]
