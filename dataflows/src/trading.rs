@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::props::{Id, Num, PropsRef};
 use crate::windows::{to_nano, Interval, INTERVALS};
-use crate::FastMap;
 
 /// Order lifecycle kinds, ordered so that at equal event times the later
 /// stage wins.
@@ -444,11 +443,11 @@ pub type BucketKey = (String, Interval, i64);
 /// key order, so that writers lock rows in one order.
 #[derive(Clone, Debug, Default)]
 pub struct TradingBatch {
-    orders: FastMap<String, OrderState>,
+    orders: IdMap<OrderState>,
     /// id → (minute start, state); a tick holds one or two minutes of an id.
-    strategy_panes: FastMap<String, Vec<(i64, StrategyPerf)>>,
-    market_panes: FastMap<String, Vec<(i64, Ohlcv)>>,
-    sessions: FastMap<String, SessionState>,
+    strategy_panes: IdMap<Vec<(i64, StrategyPerf)>>,
+    market_panes: IdMap<Vec<(i64, Ohlcv)>>,
+    sessions: IdMap<SessionState>,
 }
 
 /// Equal when every table gets the same rows, whatever order the panes
@@ -465,7 +464,7 @@ impl PartialEq for TradingBatch {
 /// Panes `(id, minute start)` of one or more batches, spread over every
 /// interval.
 fn spread<'p, S: Semigroup + Clone + 'p>(
-    batches: impl IntoIterator<Item = &'p FastMap<String, Vec<(i64, S)>>>,
+    batches: impl IntoIterator<Item = &'p IdMap<Vec<(i64, S)>>>,
 ) -> BTreeMap<BucketKey, S> {
     let mut out: BTreeMap<BucketKey, S> = BTreeMap::new();
     for (id, minutes) in batches.into_iter().flatten() {
@@ -485,28 +484,25 @@ fn spread<'p, S: Semigroup + Clone + 'p>(
     out
 }
 
+/// A hash map by id: hashbrown's, for `entry_ref` (one lookup, and the id
+/// copied into a `String` only when it is new), with the crate's hasher.
+type IdMap<S> = hashbrown::HashMap<String, S, foldhash::fast::RandomState>;
+
 /// Adds `state` to `key`'s, allocating the key only when it is new.
-fn merge_into<'m, S: Semigroup>(map: &'m mut FastMap<String, S>, key: &str, state: S) -> &'m mut S {
-    if map.contains_key(key) {
-        let slot = map.get_mut(key).expect("present");
-        slot.plus_equals(&state);
-        slot
-    } else {
-        map.entry(key.to_owned()).or_insert(state)
+fn merge_into<'m, S: Semigroup>(map: &'m mut IdMap<S>, key: &str, state: S) -> &'m mut S {
+    match map.entry_ref(key) {
+        hashbrown::hash_map::EntryRef::Occupied(slot) => {
+            let slot = slot.into_mut();
+            slot.plus_equals(&state);
+            slot
+        }
+        hashbrown::hash_map::EntryRef::Vacant(slot) => slot.insert(state),
     }
 }
 
 /// Adds `state` to the pane `(key, minute)`.
-fn merge_pane<S: Semigroup>(
-    map: &mut FastMap<String, Vec<(i64, S)>>,
-    key: &str,
-    minute: i64,
-    state: S,
-) {
-    let minutes = match map.get_mut(key) {
-        Some(minutes) => minutes,
-        None => map.entry(key.to_owned()).or_default(),
-    };
+fn merge_pane<S: Semigroup>(map: &mut IdMap<Vec<(i64, S)>>, key: &str, minute: i64, state: S) {
+    let minutes = map.entry_ref(key).or_default();
     match minutes.iter_mut().find(|(m, _)| *m == minute) {
         Some((_, slot)) => slot.plus_equals(&state),
         None => minutes.push((minute, state)),
@@ -577,7 +573,7 @@ struct Encoded {
 }
 
 impl Encoded {
-    fn of<S: Serialize>(map: &FastMap<String, S>) -> Encoded {
+    fn of<S: Serialize>(map: &IdMap<S>) -> Encoded {
         let mut entries: Vec<(&String, &S)> = map.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut out = Encoded {
@@ -618,8 +614,8 @@ impl Encoded {
 pub struct SealedTrading {
     orders: Encoded,
     sessions: Encoded,
-    strategy_panes: FastMap<String, Vec<(i64, StrategyPerf)>>,
-    market_panes: FastMap<String, Vec<(i64, Ohlcv)>>,
+    strategy_panes: IdMap<Vec<(i64, StrategyPerf)>>,
+    market_panes: IdMap<Vec<(i64, Ohlcv)>>,
 }
 
 impl SealedTrading {
@@ -713,7 +709,7 @@ impl TradingBatch {
 
 /// A map's entries in key order.
 #[cfg(test)]
-fn sorted<S: Clone>(map: &FastMap<String, S>) -> BTreeMap<String, S> {
+fn sorted<S: Clone>(map: &IdMap<S>) -> BTreeMap<String, S> {
     map.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
 }
 
