@@ -261,8 +261,10 @@ async fn with_fixture<T>(
     result
 }
 
-/// Starts a service of `kind` on `fx` (not waiting for it).
-fn spawn(args: &AllArgs, kind: Kind, fx: &Fixture, api: u16) -> anyhow::Result<Child> {
+/// Starts a service of `kind` on `fx`, its API on a free port (not
+/// waiting for it).
+fn spawn(args: &AllArgs, kind: Kind, fx: &Fixture) -> anyhow::Result<Child> {
+    let api = free_port()?;
     match kind {
         Kind::Ours { workers, extra } => {
             let config = fx.dir.join("config.yaml");
@@ -335,7 +337,7 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     with_fixture(args, name, async |fx| {
-        let mut child = spawn(args, kind, fx, free_port()?)?;
+        let mut child = spawn(args, kind, fx)?;
         let target = Target::new(name, child.base_url(), child.pid())?;
         child.wait_ready(&target.http, "/ready").await?;
         let r = f(target, fx.topics.clone()).await;
@@ -375,7 +377,7 @@ async fn catch_up(
             backlog.tally.total, backlog.tally.valid, backlog.send_s
         ));
         let started = Instant::now();
-        let mut child = spawn(args, kind, fx, free_port()?)?;
+        let mut child = spawn(args, kind, fx)?;
         let target = Target::new(name, child.base_url(), child.pid())?;
         // Ours is ready only once its snapshot is fresh: alive is enough
         // to poll stats (the clock runs from the process start either way).
