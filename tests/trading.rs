@@ -185,12 +185,24 @@ async fn check_orders(env: &TestEnv, events: &[Value]) {
             let latest = fills.iter().max_by_key(|e| ts_us(e)).expect("fill");
             assert_eq!(row["is_maker"], *prop(latest, "is_maker"), "{id}");
         }
+        let at = |name: &str| {
+            chrono::DateTime::parse_from_rfc3339(row[name].as_str().expect(name))
+                .expect("rfc3339")
+                .timestamp_micros()
+        };
+        let first = evs.iter().map(|e| ts_us(e)).min().expect("an event");
+        assert_eq!(
+            (at("placed_at"), at("first_seen")),
+            (ts_us(placed), first),
+            "{id}"
+        );
         if last["event_type"] == "order.placed" {
             assert_eq!(row["latency_ms"], Value::Null, "{id}");
             assert_eq!(row["closed_at"], Value::Null, "{id}");
         } else {
             let ms = (ts_us(last) - ts_us(placed)) as f64 / 1000.0;
             close(&row["latency_ms"], ms, "latency_ms");
+            assert_eq!(at("closed_at"), ts_us(last), "{id}");
         }
     }
     let (status, _) = env.get_json("/api/v1/trading/orders/no-such-order").await;

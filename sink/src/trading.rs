@@ -9,12 +9,13 @@
 //! One generic path serves the four tables: the stored states of the
 //! batch's keys are read under the table's merge lock (the keys travel as
 //! typed arrays), merged with the batch's in Rust, and written back with
-//! one multi-row upsert of `unnest` over one array per column (each
-//! derived column as `text[]` cast to its type, the state as `bytea[]`):
-//! no JSON for PostgreSQL to parse. Retention's deletes from these tables
+//! one multi-row upsert of `unnest` over one typed array per column
+//! (numbers, booleans and times in binary, exact decimals as text cast to
+//! `numeric`, the state as `bytea[]`): no JSON to build or parse. Retention's deletes from these tables
 //! take the same lock.
 
-use dataflows::event::format_us;
+use std::borrow::Cow;
+
 use dataflows::trading::{
     from_bytes, nano_decimal, to_bytes, BucketKey, Ohlcv, OrderState, SealedTrading, SessionState,
     StrategyPerf,
@@ -22,7 +23,7 @@ use dataflows::trading::{
 use differential_dataflow::difference::Semigroup;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
@@ -35,72 +36,211 @@ pub trait TradingRow: Semigroup + Serialize + DeserializeOwned + Clone {
     const TABLE: &'static str;
     /// Primary-key columns.
     const KEY: &'static [&'static str];
-    /// Derived columns written from the state (besides `state`).
-    const COLUMNS: &'static [&'static str];
-    /// Their SQL types, in the same order (the upsert sends each column as
-    /// a `text[]` and casts it).
-    const TYPES: &'static [&'static str];
+    /// Derived columns written from the state (besides `state`), each with
+    /// the SQL type its values are sent as.
+    const COLUMNS: &'static [(&'static str, Sql)];
     /// Extra `SET` assignments on update.
     const ON_UPDATE: &'static str = "";
     /// The key's values: the first key column's, and for bucket keys the
     /// interval's name and the bucket's start (seconds).
     fn key_parts(key: &Self::Key) -> (&str, Option<(&'static str, i64)>);
-    fn columns(&self, key: &Self::Key) -> Map<String, Value>;
+    /// Appends the derived columns' values, in [`Self::COLUMNS`] order.
+    fn write<'a>(&'a self, key: &'a Self::Key, row: &mut Row<'a, '_>);
+}
+
+/// A derived column's SQL type, and so the typed array its values travel
+/// in: numbers, booleans and times in binary, exact decimals as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sql {
+    Text,
+    /// An exact decimal, sent as its text (see [`nano_decimal`]).
+    Numeric,
+    /// A `text[]`, sent as an array literal.
+    TextArray,
+    BigInt,
+    /// An `integer` column, sent as `bigint`.
+    Integer,
+    Double,
+    Boolean,
+    Time,
+}
+
+impl Sql {
+    /// The parameter's array type and what the upsert's `SELECT` makes of
+    /// unnest's column `col`.
+    fn param(self, col: &str) -> (&'static str, String) {
+        match self {
+            Sql::Text => ("text[]", col.to_string()),
+            Sql::Numeric => ("text[]", format!("{col}::numeric")),
+            Sql::TextArray => ("text[]", format!("{col}::text[]")),
+            Sql::BigInt => ("bigint[]", col.to_string()),
+            Sql::Integer => ("bigint[]", format!("{col}::integer")),
+            Sql::Double => ("double precision[]", col.to_string()),
+            Sql::Boolean => ("boolean[]", col.to_string()),
+            Sql::Time => ("timestamptz[]", col.to_string()),
+        }
+    }
+
+    fn values<'a>(self, capacity: usize) -> Values<'a> {
+        match self {
+            Sql::Text | Sql::Numeric | Sql::TextArray => Values::Text(Vec::with_capacity(capacity)),
+            Sql::BigInt | Sql::Integer => Values::Int(Vec::with_capacity(capacity)),
+            Sql::Double => Values::Float(Vec::with_capacity(capacity)),
+            Sql::Boolean => Values::Bool(Vec::with_capacity(capacity)),
+            Sql::Time => Values::Time(Vec::with_capacity(capacity)),
+        }
+    }
+}
+
+/// One derived column's values for a part of the keys.
+enum Values<'a> {
+    Text(Vec<Option<Cow<'a, str>>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Time(Vec<Option<PgMicros>>),
+}
+
+impl Values<'_> {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            Values::Text(v) => v.len(),
+            Values::Int(v) => v.len(),
+            Values::Float(v) => v.len(),
+            Values::Bool(v) => v.len(),
+            Values::Time(v) => v.len(),
+        }
+    }
+
+    fn as_param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Values::Text(v) => v,
+            Values::Int(v) => v,
+            Values::Float(v) => v,
+            Values::Bool(v) => v,
+            Values::Time(v) => v,
+        }
+    }
+}
+
+/// Where [`TradingRow::write`] appends one row's derived values: each call
+/// fills the next column, whose [`Sql`] type must match the call.
+pub struct Row<'a, 'c> {
+    columns: &'c mut [Values<'a>],
+    specs: &'static [(&'static str, Sql)],
+    next: usize,
+}
+
+impl<'a> Row<'a, '_> {
+    fn column(&mut self, expected: &[Sql]) -> &mut Values<'a> {
+        let (name, sql) = self.specs[self.next];
+        assert!(
+            expected.contains(&sql),
+            "column {name} is {sql:?}, written as {expected:?}"
+        );
+        self.next += 1;
+        &mut self.columns[self.next - 1]
+    }
+
+    fn push_text(&mut self, expected: &[Sql], value: Option<Cow<'a, str>>) {
+        match self.column(expected) {
+            Values::Text(v) => v.push(value),
+            _ => unreachable!("a text column holds text values"),
+        }
+    }
+
+    pub fn text(&mut self, value: Option<&'a str>) {
+        self.push_text(&[Sql::Text], value.map(Cow::Borrowed));
+    }
+
+    /// An exact decimal of nano-units.
+    pub fn dec(&mut self, value: Option<i128>) {
+        self.push_text(&[Sql::Numeric], value.map(|n| Cow::Owned(nano_decimal(n))));
+    }
+
+    /// A `text[]` value.
+    pub fn text_array<'s>(&mut self, items: impl IntoIterator<Item = &'s str>) {
+        self.push_text(&[Sql::TextArray], Some(Cow::Owned(array_literal(items))));
+    }
+
+    pub fn int(&mut self, value: Option<i64>) {
+        match self.column(&[Sql::BigInt, Sql::Integer]) {
+            Values::Int(v) => v.push(value),
+            _ => unreachable!("an integer column holds integers"),
+        }
+    }
+
+    /// A double; NaN and infinities are stored as null.
+    pub fn float(&mut self, value: Option<f64>) {
+        match self.column(&[Sql::Double]) {
+            Values::Float(v) => v.push(value.filter(|f| f.is_finite())),
+            _ => unreachable!("a double column holds doubles"),
+        }
+    }
+
+    pub fn bool(&mut self, value: Option<bool>) {
+        match self.column(&[Sql::Boolean]) {
+            Values::Bool(v) => v.push(value),
+            _ => unreachable!("a boolean column holds booleans"),
+        }
+    }
+
+    /// A time in microseconds since the Unix epoch.
+    pub fn time(&mut self, us: Option<i64>) {
+        match self.column(&[Sql::Time]) {
+            Values::Time(v) => v.push(us.map(PgMicros)),
+            _ => unreachable!("a time column holds times"),
+        }
+    }
+}
+
+/// Strings as a PostgreSQL array literal (`{"a","b"}`).
+fn array_literal<'s>(items: impl IntoIterator<Item = &'s str>) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 fn bucket_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
     (&key.0, Some((key.1.name(), key.2)))
 }
 
-fn dec(n: i128) -> Value {
-    Value::String(nano_decimal(n))
-}
-
-fn time(us: i64) -> Value {
-    Value::String(format_us(us))
-}
-
 impl TradingRow for OrderState {
     type Key = String;
     const TABLE: &'static str = "order_analytics";
     const KEY: &'static [&'static str] = &["order_id"];
-    const COLUMNS: &'static [&'static str] = &[
-        "symbol",
-        "side",
-        "strategy_id",
-        "user_id",
-        "status",
-        "quantity",
-        "price",
-        "filled_quantity",
-        "fills",
-        "avg_fill_price",
-        "commission",
-        "pnl",
-        "is_maker",
-        "placed_at",
-        "closed_at",
-        "latency_ms",
-        "first_seen",
-    ];
-    const TYPES: &'static [&'static str] = &[
-        "text",
-        "text",
-        "text",
-        "text",
-        "text",
-        "numeric",
-        "numeric",
-        "numeric",
-        "bigint",
-        "numeric",
-        "numeric",
-        "numeric",
-        "boolean",
-        "timestamptz",
-        "timestamptz",
-        "double precision",
-        "timestamptz",
+    const COLUMNS: &'static [(&'static str, Sql)] = &[
+        ("symbol", Sql::Text),
+        ("side", Sql::Text),
+        ("strategy_id", Sql::Text),
+        ("user_id", Sql::Text),
+        ("status", Sql::Text),
+        ("quantity", Sql::Numeric),
+        ("price", Sql::Numeric),
+        ("filled_quantity", Sql::Numeric),
+        ("fills", Sql::BigInt),
+        ("avg_fill_price", Sql::Numeric),
+        ("commission", Sql::Numeric),
+        ("pnl", Sql::Numeric),
+        ("is_maker", Sql::Boolean),
+        ("placed_at", Sql::Time),
+        ("closed_at", Sql::Time),
+        ("latency_ms", Sql::Double),
+        ("first_seen", Sql::Time),
     ];
     const ON_UPDATE: &'static str = ", updated_at = now()";
 
@@ -108,37 +248,27 @@ impl TradingRow for OrderState {
         (key, None)
     }
 
-    fn columns(&self, _key: &String) -> Map<String, Value> {
-        let attrs = self
-            .attrs
-            .as_ref()
-            .map(|(_, a)| a.clone())
-            .unwrap_or_default();
+    fn write<'a>(&'a self, _key: &'a String, row: &mut Row<'a, '_>) {
+        let attrs = self.attrs.as_ref().map(|(_, a)| a);
         let placed = self.placed;
-        let avg = (self.filled_qty != 0).then(|| {
-            // Exact to 9 decimals: notional and quantity are both nano-units.
-            self.notional * 1_000_000_000 / self.filled_qty
-        });
-        let obj = json!({
-            "symbol": attrs.symbol,
-            "side": attrs.side,
-            "strategy_id": attrs.strategy_id,
-            "user_id": attrs.user_id,
-            "status": self.status(),
-            "quantity": placed.and_then(|(_, q, _)| q).map(dec),
-            "price": placed.and_then(|(_, _, p)| p).map(dec),
-            "filled_quantity": dec(self.filled_qty),
-            "fills": self.fills,
-            "avg_fill_price": avg.map(dec),
-            "commission": dec(self.commission),
-            "pnl": dec(self.pnl),
-            "is_maker": self.maker.map(|(_, m)| m),
-            "placed_at": placed.map(|(t, _, _)| time(t)),
-            "closed_at": self.closed_at().map(time),
-            "latency_ms": self.latency_ms(),
-            "first_seen": self.attrs.as_ref().map(|(t, _)| time(*t)),
-        });
-        object(obj)
+        row.text(attrs.and_then(|a| a.symbol.as_deref()));
+        row.text(attrs.and_then(|a| a.side.as_deref()));
+        row.text(attrs.and_then(|a| a.strategy_id.as_deref()));
+        row.text(attrs.and_then(|a| a.user_id.as_deref()));
+        row.text(Some(self.status()));
+        row.dec(placed.and_then(|(_, q, _)| q));
+        row.dec(placed.and_then(|(_, _, p)| p));
+        row.dec(Some(self.filled_qty));
+        row.int(Some(self.fills));
+        // Exact to 9 decimals: notional and quantity are both nano-units.
+        row.dec((self.filled_qty != 0).then(|| self.notional * 1_000_000_000 / self.filled_qty));
+        row.dec(Some(self.commission));
+        row.dec(Some(self.pnl));
+        row.bool(self.maker.map(|(_, m)| m));
+        row.time(placed.map(|(t, _, _)| t));
+        row.time(self.closed_at());
+        row.float(self.latency_ms());
+        row.time(self.attrs.as_ref().map(|(t, _)| *t));
     }
 }
 
@@ -146,52 +276,36 @@ impl TradingRow for StrategyPerf {
     type Key = BucketKey;
     const TABLE: &'static str = "strategy_performance";
     const KEY: &'static [&'static str] = &["strategy_id", "interval", "bucket_start"];
-    const COLUMNS: &'static [&'static str] = &[
-        "trades",
-        "winning_trades",
-        "losing_trades",
-        "total_pnl",
-        "gross_profit",
-        "gross_loss",
-        "win_rate",
-        "profit_factor",
-        "largest_win",
-        "largest_loss",
-        "avg_latency_ms",
-    ];
-    const TYPES: &'static [&'static str] = &[
-        "bigint",
-        "bigint",
-        "bigint",
-        "numeric",
-        "numeric",
-        "numeric",
-        "double precision",
-        "double precision",
-        "numeric",
-        "numeric",
-        "double precision",
+    const COLUMNS: &'static [(&'static str, Sql)] = &[
+        ("trades", Sql::BigInt),
+        ("winning_trades", Sql::BigInt),
+        ("losing_trades", Sql::BigInt),
+        ("total_pnl", Sql::Numeric),
+        ("gross_profit", Sql::Numeric),
+        ("gross_loss", Sql::Numeric),
+        ("win_rate", Sql::Double),
+        ("profit_factor", Sql::Double),
+        ("largest_win", Sql::Numeric),
+        ("largest_loss", Sql::Numeric),
+        ("avg_latency_ms", Sql::Double),
     ];
 
     fn key_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
         bucket_parts(key)
     }
 
-    fn columns(&self, _key: &BucketKey) -> Map<String, Value> {
-        let obj = json!({
-            "trades": self.trades,
-            "winning_trades": self.wins,
-            "losing_trades": self.losses,
-            "total_pnl": dec(self.pnl),
-            "gross_profit": dec(self.gross_profit),
-            "gross_loss": dec(self.gross_loss),
-            "win_rate": self.win_rate(),
-            "profit_factor": self.profit_factor(),
-            "largest_win": self.largest_win.map(dec),
-            "largest_loss": self.largest_loss.map(dec),
-            "avg_latency_ms": self.avg_latency_ms(),
-        });
-        object(obj)
+    fn write<'a>(&'a self, _key: &'a BucketKey, row: &mut Row<'a, '_>) {
+        row.int(Some(self.trades));
+        row.int(Some(self.wins));
+        row.int(Some(self.losses));
+        row.dec(Some(self.pnl));
+        row.dec(Some(self.gross_profit));
+        row.dec(Some(self.gross_loss));
+        row.float(Some(self.win_rate()));
+        row.float(self.profit_factor());
+        row.dec(self.largest_win);
+        row.dec(self.largest_loss);
+        row.float(self.avg_latency_ms());
     }
 }
 
@@ -199,34 +313,28 @@ impl TradingRow for Ohlcv {
     type Key = BucketKey;
     const TABLE: &'static str = "market_analytics";
     const KEY: &'static [&'static str] = &["symbol", "interval", "bucket_start"];
-    const COLUMNS: &'static [&'static str] = &[
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "trades_count",
-        "price_points",
-    ];
-    const TYPES: &'static [&'static str] = &[
-        "numeric", "numeric", "numeric", "numeric", "numeric", "bigint", "bigint",
+    const COLUMNS: &'static [(&'static str, Sql)] = &[
+        ("open", Sql::Numeric),
+        ("high", Sql::Numeric),
+        ("low", Sql::Numeric),
+        ("close", Sql::Numeric),
+        ("volume", Sql::Numeric),
+        ("trades_count", Sql::BigInt),
+        ("price_points", Sql::BigInt),
     ];
 
     fn key_parts(key: &BucketKey) -> (&str, Option<(&'static str, i64)>) {
         bucket_parts(key)
     }
 
-    fn columns(&self, _key: &BucketKey) -> Map<String, Value> {
-        let obj = json!({
-            "open": self.open.map(|(_, p)| dec(p)),
-            "high": self.high.map(dec),
-            "low": self.low.map(dec),
-            "close": self.close.map(|(_, p)| dec(p)),
-            "volume": dec(self.volume),
-            "trades_count": self.trades,
-            "price_points": self.points,
-        });
-        object(obj)
+    fn write<'a>(&'a self, _key: &'a BucketKey, row: &mut Row<'a, '_>) {
+        row.dec(self.open.map(|(_, p)| p));
+        row.dec(self.high);
+        row.dec(self.low);
+        row.dec(self.close.map(|(_, p)| p));
+        row.dec(Some(self.volume));
+        row.int(Some(self.trades));
+        row.int(Some(self.points));
     }
 }
 
@@ -234,88 +342,31 @@ impl TradingRow for SessionState {
     type Key = String;
     const TABLE: &'static str = "user_behavior";
     const KEY: &'static [&'static str] = &["session_id"];
-    const COLUMNS: &'static [&'static str] = &[
-        "user_id",
-        "session_start",
-        "last_event",
-        "duration_seconds",
-        "page_views",
-        "events",
-        "distinct_event_types",
-        "event_types",
-    ];
-    const TYPES: &'static [&'static str] = &[
-        "text",
-        "timestamptz",
-        "timestamptz",
-        "double precision",
-        "bigint",
-        "bigint",
-        "integer",
-        "text[]",
+    const COLUMNS: &'static [(&'static str, Sql)] = &[
+        ("user_id", Sql::Text),
+        ("session_start", Sql::Time),
+        ("last_event", Sql::Time),
+        ("duration_seconds", Sql::Double),
+        ("page_views", Sql::BigInt),
+        ("events", Sql::BigInt),
+        ("distinct_event_types", Sql::Integer),
+        ("event_types", Sql::TextArray),
     ];
 
     fn key_parts(key: &String) -> (&str, Option<(&'static str, i64)>) {
         (key, None)
     }
 
-    fn columns(&self, _key: &String) -> Map<String, Value> {
+    fn write<'a>(&'a self, _key: &'a String, row: &mut Row<'a, '_>) {
         let (start, end) = (self.start.unwrap_or(0), self.end.unwrap_or(0));
-        let obj = json!({
-            "user_id": self.user_id,
-            "session_start": time(start),
-            "last_event": time(end),
-            "duration_seconds": (end - start) as f64 / 1e6,
-            "page_views": self.page_views,
-            "events": self.events,
-            "distinct_event_types": self.event_types.len(),
-            "event_types": self.event_types,
-        });
-        object(obj)
-    }
-}
-
-/// The fields of a `json!({...})` literal.
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
-/// A JSON column value as the text PostgreSQL reads for its type: `None`
-/// for null, strings as they are (numerics and times are formatted as
-/// strings already), numbers and booleans as JSON writes them, an array of
-/// strings as an array literal (`{"a","b"}`).
-fn sql_text(value: Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(items) => {
-            let mut out = String::from("{");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push('"');
-                let text = match item {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                for c in text.chars() {
-                    if c == '"' || c == '\\' {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
-                out.push('"');
-            }
-            out.push('}');
-            Some(out)
-        }
-        Value::Object(_) => Some(value.to_string()),
+        row.text(self.user_id.as_deref());
+        row.time(Some(start));
+        row.time(Some(end));
+        row.float(Some((end - start) as f64 / 1e6));
+        row.int(Some(self.page_views));
+        row.int(Some(self.events));
+        row.int(Some(self.event_types.len() as i64));
+        row.text_array(self.event_types.iter().map(String::as_str));
     }
 }
 
@@ -415,15 +466,20 @@ async fn merge_part<S: TradingRow>(
         }
     }
     // The rows as one typed array per column: the key's (as read above),
-    // each derived column as text cast to its type, the state as bytea.
-    let mut texts: Vec<Vec<Option<String>>> =
-        vec![Vec::with_capacity(keys.len()); S::COLUMNS.len()];
+    // the derived columns' (see [`Sql`]), the state as bytea.
+    let mut values: Vec<Values<'_>> = S::COLUMNS
+        .iter()
+        .map(|(_, sql)| sql.values(keys.len()))
+        .collect();
     let mut states: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
     for (k, merged) in keys.iter().zip(&merged) {
-        let mut columns = merged.columns(k);
-        for (column, out) in S::COLUMNS.iter().zip(texts.iter_mut()) {
-            out.push(columns.remove(*column).and_then(sql_text));
-        }
+        let mut row = Row {
+            columns: &mut values,
+            specs: S::COLUMNS,
+            next: 0,
+        };
+        merged.write(k, &mut row);
+        debug_assert_eq!(row.next, S::COLUMNS.len(), "{table}: a column left out");
         states.push(to_bytes(merged));
     }
     // unnest's arguments: (parameter, its array type, what the SELECT
@@ -433,9 +489,10 @@ async fn merge_part<S: TradingRow>(
         args.push((&intervals, "text[]", "u.a1".into()));
         args.push((&starts, "bigint[]", "to_timestamp(u.a2)".into()));
     }
-    for (column, sql_type) in texts.iter().zip(S::TYPES) {
+    for (column, (_, sql)) in values.iter().zip(S::COLUMNS) {
         let n = args.len();
-        args.push((column, "text[]", format!("u.a{n}::{sql_type}")));
+        let (array_type, selected) = sql.param(&format!("u.a{n}"));
+        args.push((column.as_param(), array_type, selected));
     }
     let n = args.len();
     args.push((&states, "bytea[]", format!("u.a{n}")));
@@ -447,11 +504,12 @@ async fn merge_part<S: TradingRow>(
     let selected: Vec<&str> = args.iter().map(|(_, _, s)| s.as_str()).collect();
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|(p, _, _)| *p).collect();
     let mut columns: Vec<&str> = S::KEY.to_vec();
-    columns.extend_from_slice(S::COLUMNS);
+    columns.extend(S::COLUMNS.iter().map(|(c, _)| *c));
     columns.push("state");
     let list = columns.join(", ");
     let set = S::COLUMNS
         .iter()
+        .map(|(c, _)| c)
         .chain(std::iter::once(&"state"))
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect::<Vec<_>>()
@@ -572,15 +630,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_name_every_column_once() {
+    fn rows_write_every_column_once_with_its_type() {
         fn check<S: TradingRow + Default>(key: &S::Key) {
-            let cols = S::default().columns(key);
-            let mut names: Vec<&str> = cols.keys().map(String::as_str).collect();
+            let state = S::default();
+            let mut values: Vec<Values<'_>> =
+                S::COLUMNS.iter().map(|(_, sql)| sql.values(1)).collect();
+            let mut row = Row {
+                columns: &mut values,
+                specs: S::COLUMNS,
+                next: 0,
+            };
+            // A call whose type differs from the column's panics.
+            state.write(key, &mut row);
+            assert_eq!(row.next, S::COLUMNS.len(), "{}", S::TABLE);
+            assert!(values.iter().all(|v| v.len() == 1), "{}", S::TABLE);
+            let mut names: Vec<&str> = S::COLUMNS.iter().map(|(c, _)| *c).collect();
             names.sort_unstable();
-            let mut expected = S::COLUMNS.to_vec();
-            expected.sort_unstable();
-            assert_eq!(names, expected, "{}", S::TABLE);
-            assert_eq!(S::TYPES.len(), S::COLUMNS.len(), "{}", S::TABLE);
+            names.dedup();
+            assert_eq!(names.len(), S::COLUMNS.len(), "{}", S::TABLE);
             // merge_table reads one id column, or id, interval and start.
             let (_, bucket) = S::key_parts(key);
             assert_eq!(
@@ -596,11 +663,24 @@ mod tests {
         check::<Ohlcv>(&bucket);
         check::<SessionState>(&"x".to_string());
         assert_eq!(
-            sql_text(json!(["a", "b\"c", "d\\e"])).as_deref(),
-            Some(r#"{"a","b\"c","d\\e"}"#)
+            array_literal(["a", "b\"c", "d\\e"]),
+            r#"{"a","b\"c","d\\e"}"#
         );
-        assert_eq!(sql_text(json!(null)), None);
-        assert_eq!(sql_text(json!(12.5)).as_deref(), Some("12.5"));
-        assert_eq!(sql_text(json!(true)).as_deref(), Some("true"));
+        assert_eq!(array_literal([]), "{}");
+    }
+
+    #[test]
+    #[should_panic(expected = "column trades is BigInt")]
+    fn a_value_of_another_type_is_refused() {
+        let mut values: Vec<Values<'_>> = StrategyPerf::COLUMNS
+            .iter()
+            .map(|(_, sql)| sql.values(1))
+            .collect();
+        let mut row = Row {
+            columns: &mut values,
+            specs: StrategyPerf::COLUMNS,
+            next: 0,
+        };
+        row.dec(Some(1));
     }
 }
