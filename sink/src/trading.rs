@@ -447,32 +447,64 @@ async fn merge_part<S: TradingRow>(
         }
         other => unreachable!("key columns {other:?}: one id, or id, interval and bucket start"),
     };
+    let mut stored = vec![false; keys.len()];
     for row in rows {
         let ord: i64 = row.get(0);
-        let Some(slot) = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| merged.get_mut(i))
-        else {
+        let Some(i) = usize::try_from(ord - 1).ok().filter(|i| *i < keys.len()) else {
             continue;
         };
+        stored[i] = true;
+        let slot = &mut merged[i];
         // A state that cannot be decoded is replaced by the batch's (and
         // logged): refusing the batch would stall ingestion forever.
         match from_bytes::<S>(row.get::<_, &[u8]>(1)) {
-            Some(mut stored) => {
-                stored.plus_equals(slot);
-                *slot = stored;
+            Some(mut state) => {
+                state.plus_equals(slot);
+                *slot = state;
             }
             None => tracing::error!(table, "undecodable trading state replaced"),
         }
     }
-    // The rows as one typed array per column: the key's (as read above),
-    // the derived columns' (see [`Sql`]), the state as bytea.
+    // Rows the read did not find are new: a plain INSERT, which costs
+    // PostgreSQL about a third less than an upsert's speculative insertion
+    // (nobody else can have written them since: every writer holds the
+    // table's merge lock). The others are updated.
+    let (new, old): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .zip(&merged)
+        .zip(stored)
+        .partition(|(_, stored)| !*stored);
+    let new: Vec<(&S::Key, &S)> = new.into_iter().map(|(row, _)| row).collect();
+    let old: Vec<(&S::Key, &S)> = old.into_iter().map(|(row, _)| row).collect();
+    write_rows(tx, new, false).await?;
+    write_rows(tx, old, true).await?;
+    Ok(())
+}
+
+/// Writes `rows` (their keys and merged states) into `S::TABLE`: inserts
+/// them, or when `stored`, overwrites the stored rows of their keys.
+async fn write_rows<S: TradingRow>(
+    tx: &Transaction<'_>,
+    rows: Vec<(&S::Key, &S)>,
+    stored: bool,
+) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let table = S::TABLE;
+    let parts: Vec<(&str, Option<(&'static str, i64)>)> =
+        rows.iter().map(|(k, _)| S::key_parts(k)).collect();
+    let ids: Vec<&str> = parts.iter().map(|(id, _)| *id).collect();
+    let (intervals, starts): (Vec<&str>, Vec<i64>) =
+        parts.iter().map(|(_, b)| b.unwrap_or(("", 0))).unzip();
+    // The rows as one typed array per column: the key's, the derived
+    // columns' (see [`Sql`]), the state as bytea.
     let mut values: Vec<Values<'_>> = S::COLUMNS
         .iter()
-        .map(|(_, sql)| sql.values(keys.len()))
+        .map(|(_, sql)| sql.values(rows.len()))
         .collect();
-    let mut states: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
-    for (k, merged) in keys.iter().zip(&merged) {
+    let mut states: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
+    for (k, merged) in &rows {
         let mut row = Row {
             columns: &mut values,
             specs: S::COLUMNS,
@@ -480,7 +512,7 @@ async fn merge_part<S: TradingRow>(
         };
         merged.write(k, &mut row);
         debug_assert_eq!(row.next, S::COLUMNS.len(), "{table}: a column left out");
-        states.push(to_bytes(merged));
+        states.push(to_bytes(*merged));
     }
     // unnest's arguments: (parameter, its array type, what the SELECT
     // makes of its column `u.aN`).
@@ -507,23 +539,29 @@ async fn merge_part<S: TradingRow>(
     columns.extend(S::COLUMNS.iter().map(|(c, _)| *c));
     columns.push("state");
     let list = columns.join(", ");
-    let set = S::COLUMNS
-        .iter()
-        .map(|(c, _)| c)
-        .chain(std::iter::once(&"state"))
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let conflict = S::KEY.join(", ");
+    let on_conflict = if stored {
+        let set = S::COLUMNS
+            .iter()
+            .map(|(c, _)| c)
+            .chain(std::iter::once(&"state"))
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {set}{}",
+            S::KEY.join(", "),
+            S::ON_UPDATE
+        )
+    } else {
+        String::new()
+    };
     tx.execute(
         &format!(
             "INSERT INTO {table} ({list})
-             SELECT {} FROM unnest({}) AS u({})
-             ON CONFLICT ({conflict}) DO UPDATE SET {set}{}",
+             SELECT {} FROM unnest({}) AS u({}) {on_conflict}",
             selected.join(", "),
             inputs.join(", "),
             aliases.join(", "),
-            S::ON_UPDATE
         ),
         &params,
     )
