@@ -199,8 +199,10 @@ section!(DataflowConfig {
     /// `/events/stats` from memory).
     #[serde(with = "humantime_serde")]
     live_horizon: Duration = Duration::from_secs(25 * 3600),
-    /// Pause a worker's Kafka polling while this many of its rows wait for
-    /// PostgreSQL. Each costs about 500 bytes while it waits; 50,000
+    /// Pause a worker's Kafka polling while more than this many of its rows
+    /// wait for PostgreSQL in more than one batch, or while a batch waits
+    /// and the tick being read holds twice this many (see
+    /// `dataflows::time::Pacing`). Each costs about 500 bytes while it waits; 50,000
     /// instead of 100,000 (and 200,000 before it) kept a ten-minute run at
     /// 20,000 events/s under 1 GiB and did not measurably slow catch-up
     /// (benchmarks/RESULTS.md).

@@ -72,6 +72,8 @@ pub struct WorkerAck {
     /// One past the latest committed tick (0: nothing committed yet).
     durable_upto: AtomicU64,
     pending_rows: AtomicI64,
+    /// Batches handed to the sink and not yet committed.
+    pending_batches: AtomicI64,
     activator: Mutex<Option<SyncActivator>>,
     /// Wall clock (ms since the epoch) of the worker's latest step; 0 until
     /// its dataflow runs.
@@ -83,16 +85,22 @@ impl std::fmt::Debug for WorkerAck {
         f.debug_struct("WorkerAck")
             .field("durable_upto", &self.durable_upto.load(Ordering::Relaxed))
             .field("pending_rows", &self.pending_rows.load(Ordering::Relaxed))
+            .field(
+                "pending_batches",
+                &self.pending_batches.load(Ordering::Relaxed),
+            )
             .finish()
     }
 }
 
 impl WorkerAck {
     /// Called by the sink once `tick` and every earlier tick of this worker
-    /// are committed, with the number of rows that became durable.
+    /// are committed, with the number of rows that became durable: once
+    /// per batch.
     pub fn acknowledge(&self, tick: u64, rows: usize) {
         self.durable_upto.fetch_max(tick + 1, Ordering::AcqRel);
         self.pending_rows.fetch_sub(rows as i64, Ordering::AcqRel);
+        self.pending_batches.fetch_sub(1, Ordering::AcqRel);
         if let Ok(guard) = self.activator.lock() {
             if let Some(activator) = guard.as_ref() {
                 // An error means the worker is gone; nothing is left to wake.
@@ -104,6 +112,17 @@ impl WorkerAck {
     /// Rows handed to the sink and not yet committed.
     pub fn pending_rows(&self) -> i64 {
         self.pending_rows.load(Ordering::Acquire)
+    }
+
+    /// Batches handed to the sink and not yet committed.
+    pub fn pending_batches(&self) -> i64 {
+        self.pending_batches.load(Ordering::Acquire)
+    }
+
+    /// Records a batch of `rows` handed to the sink.
+    pub(crate) fn handed(&self, rows: usize) {
+        self.pending_rows.fetch_add(rows as i64, Ordering::AcqRel);
+        self.pending_batches.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Every tick before this one is committed.
@@ -218,8 +237,7 @@ pub fn durable_sink<'s>(
                     if batch.rows() == 0 && batch.offsets.is_empty() && batch.rollups.is_empty() {
                         continue;
                     }
-                    ack.pending_rows
-                        .fetch_add(batch.rows() as i64, Ordering::AcqRel);
+                    ack.handed(batch.rows());
                     if sink.send(batch).is_err() {
                         warn!(worker, tick, "sink is gone; tick will never be durable");
                     }

@@ -248,9 +248,11 @@ pub fn kafka_source<'s>(
         // Per partition read this time: its next offset and how many messages.
         let mut moved: HashMap<Partition, (i64, u64)> = HashMap::new();
         let tick_ms = ctx.tick_ms;
-        let ticks = crate::time::TickPolicy::new(tick_ms, ctx.settings.catch_up_tick_ms);
-        // The previous read filled its budget: more is waiting.
-        let mut behind = false;
+        let mut pacing = crate::time::Pacing::new(
+            tick_ms,
+            ctx.settings.catch_up_tick_ms,
+            ctx.settings.max_pending_rows,
+        );
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
@@ -266,11 +268,7 @@ pub fn kafka_source<'s>(
                 capability = None;
                 return;
             }
-            let tick = ticks.advance(*cap.time(), behind, now_ms());
-            if *cap.time() < tick {
-                cap.downgrade(&tick);
-            }
-            behind = false;
+            pacing.advance(cap, &ctx.ack, now_ms());
             if !started {
                 if frontier.less_equal(&0) {
                     activator.activate_after(Duration::from_millis(tick_ms));
@@ -328,7 +326,7 @@ pub fn kafka_source<'s>(
                 activator.activate_after(Duration::from_millis(tick_ms.max(100)));
                 return;
             }
-            if ctx.ack.pending_rows() > ctx.settings.max_pending_rows {
+            if pacing.paused(&ctx.ack) {
                 metrics::SOURCE_PAUSED.inc();
                 activator.activate_after(Duration::from_millis(10));
                 return;
@@ -385,8 +383,8 @@ pub fn kafka_source<'s>(
                     });
                 }
             }
+            pacing.read(read, ctx.settings.poll_budget);
             if read >= ctx.settings.poll_budget {
-                behind = true;
                 activator.activate();
             } else {
                 activator.activate_after(Duration::from_millis(5));

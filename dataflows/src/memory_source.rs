@@ -47,8 +47,11 @@ pub fn memory_source<'s>(
         let mut offset = 0i64;
         let mut payloads = Vec::new();
         let mut validators = CachedValidators::new(Arc::clone(&ctx.validators));
-        let ticks = crate::time::TickPolicy::new(ctx.tick_ms, ctx.settings.catch_up_tick_ms);
-        let mut behind = false;
+        let mut pacing = crate::time::Pacing::new(
+            ctx.tick_ms,
+            ctx.settings.catch_up_tick_ms,
+            ctx.settings.max_pending_rows,
+        );
         move |(input, frontier), output| {
             input.for_each(|_cap, data| data.clear());
             let Some(cap) = capability.as_mut() else {
@@ -58,16 +61,12 @@ pub fn memory_source<'s>(
                 capability = None;
                 return;
             }
-            let tick = ticks.advance(*cap.time(), behind, now_ms());
-            if *cap.time() < tick {
-                cap.downgrade(&tick);
-            }
-            behind = false;
+            pacing.advance(cap, &ctx.ack, now_ms());
             if frontier.less_equal(&0) {
                 activator.activate_after(Duration::from_millis(ctx.tick_ms));
                 return;
             }
-            if ctx.ack.pending_rows() > ctx.settings.max_pending_rows {
+            if pacing.paused(&ctx.ack) {
                 metrics::SOURCE_PAUSED.inc();
                 activator.activate_after(Duration::from_millis(1));
                 return;
@@ -77,7 +76,7 @@ pub fn memory_source<'s>(
                 capability = None;
                 return;
             }
-            behind = payloads.len() >= ctx.settings.poll_budget;
+            pacing.read(payloads.len(), ctx.settings.poll_budget);
             let now_us = (now_ms() as i64) * 1000;
             let mut session = output.session(&*cap);
             for payload in payloads.drain(..) {
