@@ -87,6 +87,8 @@ pub struct TestEnv {
     pub rate_limit: Option<(u32, u32)>,
     /// `analytics.dataflow.rollup_compaction_interval` (humantime).
     pub rollup_compaction_interval: String,
+    /// `analytics.dataflow.max_pending_rows`.
+    pub max_pending_rows: i64,
     /// Whether this environment created the database and topics (peers
     /// share them), so that dropping it removes them.
     owner: bool,
@@ -152,6 +154,7 @@ impl TestEnv {
             strategy_timeout: "15m".into(),
             rate_limit: None,
             rollup_compaction_interval: "1s".into(),
+            max_pending_rows: 50_000,
             owner: true,
         };
         env.write_config();
@@ -182,6 +185,7 @@ impl TestEnv {
             strategy_timeout: "15m".into(),
             rate_limit: self.rate_limit,
             rollup_compaction_interval: self.rollup_compaction_interval.clone(),
+            max_pending_rows: self.max_pending_rows,
             owner: false,
         };
         env.write_config();
@@ -198,6 +202,12 @@ impl TestEnv {
     /// Sets how often rollup deltas are compacted (before `start`).
     pub fn set_rollup_compaction_interval(&mut self, every: &str) {
         self.rollup_compaction_interval = every.into();
+        self.write_config();
+    }
+
+    /// Sets `analytics.dataflow.max_pending_rows` (before `start`).
+    pub fn set_max_pending_rows(&mut self, rows: i64) {
+        self.max_pending_rows = rows;
         self.write_config();
     }
 
@@ -248,6 +258,7 @@ analytics:
     tick: 100ms
     live_horizon: 25h
     rollup_compaction_interval: {rollup_compaction_interval}
+    max_pending_rows: {max_pending_rows}
   dashboard:
     active_users_window: {active_users_window}
     strategy_timeout: {strategy_timeout}
@@ -278,6 +289,7 @@ security:
             rl_rpm = self.rate_limit.map_or(1000, |(rpm, _)| rpm),
             rl_burst = self.rate_limit.map_or(100, |(_, burst)| burst),
             rollup_compaction_interval = self.rollup_compaction_interval,
+            max_pending_rows = self.max_pending_rows,
         );
         std::fs::write(&self.config_path, yaml).expect("write config");
     }
