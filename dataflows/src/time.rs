@@ -90,7 +90,7 @@ pub const WAITING_HOLD: u64 = 4;
 /// taking turns. Before, any batch larger than `max_pending_rows` (every
 /// catch-up tick) paused the source until it was committed, and the sink
 /// then waited for the whole next tick: a 600,000-event catch-up at -w 1
-/// took 11.5-12.5 s, 9.6-10.0 s reading ahead (benchmarks/RESULTS.md).
+/// took 11.2-12.5 s, 9.2-10.3 s reading ahead (benchmarks/RESULTS.md).
 /// Rows waiting stay bounded: the source pauses when more than
 /// `max_pending_rows` rows in more than one batch wait, or when the tick
 /// it holds has read twice `max_pending_rows` while a batch waits.

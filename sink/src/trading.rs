@@ -124,6 +124,33 @@ impl Values<'_> {
     }
 }
 
+/// The derived columns' values of a part of the keys, one typed array per
+/// column of `specs`, filled a row at a time ([`Columns::row`]).
+struct Columns<'a> {
+    values: Vec<Values<'a>>,
+    specs: &'static [(&'static str, Sql)],
+}
+
+impl<'a> Columns<'a> {
+    fn new(specs: &'static [(&'static str, Sql)], capacity: usize) -> Columns<'a> {
+        Columns {
+            values: specs.iter().map(|(_, sql)| sql.values(capacity)).collect(),
+            specs,
+        }
+    }
+
+    /// Appends one row: `write` must fill every column, in order.
+    fn row(&mut self, write: impl FnOnce(&mut Row<'a, '_>)) {
+        let mut row = Row {
+            columns: &mut self.values,
+            specs: self.specs,
+            next: 0,
+        };
+        write(&mut row);
+        debug_assert_eq!(row.next, self.specs.len(), "a column left out");
+    }
+}
+
 /// Where [`TradingRow::write`] appends one row's derived values: each call
 /// fills the next column, whose [`Sql`] type must match the call.
 pub struct Row<'a, 'c> {
@@ -404,6 +431,24 @@ pub async fn merge_table<S: TradingRow>(
     }
 }
 
+/// The keys as typed arrays (not JSON), in order: the ids, and for bucket
+/// keys the intervals and the buckets' starts (unused otherwise).
+fn key_arrays<'k, S: TradingRow + 'k>(
+    keys: impl IntoIterator<Item = &'k S::Key>,
+) -> (Vec<&'k str>, Vec<&'static str>, Vec<i64>) {
+    let mut ids = Vec::new();
+    let mut intervals = Vec::new();
+    let mut starts = Vec::new();
+    for key in keys {
+        let (id, bucket) = S::key_parts(key);
+        let (interval, start) = bucket.unwrap_or(("", 0));
+        ids.push(id);
+        intervals.push(interval);
+        starts.push(start);
+    }
+    (ids, intervals, starts)
+}
+
 /// [`merge_table`] for one part of the keys, under its lock: `merged`
 /// holds the part's contributions and becomes the merged states.
 async fn merge_part<S: TradingRow>(
@@ -412,13 +457,7 @@ async fn merge_part<S: TradingRow>(
     mut merged: Vec<S>,
 ) -> Result<(), SinkError> {
     let table = S::TABLE;
-    // The keys as typed arrays (not JSON), in key order: the id, and for
-    // bucket keys the interval and the bucket's start (unused otherwise).
-    let parts: Vec<(&str, Option<(&'static str, i64)>)> =
-        keys.iter().map(|k| S::key_parts(k)).collect();
-    let ids: Vec<&str> = parts.iter().map(|(id, _)| *id).collect();
-    let (intervals, starts): (Vec<&str>, Vec<i64>) =
-        parts.iter().map(|(_, b)| b.unwrap_or(("", 0))).unzip();
+    let (ids, intervals, starts) = key_arrays::<S>(keys);
     let rows = match S::KEY {
         [id, interval, start] => {
             tx.query(
@@ -492,26 +531,13 @@ async fn write_rows<S: TradingRow>(
         return Ok(());
     }
     let table = S::TABLE;
-    let parts: Vec<(&str, Option<(&'static str, i64)>)> =
-        rows.iter().map(|(k, _)| S::key_parts(k)).collect();
-    let ids: Vec<&str> = parts.iter().map(|(id, _)| *id).collect();
-    let (intervals, starts): (Vec<&str>, Vec<i64>) =
-        parts.iter().map(|(_, b)| b.unwrap_or(("", 0))).unzip();
+    let (ids, intervals, starts) = key_arrays::<S>(rows.iter().map(|(k, _)| *k));
     // The rows as one typed array per column: the key's, the derived
     // columns' (see [`Sql`]), the state as bytea.
-    let mut values: Vec<Values<'_>> = S::COLUMNS
-        .iter()
-        .map(|(_, sql)| sql.values(rows.len()))
-        .collect();
+    let mut columns = Columns::new(S::COLUMNS, rows.len());
     let mut states: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
     for (k, merged) in &rows {
-        let mut row = Row {
-            columns: &mut values,
-            specs: S::COLUMNS,
-            next: 0,
-        };
-        merged.write(k, &mut row);
-        debug_assert_eq!(row.next, S::COLUMNS.len(), "{table}: a column left out");
+        columns.row(|row| merged.write(k, row));
         states.push(to_bytes(*merged));
     }
     // unnest's arguments: (parameter, its array type, what the SELECT
@@ -521,7 +547,7 @@ async fn write_rows<S: TradingRow>(
         args.push((&intervals, "text[]", "u.a1".into()));
         args.push((&starts, "bigint[]", "to_timestamp(u.a2)".into()));
     }
-    for (column, (_, sql)) in values.iter().zip(S::COLUMNS) {
+    for (column, (_, sql)) in columns.values.iter().zip(S::COLUMNS) {
         let n = args.len();
         let (array_type, selected) = sql.param(&format!("u.a{n}"));
         args.push((column.as_param(), array_type, selected));
@@ -535,10 +561,10 @@ async fn write_rows<S: TradingRow>(
     let aliases: Vec<String> = (0..args.len()).map(|n| format!("a{n}")).collect();
     let selected: Vec<&str> = args.iter().map(|(_, _, s)| s.as_str()).collect();
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|(p, _, _)| *p).collect();
-    let mut columns: Vec<&str> = S::KEY.to_vec();
-    columns.extend(S::COLUMNS.iter().map(|(c, _)| *c));
-    columns.push("state");
-    let list = columns.join(", ");
+    let mut names: Vec<&str> = S::KEY.to_vec();
+    names.extend(S::COLUMNS.iter().map(|(c, _)| *c));
+    names.push("state");
+    let list = names.join(", ");
     let on_conflict = if stored {
         let set = S::COLUMNS
             .iter()
@@ -671,17 +697,13 @@ mod tests {
     fn rows_write_every_column_once_with_its_type() {
         fn check<S: TradingRow + Default>(key: &S::Key) {
             let state = S::default();
-            let mut values: Vec<Values<'_>> =
-                S::COLUMNS.iter().map(|(_, sql)| sql.values(1)).collect();
-            let mut row = Row {
-                columns: &mut values,
-                specs: S::COLUMNS,
-                next: 0,
-            };
+            let mut columns = Columns::new(S::COLUMNS, 1);
             // A call whose type differs from the column's panics.
-            state.write(key, &mut row);
-            assert_eq!(row.next, S::COLUMNS.len(), "{}", S::TABLE);
-            assert!(values.iter().all(|v| v.len() == 1), "{}", S::TABLE);
+            columns.row(|row| {
+                state.write(key, row);
+                assert_eq!(row.next, S::COLUMNS.len(), "{}", S::TABLE);
+            });
+            assert!(columns.values.iter().all(|v| v.len() == 1), "{}", S::TABLE);
             let mut names: Vec<&str> = S::COLUMNS.iter().map(|(c, _)| *c).collect();
             names.sort_unstable();
             names.dedup();
@@ -710,15 +732,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "column trades is BigInt")]
     fn a_value_of_another_type_is_refused() {
-        let mut values: Vec<Values<'_>> = StrategyPerf::COLUMNS
-            .iter()
-            .map(|(_, sql)| sql.values(1))
-            .collect();
-        let mut row = Row {
-            columns: &mut values,
-            specs: StrategyPerf::COLUMNS,
-            next: 0,
-        };
-        row.dec(Some(1));
+        Columns::new(StrategyPerf::COLUMNS, 1).row(|row| row.dec(Some(1)));
     }
 }
