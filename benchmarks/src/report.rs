@@ -329,7 +329,7 @@ pub fn table(r: &Results) -> String {
     if let Some(m) = &r.soak {
         t.row(
             &format!(
-                "soak RSS MiB, max ({:.0} s at {} events/s, horizons 1–2 min)",
+                "soak RSS MiB, max ({:.0} s at {} events/s, 1m and 5m windows, horizons 5 min)",
                 m.samples.last().map_or(0.0, |s| s.0),
                 num(m.load.rate)
             ),
