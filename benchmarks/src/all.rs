@@ -234,10 +234,11 @@ impl Kind {
 /// The soak's `analytics` settings, chosen so that the state reaches a
 /// steady state within the warm-up: only the 1m and 5m intervals, each
 /// closed window held for a whole number of its intervals (both 5m), so
-/// that a window leaves memory exactly when a newer one closes: from the
-/// second 5m boundary on (at most ten minutes after the start) the
-/// windows per series and their fill are the same at the same point of
-/// every five minutes. Seconds of counts leave after two minutes, and the
+/// that a window leaves memory exactly when a newer one closes: once the
+/// service has held a full closed window of each interval (the 1m ones
+/// after six minutes, a 5m one from the second 5m boundary, at most ten
+/// minutes after the start) the windows per series and their fill are
+/// the same at the same point of every five minutes. Seconds of counts leave after two minutes, and the
 /// dashboard's windows span a minute or two.
 ///
 /// Longer intervals cannot reach a steady state in a run of minutes: their
