@@ -238,8 +238,9 @@ impl Kind {
 /// service has held a full closed window of each interval (the 1m ones
 /// after six minutes, a 5m one from the second 5m boundary, at most ten
 /// minutes after the start) the windows per series and their fill are
-/// the same at the same point of every five minutes. Seconds of counts leave after two minutes, and the
-/// dashboard's windows span a minute or two.
+/// the same at the same point of every five minutes. Seconds of counts
+/// leave after two minutes, and the dashboard's windows span a minute or
+/// two.
 ///
 /// Longer intervals cannot reach a steady state in a run of minutes: their
 /// open window grows until it closes (an hour to a day), and a closed one
